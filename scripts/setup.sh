@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine: a virtualenv in .venv with the CPU build of torch first
+# (a bare torch requirement would pull GBs of CUDA wheels), the package with its extras, and
+# Debian's Chromium for the browser tool (Playwright's own browser download does not work offline).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e ".[dev,browser]"
+
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
