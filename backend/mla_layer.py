@@ -1,0 +1,58 @@
+"""MLA full-attention layer with NoPE (spec §4), computed in the absorbed (MQA) form.
+
+Only the compressed latent [c ; k_pe] (kv_lora_rank + qk_rope_head_dim values per token) is ever
+cached; kv_b_proj is split into W_UK (absorbed into the query) and W_UV (applied to the output).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from backend.config import KimiLinearConfig
+from backend.context import ForwardContext
+from backend.norms import rms_norm
+
+LATENT_NORM_EPS = 1e-6  # kv_a_layernorm / q_a_layernorm use the default eps, not rms_norm_eps (spec §8.11)
+
+
+class KimiMLAAttention(nn.Module):
+    def __init__(self, config: KimiLinearConfig, mla_index: int):
+        super().__init__()
+        self.mla_index = mla_index
+        self.num_heads = h = config.num_attention_heads
+        self.nope_dim, self.rope_dim = config.qk_nope_head_dim, config.qk_rope_head_dim
+        self.v_dim, self.rank = config.v_head_dim, config.kv_lora_rank
+        self.scale = config.qk_head_dim ** -0.5
+        hidden = config.hidden_size
+        if config.q_lora_rank is None:
+            self.q_proj = nn.Linear(hidden, h * config.qk_head_dim, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(hidden, config.q_lora_rank, bias=False)
+            self.q_a_layernorm = nn.Module()
+            self.q_a_layernorm.weight = nn.Parameter(torch.ones(config.q_lora_rank))
+            self.q_b_proj = nn.Linear(config.q_lora_rank, h * config.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden, self.rank + self.rope_dim, bias=False)
+        self.kv_a_layernorm = nn.Module()
+        self.kv_a_layernorm.weight = nn.Parameter(torch.ones(self.rank))
+        self.kv_b_proj = nn.Linear(self.rank, h * (self.nope_dim + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(h * self.v_dim, hidden, bias=False)
+
+    def _query(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "q_proj"):
+            return self.q_proj(x)
+        return self.q_b_proj(rms_norm(self.q_a_proj(x), self.q_a_layernorm.weight, LATENT_NORM_EPS))
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        n, t, _ = x.shape
+        q = self._query(x).view(n, t, self.num_heads, self.nope_dim + self.rope_dim)
+        q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
+        kv = self.kv_a_proj_with_mqa(x)
+        latent = torch.cat([rms_norm(kv[..., : self.rank], self.kv_a_layernorm.weight, LATENT_NORM_EPS),
+                            kv[..., self.rank:]], dim=-1)
+        w_kv = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.rank)
+        w_uk, w_uv = w_kv[:, : self.nope_dim], w_kv[:, self.nope_dim:]
+        q_latent = torch.einsum("nthd,hdr->nthr", q_nope, w_uk)
+        o_latent = ctx.mla_attend(self.mla_index, q_latent, q_pe.contiguous(), latent, self.scale)
+        o = torch.einsum("nthr,hvr->nthv", o_latent, w_uv)
+        return self.o_proj(o.reshape(n, t, self.num_heads * self.v_dim))
