@@ -1,0 +1,108 @@
+"""The offline web: deterministic generation, short linked pages, a closed held-out split, a real server."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from swarm.offline_web import OfflineWeb, generate_site, load_manifest
+from swarm.offline_web.site import MANIFEST_NAME
+
+HREF = re.compile(r'href="([^"]+)"')
+TAGS = re.compile(r"<[^>]+>")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("site")
+    return root, generate_site(root, seed=0)
+
+
+def test_site_is_deterministic_per_seed(site, tmp_path):
+    root, manifest = site
+    again = generate_site(tmp_path / "again", seed=0)
+    assert again == manifest
+    for path in manifest.page_paths[::97]:
+        assert (tmp_path / "again" / path.lstrip("/")).read_bytes() == (root / path.lstrip("/")).read_bytes()
+    other = generate_site(tmp_path / "other", seed=1)
+    assert {e.name for e in other.entities} != {e.name for e in manifest.entities}
+
+
+def test_site_has_enough_short_pages_of_every_kind(site):
+    root, manifest = site
+    assert len(manifest.page_paths) >= 2000
+    assert {e.kind for e in manifest.entities} == {"country", "city", "company", "person"}
+    assert len({e.name for e in manifest.entities}) == len(manifest.entities)
+    for entity in manifest.entities:
+        html = (root / entity.url_path.lstrip("/")).read_text()
+        text = TAGS.sub("", html)
+        assert len(text.encode()) < 1500, entity.url_path
+        assert html.index('class="infobox"') < html.index("<p>")
+        for label, value in entity.facts.items():
+            assert f"<th>{label}</th>" in html and value in html
+
+
+def test_every_link_resolves_to_a_page(site):
+    root, manifest = site
+    for path in manifest.page_paths:
+        for target in HREF.findall((root / path.lstrip("/")).read_text()):
+            assert (root / target.lstrip("/")).is_file() or target == "/", (path, target)
+
+
+def test_links_name_entities_with_the_linked_facts(site):
+    _, manifest = site
+    for entity in manifest.entities:
+        for label, path in entity.links.items():
+            assert manifest.by_path(path).name == entity.facts[label]
+
+
+def test_near_duplicates_and_archived_copies_exist(site):
+    root, manifest = site
+    names = {e.name for e in manifest.entities}
+    prefixed = [n for n in names if n.split(" ", 1)[0] in {"North", "New", "Port", "Upper"} and n.split(" ", 1)[1] in names]
+    assert len(prefixed) >= 10
+    archived = [p for p in manifest.page_paths if p.startswith("/archive/")]
+    assert len(archived) >= 100
+    html = (root / archived[0].lstrip("/")).read_text()
+    assert "archived" in html and "out of date" in html
+
+
+def test_heldout_split_is_closed(site):
+    root, manifest = site
+    heldout = [e for e in manifest.entities if e.split == "heldout"]
+    train = [e for e in manifest.entities if e.split == "train"]
+    assert len(heldout) >= 200 and len(train) >= 1500
+    heldout_names = re.compile(r"\b(" + "|".join(re.escape(e.name) for e in heldout) + r")\b")
+    for entity in train:
+        text = (root / entity.url_path.lstrip("/")).read_text()
+        assert not heldout_names.search(text), entity.url_path
+        assert all(manifest.by_path(p).split == "train" for p in entity.links.values())
+
+
+def test_entity_numbers_parse_from_facts(site):
+    _, manifest = site
+    city = manifest.of("city")[0]
+    assert city.number("Population") == int(city.facts["Population"].replace(",", ""))
+    with pytest.raises(ValueError, match="not numeric"):
+        city.number("Mayor")
+
+
+def test_server_serves_the_site_and_reuses_the_cache(tmp_path):
+    with OfflineWeb.start(seed=0, cache_dir=tmp_path) as web:
+        assert web.base_url == f"http://{web.host_port}/" and web.host_port.startswith("127.0.0.1:")
+        assert (web.site_dir / MANIFEST_NAME).is_file()
+        assert load_manifest(web.site_dir) == web.manifest
+        entity = web.manifest.of("city", "heldout")[0]
+        page = httpx.get(web.url(entity.url_path))
+        assert page.status_code == 200 and entity.facts["Population"] in page.text
+        assert httpx.get(web.url("/city/no-such-place.html")).status_code == 404
+        first_dir, port = web.site_dir, web.host_port
+        marker = web.site_dir / "index.html"
+        stamp = marker.stat().st_mtime_ns
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://{port}/index.html")
+    with OfflineWeb.start(seed=0, cache_dir=tmp_path) as again:
+        assert again.site_dir == first_dir and marker.stat().st_mtime_ns == stamp
