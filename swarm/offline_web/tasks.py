@@ -1,0 +1,206 @@
+"""Research tasks over the offline web, the teacher's plan for each, and how to grade an answer.
+
+Three families: comparison across N entities, wide table filling (one sub-agent per row) and
+two-hop questions (two waves: the second asks about what the first found). Every sub-agent task
+has the single form "Find the <attribute> of <name>." so one sub-agent skill serves all three.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Literal
+
+from pydantic import BaseModel
+
+from swarm.offline_web.site import SiteManifest
+from swarm.offline_web.world import Entity, Kind, Split
+
+Family = Literal["compare", "table", "two_hop"]
+FAMILIES: tuple[Family, ...] = ("compare", "table", "two_hop")
+
+PLURALS = {"country": "countries", "city": "cities", "company": "companies", "person": "people"}
+COLUMN_TITLES = {"country": "Country", "city": "City", "company": "Company", "person": "Person"}
+
+COMPARISONS: dict[tuple[Kind, str], tuple[str, str]] = {
+    ("city", "Population"): ("has the largest population", "has the smallest population"),
+    ("city", "Founding year"): ("was founded earliest", "was founded most recently"),
+    ("city", "Elevation"): ("has the highest elevation", "has the lowest elevation"),
+    ("country", "Population"): ("has the largest population", "has the smallest population"),
+    ("country", "Area"): ("has the largest area", "has the smallest area"),
+    ("company", "Employees"): ("has the most employees", "has the fewest employees"),
+    ("company", "Founding year"): ("was founded earliest", "was founded most recently"),
+    ("person", "Birth year"): ("was born earliest", "was born most recently"),
+}
+"""(kind, numeric attribute) -> (phrase for the maximum, phrase for the minimum)."""
+EARLIEST_IS_SMALLEST = {"Founding year", "Birth year"}
+
+TABLE_ATTRIBUTES: dict[Kind, tuple[str, ...]] = {
+    "country": ("Capital", "Population", "Area", "Currency", "Continent"),
+    "city": ("Population", "Founding year", "Mayor", "Country", "Elevation"),
+    "company": ("Founding year", "Headquarters", "Founder", "Industry", "Employees"),
+    "person": ("Birth year", "Birthplace", "Occupation"),
+}
+
+TWO_HOPS: tuple[tuple[Kind, str, str, str], ...] = (
+    ("company", "Headquarters", "Population", "What is the population of the city where {name} is headquartered?"),
+    ("company", "Headquarters", "Country", "In which country is {name} headquartered?"),
+    ("company", "Founder", "Birth year", "In which year was the founder of {name} born?"),
+    ("company", "Founder", "Birthplace", "Where was the founder of {name} born?"),
+    ("person", "Birthplace", "Country", "In which country was {name} born?"),
+    ("person", "Birthplace", "Population", "What is the population of the city where {name} was born?"),
+    ("person", "Employer", "Founding year", "When was the company that {name} works for founded?"),
+    ("person", "Employer", "Headquarters", "Where is the company that {name} works for headquartered?"),
+    ("country", "Capital", "Mayor", "Who is the mayor of the capital of {name}?"),
+    ("country", "Capital", "Population", "What is the population of the capital of {name}?"),
+    ("city", "Mayor", "Birth year", "In which year was the mayor of {name} born?"),
+)
+"""(kind of the named entity, first attribute, second attribute, question)."""
+
+COMPARE_TEMPLATES = ("Which of these {plural} {phrase}: {names}?",
+                     "Compare the {attribute} of {names}. Which one {phrase}?")
+TABLE_TEMPLATES = ("Make a table of the {attribute} of these {plural}: {names}.",
+                   "Fill in a table with the {attribute} of each of these {plural}: {names}.")
+
+
+def subtask_text(attribute: str, name: str) -> str:
+    return f"Find the {attribute.lower()} of {name}."
+
+
+def finding_text(attribute: str, name: str, value: str, url: str) -> str:
+    """A sub-agent's answer, and the line the orchestrator builds its answer from."""
+    return f"The {attribute.lower()} of {name} is {value} [{url}]."
+
+
+def join_names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+class Lookup(BaseModel):
+    """One sub-agent's job and the fact it should find."""
+
+    entity: str
+    attribute: str
+    value: str
+    url_path: str
+
+    @property
+    def task(self) -> str:
+        return subtask_text(self.attribute, self.entity)
+
+
+class ResearchTask(BaseModel):
+    """A user task, the teacher's waves of lookups, and the expected answer."""
+
+    family: Family
+    prompt: str
+    kind: Kind
+    attribute: str
+    waves: list[list[Lookup]]
+    answer: str
+    answer_url_path: str | None = None
+
+    def final_answer(self, base_url: str) -> str:
+        """The orchestrator's cited answer, as the teacher writes it."""
+        url = base_url.rstrip("/")
+        if self.family == "table":
+            head = [f"| {COLUMN_TITLES[self.kind]} | {self.attribute} | Source |", "| --- | --- | --- |"]
+            rows = [f"| {lk.entity} | {lk.value} | [{url}{lk.url_path}] |" for lk in self.waves[0]]
+            return "\n".join(head + rows)
+        lines = [finding_text(lk.attribute, lk.entity, lk.value, url + lk.url_path)
+                 for wave in self.waves for lk in wave]
+        if self.family == "compare":
+            lines.append(f"Answer: {self.answer}, with {self.attribute.lower()} "
+                         f"{self._winner().value} [{url}{self.answer_url_path}].")
+        else:
+            lines.append(f"Answer: {self.answer} [{url}{self.answer_url_path}].")
+        return "\n".join(lines)
+
+    def _winner(self) -> Lookup:
+        return next(lk for lk in self.waves[0] if lk.entity == self.answer)
+
+
+def _lookup(entity: Entity, attribute: str) -> Lookup:
+    return Lookup(entity=entity.name, attribute=attribute, value=entity.facts[attribute], url_path=entity.url_path)
+
+
+def compare_task(manifest: SiteManifest, split: Split, rng: random.Random, size: int) -> ResearchTask:
+    kind, attribute = rng.choice(sorted(COMPARISONS))
+    largest = rng.random() < 0.5
+    pool = manifest.of(kind, split)
+    while True:
+        chosen = rng.sample(pool, size)
+        if len({e.number(attribute) for e in chosen}) == size:
+            break
+    pick = max if largest else min
+    winner = pick(chosen, key=lambda e: e.number(attribute))
+    phrase = COMPARISONS[(kind, attribute)][0 if largest else 1]
+    prompt = rng.choice(COMPARE_TEMPLATES).format(plural=PLURALS[kind], phrase=phrase, attribute=attribute.lower(),
+                                                 names=join_names([e.name for e in chosen]))
+    return ResearchTask(family="compare", prompt=prompt, kind=kind, attribute=attribute,
+                        waves=[[_lookup(e, attribute) for e in chosen]], answer=winner.name,
+                        answer_url_path=winner.url_path)
+
+
+def table_task(manifest: SiteManifest, split: Split, rng: random.Random, size: int) -> ResearchTask:
+    kind = rng.choice(sorted(TABLE_ATTRIBUTES))
+    attribute = rng.choice(TABLE_ATTRIBUTES[kind])
+    chosen = rng.sample(manifest.of(kind, split), min(size, len(manifest.of(kind, split))))
+    prompt = rng.choice(TABLE_TEMPLATES).format(attribute=attribute.lower(), plural=PLURALS[kind],
+                                               names=join_names([e.name for e in chosen]))
+    return ResearchTask(family="table", prompt=prompt, kind=kind, attribute=attribute,
+                        waves=[[_lookup(e, attribute) for e in chosen]], answer="")
+
+
+def two_hop_task(manifest: SiteManifest, split: Split, rng: random.Random) -> ResearchTask:
+    kind, first, second, question = rng.choice(TWO_HOPS)
+    start = rng.choice([e for e in manifest.of(kind, split) if first in e.links])
+    middle = manifest.by_path(start.links[first])
+    return ResearchTask(family="two_hop", prompt=question.format(name=start.name), kind=kind, attribute=second,
+                        waves=[[_lookup(start, first)], [_lookup(middle, second)]],
+                        answer=middle.facts[second], answer_url_path=middle.url_path)
+
+
+def sample_task(manifest: SiteManifest, family: Family, split: Split, rng: random.Random,
+                size: int | None = None) -> ResearchTask:
+    """One task of `family` about entities of `split`; `size` is the entity count (compare, table)."""
+    if family == "compare":
+        return compare_task(manifest, split, rng, size or rng.randint(2, 4))
+    if family == "table":
+        return table_task(manifest, split, rng, size or rng.randint(3, 24))
+    return two_hop_task(manifest, split, rng)
+
+
+class Grade(BaseModel):
+    """How one answer scored: `correct`/`total` answers or cells, and how many carried the right source."""
+
+    correct: int
+    cited: int
+    total: int
+
+
+ANSWER_LINE = re.compile(r"^Answer:(.*)$", re.MULTILINE)
+TABLE_ROW = re.compile(r"^\|\s*(?P<name>[^|]+?)\s*\|\s*(?P<value>[^|]*?)\s*\|\s*(?P<source>[^|]*?)\s*\|\s*$", re.MULTILINE)
+
+
+def grade(task: ResearchTask, answer: str, base_url: str) -> Grade:
+    """Score an orchestrator's final text against the task; the URL must be the fact's own page."""
+    url = base_url.rstrip("/")
+    if task.family == "table":
+        rows = {m["name"]: (m["value"], m["source"]) for m in TABLE_ROW.finditer(answer)}
+        correct = cited = 0
+        for lk in task.waves[0]:
+            value, source = rows.get(lk.entity, ("", ""))
+            if value == lk.value:
+                correct += 1
+                cited += f"{url}{lk.url_path}" in source
+        return Grade(correct=correct, cited=cited, total=len(task.waves[0]))
+    match = ANSWER_LINE.search(answer)
+    line = match.group(1) if match else ""
+    if task.family == "compare":
+        named = [lk.entity for lk in task.waves[0] if re.search(rf"\b{re.escape(lk.entity)}\b", line)]
+        named = [n for n in named if not any(n != other and n in other for other in named)]
+        ok = named == [task.answer]
+    else:
+        ok = re.search(rf"(?<![\w,]){re.escape(task.answer)}(?![\w,])", line) is not None
+    return Grade(correct=int(ok), cited=int(ok and f"{url}{task.answer_url_path}" in line), total=1)
