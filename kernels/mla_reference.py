@@ -1,0 +1,91 @@
+"""PyTorch references for MLA attention over a paged latent cache (absorbed / MQA form).
+
+Cache layout: kv_cache [num_pages, page_size, R + P]; a row is [normed latent c ; k_pe]. Keys are the
+whole row, values its first R columns. A sequence's token at position t lives in page
+block_table[t // page_size], row t % page_size. Scores are (q_latent . c + q_pe . k_pe) * scale.
+These are the oracle for the Triton kernels and the CPU path; they compute in fp32 (float64 for
+float64 inputs) and return the dtype of q.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def gather_tokens(kv_cache: torch.Tensor, block_table: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows of positions start..end-1 of one sequence, [end - start, R + P]."""
+    page_size = kv_cache.shape[1]
+    positions = torch.arange(start, end, device=kv_cache.device)
+    pages = block_table.long()[positions // page_size]
+    return kv_cache[pages, positions % page_size]
+
+
+def _attend(q_latent, q_pe, keys, scale, mask=None):
+    """q_* [M, H, *] against keys [S, R+P]; returns (o [M, H, R] unnormalised-free, lse [M, H])."""
+    dtype = _compute_dtype(q_latent)
+    r = q_latent.shape[-1]
+    keys = keys.to(dtype)
+    scores = (torch.einsum("mhr,sr->mhs", q_latent.to(dtype), keys[:, :r])
+              + torch.einsum("mhp,sp->mhs", q_pe.to(dtype), keys[:, r:])) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.einsum("mhs,sr->mhr", (scores - lse[..., None]).exp(), keys[:, :r]), lse
+
+
+def _check_paged(q_latent, q_pe, kv_cache):
+    if q_latent.dim() != 3 or q_pe.dim() != 3 or q_latent.shape[:2] != q_pe.shape[:2]:
+        raise ValueError(f"q_latent {tuple(q_latent.shape)} and q_pe {tuple(q_pe.shape)} must be [N, H, *] alike")
+    if kv_cache.dim() != 3 or kv_cache.shape[-1] != q_latent.shape[-1] + q_pe.shape[-1]:
+        raise ValueError(f"kv_cache {tuple(kv_cache.shape)} must be [pages, page_size, R + P]")
+
+
+def mla_decode_reference(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale):
+    """One query token per sequence (N, H heads) over its first seq_lens[n] cached tokens."""
+    _check_paged(q_latent, q_pe, kv_cache)
+    out = torch.empty_like(q_latent)
+    for n, length in enumerate(seq_lens.tolist()):
+        keys = gather_tokens(kv_cache, block_tables[n], 0, length)
+        o, _ = _attend(q_latent[n:n + 1], q_pe[n:n + 1], keys, scale)
+        out[n] = o[0].to(out.dtype)
+    return out
+
+
+def merge_attention(o_a, lse_a, o_b, lse_b):
+    """Combine two normalised partial attentions over disjoint key sets by log-sum-exp."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    return o_a * (lse_a - lse).exp()[..., None] + o_b * (lse_b - lse).exp()[..., None]
+
+
+def mla_decode_shared_reference(q_latent, q_pe, kv_cache, prefix_pages, prefix_len, block_tables, seq_lens,
+                                scale):
+    """Shared prefix attended once as one [N*H] x [prefix] product, private suffixes per sequence."""
+    _check_paged(q_latent, q_pe, kv_cache)
+    n, h, r = q_latent.shape
+    prefix = gather_tokens(kv_cache, prefix_pages, 0, prefix_len)
+    o_pre, lse_pre = _attend(q_latent.reshape(1, n * h, r), q_pe.reshape(1, n * h, -1), prefix, scale)
+    o_pre, lse_pre = o_pre.view(n, h, r), lse_pre.view(n, h)
+    out = torch.empty_like(q_latent)
+    for i, length in enumerate(seq_lens.tolist()):
+        if length == prefix_len:
+            out[i] = o_pre[i].to(out.dtype)
+            continue
+        keys = gather_tokens(kv_cache, block_tables[i], prefix_len, length)
+        o_suf, lse_suf = _attend(q_latent[i:i + 1], q_pe[i:i + 1], keys, scale)
+        out[i] = merge_attention(o_pre[i], lse_pre[i], o_suf[0], lse_suf[0]).to(out.dtype)
+    return out
+
+
+def mla_prefill_reference(q_latent, q_pe, kv_cache, block_table, start_pos, scale):
+    """T new tokens (already cached at start_pos..start_pos+T-1) attend causally to the sequence."""
+    _check_paged(q_latent, q_pe, kv_cache)
+    t = q_latent.shape[0]
+    keys = gather_tokens(kv_cache, block_table, 0, start_pos + t)
+    key_pos = torch.arange(start_pos + t, device=kv_cache.device)
+    query_pos = torch.arange(start_pos, start_pos + t, device=kv_cache.device)
+    o, _ = _attend(q_latent, q_pe, keys, scale, mask=key_pos[None, :] <= query_pos[:, None])
+    return o.to(q_latent.dtype)
