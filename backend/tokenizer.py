@@ -245,10 +245,10 @@ class KimiTokenizer(_SpecialAware):
         specials = {
             added_tokens.get(id, f"<|reserved_token_{id}|>"): id for id in range(base, base + KIMI_RESERVED_SPECIALS)
         }
+        kept, vocab_size = _fit_specials(specials, base, base + KIMI_RESERVED_SPECIALS, embedding_rows, where)
         self._encoding = tiktoken.Encoding(
             name="kimi", pat_str=KIMI_PAT_STR, mergeable_ranks=ranks, special_tokens=specials
         )
-        kept, vocab_size = _fit_specials(specials, base, base + KIMI_RESERVED_SPECIALS, embedding_rows, where)
         self._init_specials(kept, vocab_size, eos_token)
 
     @classmethod
