@@ -1,0 +1,49 @@
+"""Page-table operations on top of the StateCache: append room, fork, copy-on-write, free."""
+
+from __future__ import annotations
+
+from backend.sequence import Sequence
+from backend.state_cache import StateCache
+
+
+class BlockManager:
+    def __init__(self, cache: StateCache):
+        self.cache = cache
+
+    def pages_needed(self, seq: Sequence, num_tokens: int) -> int:
+        """Free pages that appending `num_tokens` cached tokens to `seq` would take (new + copy-on-write)."""
+        cache = self.cache
+        new = cache.pages_for(seq.num_cached + num_tokens) - len(seq.block_table)
+        offset = seq.num_cached % cache.page_size
+        shared_tail = offset != 0 and cache.page_refs[seq.block_table[-1]] > 1
+        return max(new, 0) + int(shared_tail)
+
+    def can_append(self, seq: Sequence, num_tokens: int) -> bool:
+        return self.pages_needed(seq, num_tokens) <= len(self.cache.free_pages)
+
+    def prepare_append(self, seq: Sequence, num_tokens: int) -> None:
+        """Make the pages that the next `num_tokens` cached tokens land in exist and be private."""
+        cache = self.cache
+        if seq.num_cached % cache.page_size:
+            seq.block_table[-1] = cache.writable_page(seq.block_table[-1])
+        while len(seq.block_table) < cache.pages_for(seq.num_cached + num_tokens):
+            seq.block_table.append(cache.alloc_page())
+
+    def admit(self, seq: Sequence) -> None:
+        seq.slot = self.cache.alloc_slot()
+
+    def fork_into(self, parent: Sequence, child: Sequence) -> None:
+        """Give the child a copy of the parent's slot and the parent's pages, shared by reference."""
+        child.slot = self.cache.alloc_slot()
+        self.cache.copy_slot(parent.slot, child.slot)
+        for page in parent.block_table:
+            self.cache.share_page(page)
+        child.block_table = list(parent.block_table)
+        child.num_cached = parent.num_cached
+
+    def free(self, seq: Sequence) -> None:
+        for page in seq.block_table:
+            self.cache.release_page(page)
+        seq.block_table = []
+        self.cache.free_slot(seq.slot)
+        seq.closed = True

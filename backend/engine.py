@@ -1,0 +1,297 @@
+"""The in-process engine: sessions over one model, advanced together by a worker thread.
+
+Async callers enqueue commands (open, fork, extend/generate, close); one worker thread applies
+them in order and runs the model, so the event loop never waits on compute. Commands keep their
+order, which is what makes `fork` synchronous and cheap: the children are materialised (slot
+copied, pages shared) before anything queued after them can move the parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections import deque
+from collections.abc import Sequence as Seq
+from pathlib import Path
+
+import torch
+
+from backend.block_manager import BlockManager
+from backend.bridge import Waiter
+from backend.generation import Generation
+from backend.model import KimiLinearForCausalLM
+from backend.model_runner import ModelRunner
+from backend.sampling import SamplingParams
+from backend.scheduler import Job, Scheduler
+from backend.sequence import Sequence
+from backend.session import Session
+from backend.state_cache import CacheCapacityError, StateCache
+from backend.tokenizer import Tokenizer, load_tokenizer
+from backend.weights import load_model
+
+STALL_SECONDS = 2.0
+CPU_DEFAULT_FRACTION = 0.25
+CUDA_DEFAULT_FRACTION = 0.9
+
+
+class SessionClosedError(RuntimeError):
+    """An operation on a session that has been closed."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cache_budget_bytes(memory: int | float | None, device: torch.device) -> int:
+    """Bytes for states and cache: an int is bytes, a float a fraction of free device memory (RAM on CPU)."""
+    if isinstance(memory, int):
+        return memory
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+        fraction = CUDA_DEFAULT_FRACTION if memory is None else memory
+    else:
+        import os
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        fraction = CPU_DEFAULT_FRACTION if memory is None else memory
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"memory fraction must be in (0, 1], got {fraction}")
+    return int(available * fraction)
+
+
+class Engine:
+    def __init__(self, model: KimiLinearForCausalLM, tokenizer: Tokenizer | None = None, *,
+                 max_sessions: int = 128, memory: int | float | None = None, page_size: int = 64,
+                 prefill_chunk: int = 512, max_batch: int = 256):
+        self.model = model
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.cache = StateCache.from_budget(
+            self.config, memory_bytes=cache_budget_bytes(memory, model.device), max_sessions=max_sessions,
+            page_size=page_size, device=model.device, dtype=model.dtype)
+        self.blocks = BlockManager(self.cache)
+        self.runner = ModelRunner(model, self.cache)
+        self.scheduler = Scheduler(self.blocks, prefill_chunk, max_batch)
+        self.stop_ids = tokenizer.eos_token_ids if tokenizer is not None else self.config.eos_token_ids
+        self.vocab_limit = min(self.config.vocab_size, tokenizer.vocab_size if tokenizer else self.config.vocab_size)
+        self._ids = itertools.count()
+        self._cond = threading.Condition()
+        self._commands: deque[tuple] = deque()
+        self._admissions: deque[tuple[Sequence | None, Sequence]] = deque()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, **options) -> Engine:
+        """Load a checkpoint directory (config.json, safetensors, tokenizer files when present)."""
+        path, device = Path(path), resolve_device(device)
+        model = load_model(path, device=device, dtype=dtype)
+        has_tokenizer = (path / "tiktoken.model").is_file() or (path / "tokenizer_config.json").is_file()
+        tokenizer = load_tokenizer(path, embedding_rows=model.config.vocab_size) if has_tokenizer else None
+        return cls(model, tokenizer, **options)
+
+    def encode(self, prompt: str | Seq[int]) -> list[int]:
+        """Token ids of a text or id prompt, checked against the vocabulary."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this engine has no tokenizer: pass token ids instead of text")
+            return self.tokenizer.encode(prompt)
+        ids = [int(i) for i in prompt]
+        bad = [i for i in ids if not 0 <= i < self.vocab_limit]
+        if bad:
+            raise ValueError(f"token ids out of range [0, {self.vocab_limit}): {bad[:5]}")
+        return ids
+
+    async def session(self, prompt: str | Seq[int]) -> Session:
+        """A new session holding `prompt`, prefilled (waits for a free slot and pages if needed)."""
+        ids = self.encode(prompt)
+        if not ids:
+            raise ValueError("a session needs a non-empty prompt")
+        self._check_fits(len(ids))
+        seq = Sequence(seq_id=next(self._ids))
+        job = Job(seq, Waiter(asyncio.get_running_loop()), new_tokens=ids)
+        self._send(("open", seq, job))
+        await self._wait(job)
+        return Session(self, seq)
+
+    def stats(self) -> dict[str, int]:
+        return {"used_slots": self.cache.used_slots, "max_sessions": self.cache.max_sessions,
+                "used_pages": self.cache.used_pages, "num_pages": self.cache.num_pages,
+                "page_size": self.cache.page_size}
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    # --- called by Session -------------------------------------------------------------
+
+    def fork_sequence(self, parent: Sequence, n: int) -> list[Sequence]:
+        if n < 1:
+            raise ValueError(f"fork needs n >= 1, got {n}")
+        if n > self.cache.max_sessions - 1:
+            raise CacheCapacityError(f"cannot fork {n} sessions: the engine holds at most "
+                                     f"{self.cache.max_sessions} (max_sessions)")
+        children = [Sequence(seq_id=next(self._ids), token_ids=list(parent.token_ids)) for _ in range(n)]
+        self._send(("fork", parent, children))
+        return children
+
+    async def run_job(self, seq: Sequence, new_tokens: list[int], generation: Generation | None,
+                      waiter: Waiter) -> object:
+        total = len(seq.token_ids) + len(new_tokens) + (generation.params.max_tokens if generation else 0)
+        self._check_fits(total)
+        job = Job(seq, waiter, new_tokens=new_tokens, generation=generation)
+        self._send(("job", job))
+        return await self._wait(job)
+
+    def new_generation(self, params: SamplingParams) -> Generation:
+        return Generation(params, self.tokenizer, self.stop_ids, self.model.device)
+
+    def close_sequence(self, seq: Sequence) -> None:
+        self._send(("close", seq))
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _check_fits(self, total_tokens: int) -> None:
+        if self.cache.pages_for(total_tokens) > self.cache.num_pages:
+            capacity = self.cache.num_pages * self.cache.page_size
+            raise CacheCapacityError(f"a session of {total_tokens} tokens can never fit: the cache holds "
+                                     f"{capacity} tokens in all; raise the engine's memory budget")
+
+    async def _wait(self, job: Job) -> object:
+        try:
+            return await job.waiter.future
+        except asyncio.CancelledError:
+            job.cancelled = True
+            self._send(("wake",))
+            raise
+
+    def _send(self, command: tuple) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="kimi-engine", daemon=True)
+                self._thread.start()
+            self._commands.append(command)
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        idle = True
+        while True:
+            with self._cond:
+                if idle and not self._commands and not self._stopping:
+                    decoding = bool(self.scheduler.decoding)
+                    woken = self._cond.wait(timeout=STALL_SECONDS if decoding else None)
+                    if decoding and not woken:
+                        self._fail_newest_stalled()
+                if self._stopping:
+                    return
+                commands, self._commands = list(self._commands), deque()
+            for command in commands:
+                self._apply(command)
+            self._admit()
+            idle = not self._step()
+
+    def _apply(self, command: tuple) -> None:
+        kind = command[0]
+        if kind == "open":
+            _, seq, job = command
+            self._admissions.append((None, seq))
+            self._add_job(job)
+        elif kind == "fork":
+            _, parent, children = command
+            parent.pending_forks += len(children)
+            self._admissions.extend((parent, child) for child in children)
+        elif kind == "job":
+            self._add_job(command[1])
+        elif kind == "close":
+            seq = command[1]
+            seq.close_requested = True
+            for job in [*self.scheduler.prefilling, *self.scheduler.decoding]:
+                if job.seq is seq:
+                    job.cancelled = True
+                    job.waiter.fail(SessionClosedError(f"session {seq.seq_id} was closed"))
+            self._release_if_done(seq)
+
+    def _add_job(self, job: Job) -> None:
+        job.seq.token_ids.extend(job.new_tokens)
+        self.scheduler.add(job)
+
+    def _admit(self) -> None:
+        """Give waiting sessions and forks their slots, in order, while slots are free."""
+        while self._admissions and self.cache.free_slots:
+            parent, seq = self._admissions.popleft()
+            if parent is None:
+                self.blocks.admit(seq)
+            else:
+                self.blocks.fork_into(parent, seq)
+                parent.pending_forks -= 1
+                self._release_if_done(parent)
+            self._release_if_done(seq)
+
+    def _release_if_done(self, seq: Sequence) -> None:
+        if seq.close_requested and not seq.closed and not seq.pinned:
+            if seq.slot >= 0:
+                self.blocks.free(seq)
+            else:
+                seq.closed = True
+                self._admissions = deque(a for a in self._admissions if a[1] is not seq)
+
+    def _step(self) -> bool:
+        """One prefill chunk and one decode step, as far as memory allows; False if nothing ran."""
+        scheduler = self.scheduler
+        scheduler.drop_cancelled()
+        self._finish_prefilled()
+        progressed = False
+        if (pick := scheduler.next_prefill()) is not None:
+            job, n = pick
+            try:
+                self.blocks.prepare_append(job.seq, n)
+                self.runner.prefill(job.seq, n)
+            except Exception as error:  # a failed forward fails its request, not the engine
+                self._fail(job, error)
+            self._finish_prefilled()
+            progressed = True
+        batch = scheduler.decode_batch()
+        if batch:
+            self._decode(batch)
+            progressed = True
+        return progressed
+
+    def _finish_prefilled(self) -> None:
+        for job in self.scheduler.promote_ready():
+            job.waiter.resolve(None)
+
+    def _decode(self, batch: list[Job]) -> None:
+        try:
+            for job in batch:
+                self.blocks.prepare_append(job.seq, 1)
+            logits = self.runner.decode([job.seq for job in batch])
+        except Exception as error:  # a failed forward fails its requests, not the engine
+            for job in batch:
+                self._fail(job, error)
+            return
+        for job, row in zip(batch, logits):
+            generation = job.generation
+            token = generation.sample(row[:self.vocab_limit])
+            generation.accept(token)
+            job.seq.token_ids.append(token)
+            job.waiter.push(generation.take_delta())
+            if generation.finish_reason is not None:
+                self.scheduler.decoding.remove(job)
+                job.waiter.resolve(generation.completion())
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        job.cancelled = True
+        job.waiter.fail(error)
+
+    def _fail_newest_stalled(self) -> None:
+        """Generations hold every page and none can grow: the newest gives way so the rest can finish."""
+        if self.scheduler.decoding:
+            self._fail(self.scheduler.decoding[-1], CacheCapacityError(
+                "cache memory exhausted: no session could continue and none was closed; "
+                "close sessions sooner or raise the engine's memory budget"))

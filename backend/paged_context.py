@@ -1,0 +1,46 @@
+"""The engine's ForwardContext: a batch of sessions reading and writing the shared StateCache.
+
+Decode batches are N sessions x 1 token; prefill chunks are 1 session x T tokens. Each MLA layer's
+new latent rows are scattered into the sessions' pages, then attention reads them back through
+the block tables, so a prefix shared by forks is stored once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import kernels
+from backend.state_cache import StateCache
+
+
+class PagedContext:
+    def __init__(self, cache: StateCache, slots: list[int], block_tables: list[list[int]],
+                 starts: list[int], num_new: int):
+        device = cache.latent[0].device if cache.latent else cache.recurrent[0].device
+        self.cache = cache
+        self.num_new = num_new
+        self.starts = starts
+        self.slots = torch.tensor(slots, device=device, dtype=torch.long)
+        width = max(len(t) for t in block_tables)
+        self.block_tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables],
+                                         device=device, dtype=torch.int32)
+        self.seq_lens = torch.tensor([s + num_new for s in starts], device=device, dtype=torch.int32)
+        positions = torch.tensor(starts, device=device)[:, None] + torch.arange(num_new, device=device)
+        pages = self.block_tables.long().gather(1, positions // cache.page_size)
+        self.write_rows = (pages * cache.page_size + positions % cache.page_size).reshape(-1)
+
+    def kda_state(self, kda_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.cache.recurrent[kda_index], self.cache.conv[kda_index], self.slots
+
+    def mla_attend(self, mla_index: int, q_latent: torch.Tensor, q_pe: torch.Tensor,
+                   latent_new: torch.Tensor, scale: float) -> torch.Tensor:
+        pool = self.cache.latent[mla_index]
+        pool.view(-1, pool.shape[-1]).index_copy_(0, self.write_rows,
+                                                  latent_new.reshape(-1, pool.shape[-1]).to(pool.dtype))
+        if self.num_new == 1:
+            out = kernels.mla_decode(q_latent[:, 0], q_pe[:, 0], pool, self.block_tables, self.seq_lens, scale)
+            return out.unsqueeze(1)
+        if q_latent.shape[0] != 1:
+            raise ValueError("prefill chunks carry one session at a time")
+        out = kernels.mla_prefill(q_latent[0], q_pe[0], pool, self.block_tables[0], self.starts[0], scale)
+        return out.unsqueeze(0)

@@ -1,0 +1,81 @@
+"""What runs next: one prefill chunk (FIFO, when its pages fit) and one decode step for every
+generating session whose next token has a page. A long prefill therefore delays running
+decodes by at most one chunk, and work that does not fit waits instead of failing."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from backend.block_manager import BlockManager
+from backend.bridge import Waiter
+from backend.generation import Generation
+from backend.sequence import Sequence
+
+
+@dataclass(eq=False)
+class Job:
+    """Bring a session up to date (extend/prefill) and, with a generation, generate."""
+
+    seq: Sequence
+    waiter: Waiter
+    new_tokens: list[int] = field(default_factory=list)
+    generation: Generation | None = None
+    cancelled: bool = False
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, prefill_chunk: int, max_batch: int):
+        self.blocks = blocks
+        self.prefill_chunk = prefill_chunk
+        self.max_batch = max_batch
+        self.prefilling: deque[Job] = deque()
+        self.decoding: list[Job] = []
+
+    def add(self, job: Job) -> None:
+        self.prefilling.append(job)
+
+    def drop_cancelled(self) -> None:
+        self.prefilling = deque(j for j in self.prefilling if not j.cancelled)
+        self.decoding = [j for j in self.decoding if not j.cancelled]
+
+    def next_prefill(self) -> tuple[Job, int] | None:
+        """The first waiting job that has tokens to prefill and pages for its next chunk."""
+        for job in self.prefilling:
+            seq = job.seq
+            if seq.slot < 0 or seq.pinned:
+                continue
+            n = min(self.prefill_chunk, seq.prefill_pending)
+            if n and self.blocks.can_append(seq, n):
+                return job, n
+        return None
+
+    def promote_ready(self) -> list[Job]:
+        """Jobs whose prefill is complete: generations move to decoding, the rest are returned as done."""
+        done, waiting = [], deque()
+        for job in self.prefilling:
+            if job.seq.slot >= 0 and not job.seq.pinned and job.seq.prefill_pending == 0:
+                (self.decoding.append(job) if job.generation else done.append(job))
+            else:
+                waiting.append(job)
+        self.prefilling = waiting
+        return done
+
+    def decode_batch(self) -> list[Job]:
+        """Generating jobs whose next token fits in the free pages, oldest first."""
+        free = len(self.blocks.cache.free_pages)
+        batch = []
+        for job in self.decoding:
+            if job.seq.pinned:
+                continue
+            need = self.blocks.pages_needed(job.seq, 1)
+            if need <= free:
+                free -= need
+                batch.append(job)
+            if len(batch) == self.max_batch:
+                break
+        return batch
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.prefilling or self.decoding)

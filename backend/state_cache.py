@@ -1,0 +1,122 @@
+"""Where every session's memory lives: KDA state slots and a paged MLA latent cache.
+
+A session holds one slot (per KDA layer: the fp32 recurrent state [H, K, V] and the short-conv
+window) whose size does not depend on its length, plus a block table of latent-cache pages (per
+MLA layer: page_size tokens x (kv_lora_rank + qk_rope_head_dim) values). Pages carry reference
+counts so that forks share their parent's pages; a shared page is copied before it is written.
+Everything is allocated once, up front, from a byte budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from backend.config import KimiLinearConfig
+
+
+class CacheCapacityError(RuntimeError):
+    """A request that cannot fit in the engine's memory budget, now or ever."""
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Byte sizes that turn a memory budget into slot and page counts."""
+
+    slot_bytes: int
+    page_bytes: int
+    page_size: int
+
+    @classmethod
+    def for_config(cls, config: KimiLinearConfig, dtype: torch.dtype, page_size: int) -> CacheLayout:
+        h, d = config.kda_heads, config.kda_head_dim
+        n_kda, n_mla = len(config.kda_layer_ids), len(config.mla_layer_ids)
+        item = torch.empty((), dtype=dtype).element_size()
+        slot = n_kda * (h * d * d * 4 + 3 * h * d * (config.conv_size - 1) * item)
+        page = n_mla * page_size * config.latent_dim * item
+        return cls(slot_bytes=slot, page_bytes=max(page, 1), page_size=page_size)
+
+
+class StateCache:
+    """Fixed pools of slots and pages with free lists and page reference counts (not thread-safe)."""
+
+    def __init__(self, config: KimiLinearConfig, *, max_sessions: int, num_pages: int, page_size: int,
+                 device: torch.device, dtype: torch.dtype):
+        h, d = config.kda_heads, config.kda_head_dim
+        n_kda, n_mla = len(config.kda_layer_ids), len(config.mla_layer_ids)
+        self.page_size = page_size
+        self.num_pages = num_pages
+        self.max_sessions = max_sessions
+        self.recurrent = [torch.zeros(max_sessions, h, d, d, device=device, dtype=torch.float32)
+                          for _ in range(n_kda)]
+        self.conv = [torch.zeros(max_sessions, 3 * h * d, config.conv_size - 1, device=device, dtype=dtype)
+                     for _ in range(n_kda)]
+        self.latent = [torch.zeros(num_pages, page_size, config.latent_dim, device=device, dtype=dtype)
+                       for _ in range(n_mla)]
+        self.free_slots = list(range(max_sessions - 1, -1, -1))
+        self.free_pages = list(range(num_pages - 1, -1, -1))
+        self.page_refs = [0] * num_pages
+
+    @classmethod
+    def from_budget(cls, config: KimiLinearConfig, *, memory_bytes: int, max_sessions: int, page_size: int,
+                    device: torch.device, dtype: torch.dtype) -> StateCache:
+        """As many pages as fit in `memory_bytes` once `max_sessions` slots are paid for."""
+        layout = CacheLayout.for_config(config, dtype, page_size)
+        left = memory_bytes - max_sessions * layout.slot_bytes
+        num_pages = left // layout.page_bytes
+        if num_pages < 1:
+            need = max_sessions * layout.slot_bytes + layout.page_bytes
+            raise CacheCapacityError(
+                f"memory budget of {memory_bytes / 2**20:.1f} MiB is too small: {max_sessions} session slots "
+                f"({layout.slot_bytes / 2**20:.2f} MiB each) plus one cache page need {need / 2**20:.1f} MiB; "
+                "raise the budget or lower max_sessions")
+        return cls(config, max_sessions=max_sessions, num_pages=int(num_pages), page_size=page_size,
+                   device=device, dtype=dtype)
+
+    def pages_for(self, tokens: int) -> int:
+        return -(-tokens // self.page_size)
+
+    def alloc_slot(self) -> int:
+        slot = self.free_slots.pop()
+        for pool in (*self.recurrent, *self.conv):
+            pool[slot].zero_()
+        return slot
+
+    def free_slot(self, slot: int) -> None:
+        self.free_slots.append(slot)
+
+    def copy_slot(self, src: int, dst: int) -> None:
+        for pool in (*self.recurrent, *self.conv):
+            pool[dst].copy_(pool[src])
+
+    def alloc_page(self) -> int:
+        page = self.free_pages.pop()
+        self.page_refs[page] = 1
+        return page
+
+    def share_page(self, page: int) -> None:
+        self.page_refs[page] += 1
+
+    def release_page(self, page: int) -> None:
+        self.page_refs[page] -= 1
+        if self.page_refs[page] == 0:
+            self.free_pages.append(page)
+
+    def writable_page(self, page: int) -> int:
+        """The page itself if only one table holds it, else a private copy (copy-on-write)."""
+        if self.page_refs[page] == 1:
+            return page
+        copy = self.alloc_page()
+        for pool in self.latent:
+            pool[copy].copy_(pool[page])
+        self.release_page(page)
+        return copy
+
+    @property
+    def used_slots(self) -> int:
+        return self.max_sessions - len(self.free_slots)
+
+    @property
+    def used_pages(self) -> int:
+        return self.num_pages - len(self.free_pages)

@@ -1,0 +1,191 @@
+"""The engine on CPU with a random tiny checkpoint written by transformers: forking, batching,
+accounting, admission control, streaming. Greedy results must not depend on batching or forking."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from backend import Engine, SamplingParams
+from backend.state_cache import CacheCapacityError, CacheLayout
+from backend.tokenizer import ByteTokenizer
+from tests.model_support import write_tiny_checkpoint
+
+PAGE = 16
+GREEDY = SamplingParams(max_tokens=8, stop_token_ids=[])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("engine-ckpt")
+    write_tiny_checkpoint(path, layers="KMKKM", vocab=300, seed=3)
+    ByteTokenizer().save(path)
+    return path
+
+
+@pytest.fixture
+def engine(checkpoint):
+    engine = Engine.from_pretrained(checkpoint, max_sessions=128, memory=64 << 20, page_size=PAGE,
+                                    prefill_chunk=48)
+    yield engine
+    engine.shutdown()
+
+
+def random_ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(0, 256) for _ in range(n)]
+
+
+async def wait_for_accounting(engine: Engine, slots: int, pages: int) -> None:
+    """Close is asynchronous (applied by the worker in order); give it a moment."""
+    for _ in range(200):
+        stats = engine.stats()
+        if stats["used_slots"] == slots and stats["used_pages"] == pages:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"accounting did not settle: {engine.stats()}")
+
+
+async def test_fork_equals_fresh_session(engine):
+    rng = random.Random(0)
+    prefix = random_ids(rng, 3 * PAGE + 5)  # ends inside a page, so the tail page is copy-on-write
+    suffixes = [random_ids(rng, n) for n in (1, 2, 7, PAGE, PAGE + 1, 2 * PAGE + 9)]
+    parent = await engine.session(prefix)
+    children = parent.fork(len(suffixes))
+
+    async def forked(child, suffix):
+        await child.extend(suffix)
+        return await child.generate(GREEDY)
+
+    forked_out = await asyncio.gather(*(forked(c, s) for c, s in zip(children, suffixes)))
+    parent_out = await parent.generate(GREEDY)
+
+    async def fresh(ids):
+        session = await engine.session(ids)
+        try:
+            return await session.generate(GREEDY)
+        finally:
+            session.close()
+
+    for suffix, got in zip(suffixes, forked_out):
+        want = await fresh(prefix + suffix)
+        assert got.token_ids == want.token_ids, f"suffix of {len(suffix)} tokens"
+        assert got.finish_reason == "length" and len(got.token_ids) == GREEDY.max_tokens
+    assert parent_out.token_ids == (await fresh(prefix)).token_ids
+    for child, suffix, out in zip(children, suffixes, forked_out):
+        assert child.token_ids == prefix + suffix + out.token_ids
+    for session in [parent, *children]:
+        session.close()
+    await wait_for_accounting(engine, 0, 0)
+
+
+async def test_batched_equals_one_at_a_time(engine):
+    rng = random.Random(1)
+    prompts = [random_ids(rng, rng.randrange(1, 40)) for _ in range(16)]
+    params = SamplingParams(max_tokens=12, stop_token_ids=[])
+
+    async def run(ids):
+        session = await engine.session(ids)
+        out = await session.generate(params)
+        session.close()
+        return out.token_ids
+
+    together = await asyncio.gather(*(run(p) for p in prompts))
+    alone = [await run(p) for p in prompts]
+    assert together == alone
+
+
+async def test_sampling_is_seeded_per_request(engine):
+    session = await engine.session([5, 6, 7])
+    a, b = session.fork(2)
+    params = SamplingParams(max_tokens=10, temperature=1.0, top_k=50, top_p=0.9, seed=42, stop_token_ids=[])
+    out_a, out_b = await asyncio.gather(a.generate(params), b.generate(params))
+    assert out_a.token_ids == out_b.token_ids
+    other = await a.generate(params.model_copy(update={"seed": 7}))
+    assert len(other.token_ids) == 10
+    for s in (session, a, b):
+        s.close()
+
+
+async def test_hundred_sessions_decode_together_and_release_everything(engine):
+    root = await engine.session(list(range(40)))
+    children = root.fork(100)
+    rng = random.Random(2)
+
+    async def run(i, child):
+        await child.extend(random_ids(rng, 1 + i % 5))
+        return await child.generate(SamplingParams(max_tokens=4, stop_token_ids=[]))
+
+    outs = await asyncio.gather(*(run(i, c) for i, c in enumerate(children)))
+    assert all(len(o.token_ids) == 4 for o in outs)
+    stats = engine.stats()
+    assert stats["used_slots"] == 101
+    # the 40-token prefix fills 2 full pages shared by all; each child owns at most 2 private pages
+    assert stats["used_pages"] <= 3 + 2 * 100
+    for c in children:
+        c.close()
+    root.close()
+    await wait_for_accounting(engine, 0, 0)
+
+
+async def test_text_prompt_stop_strings_and_stream(engine):
+    session = await engine.session("<|im_user|>user<|im_middle|>hello<|im_end|>")
+    fork_a, fork_b = session.fork(2)
+    params = SamplingParams(max_tokens=20, stop_token_ids=[])
+    full = await fork_a.generate(params)
+    streamed = "".join([d async for d in fork_b.stream(params)])
+    assert streamed == full.text
+    if len(full.text) >= 3:
+        stop = full.text[1:3]
+        third = session.fork(1)[0]
+        cut = await third.generate(params.model_copy(update={"stop": [stop]}))
+        assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)]
+        third.close()
+    for s in (session, fork_a, fork_b):
+        s.close()
+
+
+async def test_admission_control_waits_for_memory(checkpoint):
+    config_engine = Engine.from_pretrained(checkpoint, max_sessions=4, memory=64 << 20, page_size=PAGE)
+    layout = CacheLayout.for_config(config_engine.config, torch.float32, PAGE)
+    config_engine.shutdown()
+    # room for 4 sessions and 6 pages: two 40-token sessions (3 pages each) at a time
+    budget = 4 * layout.slot_bytes + 6 * layout.page_bytes
+    engine = Engine.from_pretrained(checkpoint, max_sessions=4, memory=budget, page_size=PAGE)
+    try:
+        with pytest.raises(CacheCapacityError, match="can never fit"):
+            await engine.session(list(range(7 * PAGE)))
+        peak = 0
+
+        async def run(i):
+            nonlocal peak
+            session = await engine.session([i] * 39)
+            peak = max(peak, engine.stats()["used_pages"])
+            out = await session.generate(SamplingParams(max_tokens=1, stop_token_ids=[]))
+            await asyncio.sleep(0.05)
+            session.close()
+            return out
+
+        outs = await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(6))), timeout=60)
+        assert len(outs) == 6 and peak <= 6
+        await wait_for_accounting(engine, 0, 0)
+    finally:
+        engine.shutdown()
+
+
+def test_budget_too_small_is_a_clear_error(checkpoint):
+    with pytest.raises(CacheCapacityError, match="too small"):
+        Engine.from_pretrained(checkpoint, max_sessions=8, memory=1000)
+
+
+async def test_bad_input_is_named(engine):
+    with pytest.raises(ValueError, match="out of range"):
+        await engine.session([1, 2, 10_000])
+    with pytest.raises(ValueError, match="non-empty"):
+        await engine.session([])
+    session = await engine.session([1, 2, 3])
+    session.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await session.generate()
