@@ -125,8 +125,8 @@ def _split_specials(text: str, splitter: re.Pattern[str], specials: dict[str, in
 def _bounded_pieces(text: str) -> Iterator[str]:
     """Cut `text` so tiktoken never sees more than 400k chars or a 25k-char whitespace/non-whitespace run.
 
-    Same cut points as tokenization_kimi.py: every 400k chars, then inside each piece at the start of a
-    run plus every further 25k chars of that run.
+    The cut rule of tokenization_kimi.py (every 400k chars, then every 25k chars into a long run), applied to
+    each stretch of text between special tokens so that a cut can never split a special-token string.
     """
     for start in range(0, len(text), TIKTOKEN_MAX_ENCODE_CHARS):
         piece = text[start : start + TIKTOKEN_MAX_ENCODE_CHARS]
@@ -178,9 +178,9 @@ class _SpecialAware:
         self._splitter = _special_splitter(specials)
 
     def _check_ids(self, ids: Sequence[int]) -> None:
-        for id in ids:
-            if not 0 <= id < self.vocab_size:
-                raise TokenizerError(f"token id {id} is outside this tokenizer's ids 0..{self.vocab_size - 1}")
+        if ids and not (0 <= min(ids) and max(ids) < self.vocab_size):
+            bad = next(id for id in ids if not 0 <= id < self.vocab_size)
+            raise TokenizerError(f"token id {bad} is outside this tokenizer's ids 0..{self.vocab_size - 1}")
 
     def _pieces(self, text: str) -> Iterator[str | int]:
         return _split_specials(text, self._splitter, self.special_ids)
@@ -319,7 +319,8 @@ class ByteTokenizer(_SpecialAware):
             "bos_token": "[BOS]",
             "eos_token": "[EOS]",
             "added_tokens_decoder": {
-                str(id): {"content": name, "special": True} for name, id in sorted(self.special_ids.items(), key=lambda kv: kv[1])
+                str(id): {"content": name, "special": True}
+                for name, id in sorted(self.special_ids.items(), key=lambda item: item[1])
             },
         }
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
