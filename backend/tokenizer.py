@@ -178,7 +178,7 @@ class _SpecialAware:
         self._splitter = _special_splitter(specials)
 
     def _check_ids(self, ids: Sequence[int]) -> None:
-        if ids and not (0 <= min(ids) and max(ids) < self.vocab_size):
+        if len(ids) and not (0 <= min(ids) and max(ids) < self.vocab_size):
             bad = next(id for id in ids if not 0 <= id < self.vocab_size)
             raise TokenizerError(f"token id {bad} is outside this tokenizer's ids 0..{self.vocab_size - 1}")
 
