@@ -1,0 +1,83 @@
+"""EngineBackend: conversations as engine sessions in the Kimi chat format, forks that share state."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backend.chat_format import GENERATION_PROMPT, render
+from backend.conversation import ReplyOptions
+from backend.engine_backend import EngineBackend
+from backend.messages import Message, ToolSpec
+from backend.tokenizer import ByteTokenizer
+from tests.model_support import write_tiny_checkpoint
+
+TOOLS = [ToolSpec(name="search", description="Search the web.",
+                  parameters={"type": "object", "properties": {"query": {"type": "string"}}})]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("chat-ckpt")
+    write_tiny_checkpoint(path, layers="KKKM", vocab=300, seed=5)
+    ByteTokenizer().save(path)
+    return path
+
+
+@pytest.fixture
+async def backend(checkpoint):
+    backend = EngineBackend.from_pretrained(checkpoint, device="cpu", max_sessions=16, memory=32 << 20,
+                                            page_size=32)
+    yield backend
+    await backend.aclose()
+
+
+async def test_session_holds_exactly_the_rendered_transcript(backend):
+    tokenizer = backend.engine.tokenizer
+    messages = [Message(role="system", content="Be brief."), Message(role="user", content="Find <|im_end|> X")]
+    conv = await backend.open(messages, TOOLS)
+    opening = render(messages, TOOLS, add_generation_prompt=False)
+    assert conv.session.token_ids == tokenizer.encode(opening)
+    # untrusted text that spells a special token stays plain text
+    user_turn = tokenizer.encode(render(messages[1:], add_generation_prompt=False, default_system=False))
+    assert user_turn.count(tokenizer.special_ids["<|im_end|>"]) == 1
+
+    reply = await conv.reply(ReplyOptions(max_tokens=6))
+    assert reply.completion_tokens >= 1 and reply.prompt_tokens == len(tokenizer.encode(opening + GENERATION_PROMPT))
+    assert reply.finish_reason in ("stop", "length", "tool_calls")
+    assert conv.session.token_ids[-1] == tokenizer.special_ids["<|im_end|>"]
+
+    result = Message(role="tool", tool_call_id="functions.search:0", content="nothing found")
+    before = conv.session.token_ids
+    await conv.add([result])
+    added = tokenizer.encode(render([result], add_generation_prompt=False, default_system=False))
+    assert conv.session.token_ids == before + added
+    assert [m.role for m in conv.messages] == ["system", "user", "assistant", "tool"]
+    conv.close()
+
+
+async def test_forks_continue_from_the_same_point(backend):
+    conv = await backend.open([Message(role="user", content="Compare A and B.")], TOOLS)
+    children = conv.fork(3)
+    tasks = [Message(role="tool", tool_call_id="functions.spawn_agents:0", content=f"task {i}") for i in range(3)]
+    await asyncio.gather(*(c.add([t]) for c, t in zip(children, tasks)))
+    replies = await asyncio.gather(*(c.reply(ReplyOptions(max_tokens=5)) for c in children))
+    fresh = await backend.open([Message(role="user", content="Compare A and B."), tasks[1]], TOOLS)
+    assert (await fresh.reply(ReplyOptions(max_tokens=5))).content == replies[1].content
+    assert all(len(c.messages) == 3 for c in children) and len(conv.messages) == 1
+    for c in [conv, fresh, *children]:
+        c.close()
+    for _ in range(100):
+        if backend.engine.stats()["used_slots"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert backend.engine.stats()["used_slots"] == 0
+
+
+def test_engine_without_tokenizer_is_refused(tmp_path):
+    from backend import Engine
+    write_tiny_checkpoint(tmp_path, layers="KM", vocab=300)
+    engine = Engine.from_pretrained(tmp_path, max_sessions=2, memory=8 << 20)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        EngineBackend(engine)
