@@ -1,6 +1,74 @@
-"""Kernels for the GPU path beside their PyTorch references; CPU tensors use the references."""
+"""Kernels for the GPU path beside their PyTorch references.
 
-from kernels.kda_reference import chunk_kda_reference as chunk_kda
-from kernels.kda_reference import recurrent_kda_reference as recurrent_kda
+Each public function has one signature for both paths: CUDA tensors in bf16/fp16/fp32 go to the Triton
+kernels (kernels/*_triton.py) when Triton can be imported; anything else (CPU, float64, no Triton) goes
+to the references (kernels/*_reference.py), which are also the oracle in tests. Triton is imported only
+when a CUDA tensor arrives, so CPU-only installs never load it.
+"""
 
-__all__ = ["chunk_kda", "recurrent_kda"]
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType
+
+import torch
+
+from kernels import kda_reference, mla_reference
+
+_TRITON_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@functools.cache
+def _triton_module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"kernels.{name}")
+    except ImportError:
+        return None
+
+
+def _triton_path(name: str, x: torch.Tensor) -> ModuleType | None:
+    """The Triton module to use for tensor x, or None for the reference."""
+    if not x.is_cuda or x.dtype not in _TRITON_DTYPES:
+        return None
+    return _triton_module(name)
+
+
+def chunk_kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+              use_qk_l2norm=False):
+    """KDA over whole sequences (prefill): returns (o [B,T,H,V] in q's dtype, final state [N,H,K,V] fp32)."""
+    fast = _triton_path("kda_triton", q)
+    impl = fast.chunk_kda_triton if fast else kda_reference.chunk_kda_reference
+    return impl(q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+                cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm)
+
+
+def recurrent_kda(q, k, v, g, beta, state_pool, state_indices, *, scale=None, use_qk_l2norm=False):
+    """One token per sequence; updates state_pool[state_indices] in place and returns o [N,1,H,V]."""
+    fast = _triton_path("kda_triton", q)
+    impl = fast.recurrent_kda_triton if fast else kda_reference.recurrent_kda_reference
+    return impl(q, k, v, g, beta, state_pool, state_indices, scale=scale, use_qk_l2norm=use_qk_l2norm)
+
+
+def mla_decode(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale):
+    """One query token per sequence over its paged latent cache: returns [N, H, R]."""
+    fast = _triton_path("mla_triton", q_latent)
+    impl = fast.mla_decode_triton if fast else mla_reference.mla_decode_reference
+    return impl(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale)
+
+
+def mla_decode_shared(q_latent, q_pe, kv_cache, prefix_pages, prefix_len, block_tables, seq_lens, scale):
+    """mla_decode for sequences that share their first prefix_len tokens: the prefix is read once."""
+    fast = _triton_path("mla_triton", q_latent)
+    impl = fast.mla_decode_shared_triton if fast else mla_reference.mla_decode_shared_reference
+    return impl(q_latent, q_pe, kv_cache, prefix_pages, prefix_len, block_tables, seq_lens, scale)
+
+
+def mla_prefill(q_latent, q_pe, kv_cache, block_table, start_pos, scale):
+    """T new tokens of one sequence attend causally to its cache: returns [T, H, R]."""
+    fast = _triton_path("mla_triton", q_latent)
+    impl = fast.mla_prefill_triton if fast else mla_reference.mla_prefill_reference
+    return impl(q_latent, q_pe, kv_cache, block_table, start_pos, scale)
+
+
+__all__ = ["chunk_kda", "recurrent_kda", "mla_decode", "mla_decode_shared", "mla_prefill"]

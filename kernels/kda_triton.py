@@ -30,6 +30,11 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Every output buffer comes from here, so tests can poison them (fill with NaN) before a run."""
+    return torch.empty(*shape, device=device, dtype=dtype)
+
+
 @triton.jit
 def _kda_intra_kernel(q, k, v, g, beta, chunk_starts, chunk_ends, w, u, qd, kd, aqk, glast, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -242,18 +247,18 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
     starts, ends, first = _chunk_table(cu, b * t)
     n_chunks = len(starts)
     ty = q.dtype
-    w, qd, kdec = (torch.empty(b * t, h, kd, device=q.device, dtype=ty) for _ in range(3))
-    u = torch.empty(b * t, h, vd, device=q.device, dtype=ty)
-    aqk = torch.empty(b * t, h, CHUNK, device=q.device, dtype=ty)
-    glast = torch.empty(n_chunks, h, bk, device=q.device, dtype=torch.float32)
+    w, qd, kdec = (_empty(b * t, h, kd, device=q.device, dtype=ty) for _ in range(3))
+    u = _empty(b * t, h, vd, device=q.device, dtype=ty)
+    aqk = _empty(b * t, h, CHUNK, device=q.device, dtype=ty)
+    glast = _empty(n_chunks, h, bk, device=q.device, dtype=torch.float32)
     prec = _dot_precision(ty)
     if n_chunks:
         _kda_intra_kernel[(n_chunks, h)](
             q, k, v, g, beta, starts, ends, w, u, qd, kdec, aqk, glast, scale,
             H=h, K=kd, V=vd, BK=bk, BV=bv, C=CHUNK, BC=SUB, L2NORM=use_qk_l2norm, DOT_PREC=prec,
             MAX_DECAY=MAX_BLOCK_DECAY, NEUMANN_STEPS=CHUNK.bit_length() - 2, num_warps=8)
-    o = torch.empty(b, t, h, vd, device=q.device, dtype=ty)
-    final = torch.empty(n, h, kd, vd, device=q.device, dtype=torch.float32) if output_final_state else None
+    o = _empty(b, t, h, vd, device=q.device, dtype=ty)
+    final = _empty(n, h, kd, vd, device=q.device, dtype=torch.float32) if output_final_state else None
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else None
     _kda_inter_kernel[(triton.cdiv(vd, block_v), n * h)](
         w, u, qd, kdec, aqk, glast, cu, first, h0, final, o,
@@ -279,7 +284,7 @@ def recurrent_kda_triton(q, k, v, g, beta, state_pool, state_indices, *, scale=N
     scale = kd ** -0.5 if scale is None else scale
     bv = _block(vd)
     block_v = block_v or min(bv, 32)
-    o = torch.empty(n, 1, h, vd, device=q.device, dtype=q.dtype)
+    o = _empty(n, 1, h, vd, device=q.device, dtype=q.dtype)
     _kda_decode_kernel[(triton.cdiv(vd, block_v), n * h)](
         q, k, v, g, beta, state_pool, state_indices.contiguous(), o, scale,
         H=h, K=kd, V=vd, BK=_block(kd), BV=block_v, L2NORM=use_qk_l2norm, num_warps=4)

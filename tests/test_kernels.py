@@ -1,0 +1,185 @@
+"""Triton kernels against float64 references, run on CPU through the Triton interpreter.
+
+CI has no GPU: TRITON_INTERPRET=1 runs the real kernels (their indexing, masks, splits and maths) in
+numpy on small float32 shapes; bf16 and speed are checked on the GPU by benchmarks/kernels.py. Every
+test draws fresh random inputs and poisons every buffer the kernels allocate, so an element the kernel
+forgets to write turns the result into NaN.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+os.environ["TRITON_INTERPRET"] = "1"  # read when @triton.jit decorates, i.e. at the imports below
+pytest.importorskip("triton", reason="Triton is not installed; the GPU kernels cannot be checked")
+
+import kernels  # noqa: E402
+from kernels import kda_reference, mla_reference  # noqa: E402
+
+kda_triton = importlib.reload(importlib.import_module("kernels.kda_triton"))
+mla_triton = importlib.reload(importlib.import_module("kernels.mla_triton"))
+
+FP32_TOL = 1e-4
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def poisoned_empty(*shape, device, dtype):
+    return torch.full(shape, float("nan"), device=device, dtype=dtype)
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    monkeypatch.setattr(kda_triton, "_empty", poisoned_empty)
+    monkeypatch.setattr(mla_triton, "_empty", poisoned_empty)
+
+
+def kda_inputs(b, t, h, kd, vd, *, gate_scale=1.0):
+    q, k = torch.randn(b, t, h, kd), torch.randn(b, t, h, kd)
+    v = torch.randn(b, t, h, vd)
+    g = F.logsigmoid(torch.randn(b, t, h, kd)) * gate_scale
+    beta = torch.rand(b, t, h)
+    return q, k, v, g, beta
+
+
+def float64(*xs):
+    return [x.double() for x in xs]
+
+
+@pytest.mark.parametrize("gate_scale", [1.0, 40.0], ids=["factored-decay", "exact-decay"])
+def test_chunk_kda_matches_naive_recurrence(gate_scale):
+    """B=2, T not a chunk multiple, K != V, an initial state; 40x gates force the exact-decay path."""
+    q, k, v, g, beta = kda_inputs(2, 100, 2, 16, 32, gate_scale=gate_scale)
+    h0 = torch.randn(2, 2, 16, 32)
+    o, final = kda_triton.chunk_kda_triton(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                           use_qk_l2norm=True)
+    ref_o, ref_final = kda_reference.naive_recurrent_kda(*float64(q, k, v, g, beta), initial_state=h0.double(),
+                                                         output_final_state=True, use_qk_l2norm=True)
+    assert o.dtype == torch.float32 and final.dtype == torch.float32
+    assert rel_err(o, ref_o) <= FP32_TOL
+    assert rel_err(final, ref_final) <= FP32_TOL
+
+
+def test_chunk_kda_varlen_and_single_tokens():
+    """cu_seqlens with a T=1 sequence, an exact 64-token chunk and a ragged tail; custom scale, no l2norm."""
+    q, k, v, g, beta = kda_inputs(1, 150, 2, 32, 16)
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    cu = torch.tensor([0, 1, 65, 66, 150])
+    h0 = torch.randn(4, 2, 32, 16)
+    o, final = kda_triton.chunk_kda_triton(q, k, v, g, beta, scale=0.3, initial_state=h0, output_final_state=True,
+                                           cu_seqlens=cu)
+    ref_o, ref_final = kda_reference.chunk_kda_reference(*float64(q, k, v, g, beta), scale=0.3,
+                                                         initial_state=h0.double(), output_final_state=True,
+                                                         cu_seqlens=cu)
+    assert rel_err(o, ref_o) <= FP32_TOL
+    assert rel_err(final, ref_final) <= FP32_TOL
+
+
+def test_chunk_kda_without_states_and_t1():
+    q, k, v, g, beta = kda_inputs(3, 1, 2, 16, 16)
+    o, final = kda_triton.chunk_kda_triton(q, k, v, g, beta, use_qk_l2norm=True)
+    ref_o, _ = kda_reference.naive_recurrent_kda(*float64(q, k, v, g, beta), use_qk_l2norm=True)
+    assert final is None
+    assert rel_err(o, ref_o) <= FP32_TOL
+
+
+def test_recurrent_kda_updates_only_its_pool_rows():
+    q, k, v, g, beta = kda_inputs(5, 1, 2, 32, 16)
+    pool = torch.randn(9, 2, 32, 16)
+    slots = torch.tensor([6, 1, 3, 0, 8])
+    ref_pool = pool.double().clone()
+    ref_o = kda_reference.recurrent_kda_reference(*float64(q, k, v, g, beta), ref_pool, slots, use_qk_l2norm=True)
+    before = pool.clone()
+    o = kda_triton.recurrent_kda_triton(q, k, v, g, beta, pool, slots, use_qk_l2norm=True)
+    untouched = torch.ones(9, dtype=torch.bool)
+    untouched[slots] = False
+    assert torch.equal(pool[untouched], before[untouched])
+    assert rel_err(o, ref_o) <= FP32_TOL
+    assert rel_err(pool[slots], ref_pool[slots]) <= FP32_TOL
+
+
+def test_kda_bad_shapes_are_named():
+    q, k, v, g, beta = kda_inputs(2, 8, 2, 16, 16)
+    with pytest.raises(ValueError, match="cu_seqlens needs batch size 1"):
+        kda_triton.chunk_kda_triton(q, k, v, g, beta, cu_seqlens=torch.tensor([0, 8]))
+    with pytest.raises(ValueError, match="initial_state"):
+        kda_triton.chunk_kda_triton(q, k, v, g, beta, initial_state=torch.zeros(1, 2, 16, 16))
+    with pytest.raises(ValueError, match="one token per sequence"):
+        kda_triton.recurrent_kda_triton(q, k, v, g, beta, torch.zeros(4, 2, 16, 16), torch.arange(2))
+
+
+def paged_cache(n, prefix_len, seq_lens, r, p, page_size):
+    """A cache in shuffled pages; all sequences share the prefix pages as their first block-table entries."""
+    prefix_pages = -(-prefix_len // page_size)
+    private = [-(-length // page_size) - prefix_pages for length in seq_lens]
+    num_pages = prefix_pages + sum(private) + 3
+    order = torch.randperm(num_pages).to(torch.int32)
+    width = prefix_pages + max(private)
+    tables = torch.zeros(n, width, dtype=torch.int32)
+    tables[:, :prefix_pages] = order[:prefix_pages]
+    used = prefix_pages
+    for i, count in enumerate(private):
+        tables[i, prefix_pages:prefix_pages + count] = order[used:used + count]
+        used += count
+    kv = torch.randn(num_pages, page_size, r + p)
+    return kv, order[:prefix_pages], tables, torch.tensor(seq_lens, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("n_splits", [None, 3])
+def test_mla_decode_matches_reference(n_splits):
+    n, h, r, p = 3, 4, 32, 16
+    kv, _, tables, lens = paged_cache(n, 0, [7, 40, 23], r, p, page_size=8)
+    ql, qp = torch.randn(n, h, r), torch.randn(n, h, p)
+    out = mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, 0.2, n_splits=n_splits)
+    ref = mla_reference.mla_decode_reference(*float64(ql, qp, kv), tables, lens, 0.2)
+    assert rel_err(out, ref) <= FP32_TOL
+
+
+@pytest.mark.parametrize("splits", [(None, None), (2, 3)])
+def test_mla_decode_shared_equals_plain_decode(splits):
+    """A 19-token prefix over 8-token pages (a shared partial page), suffixes of 0..26 tokens."""
+    n, h, r, p = 3, 4, 32, 16
+    kv, prefix_pages, tables, lens = paged_cache(n, 19, [19, 30, 45], r, p, page_size=8)
+    ql, qp = torch.randn(n, h, r), torch.randn(n, h, p)
+    out = mla_triton.mla_decode_shared_triton(ql, qp, kv, prefix_pages, 19, tables, lens, 0.2, block_m=16,
+                                              prefix_splits=splits[0], suffix_splits=splits[1])
+    ref = mla_reference.mla_decode_reference(*float64(ql, qp, kv), tables, lens, 0.2)
+    assert rel_err(out, ref) <= FP32_TOL
+    shared_ref = mla_reference.mla_decode_shared_reference(*float64(ql, qp, kv), prefix_pages, 19, tables, lens, 0.2)
+    assert rel_err(shared_ref, ref) <= 1e-12
+
+
+def test_mla_decode_shared_rejects_short_sequences():
+    kv, prefix_pages, tables, lens = paged_cache(2, 15, [16, 14], 32, 16, page_size=8)
+    ql, qp = torch.randn(2, 4, 32), torch.randn(2, 4, 16)
+    with pytest.raises(ValueError, match="shared prefix"):
+        mla_triton.mla_decode_shared_triton(ql, qp, kv, prefix_pages, 15, tables, lens, 0.2)
+
+
+@pytest.mark.parametrize("block_m,n_splits", [(64, None), (16, 3)])
+def test_mla_prefill_is_causal_over_the_cache(block_m, n_splits):
+    t, h, r, p, start = 10, 4, 32, 16, 25
+    kv, _, tables, _ = paged_cache(1, 0, [start + t], r, p, page_size=8)
+    ql, qp = torch.randn(t, h, r), torch.randn(t, h, p)
+    out = mla_triton.mla_prefill_triton(ql, qp, kv, tables[0], start, 0.2, block_m=block_m, n_splits=n_splits)
+    ref = mla_reference.mla_prefill_reference(*float64(ql, qp, kv), tables[0], start, 0.2)
+    assert rel_err(out, ref) <= FP32_TOL
+
+
+def test_cpu_tensors_dispatch_to_the_references():
+    q, k, v, g, beta = kda_inputs(1, 20, 2, 16, 16)
+    o, final = kernels.chunk_kda(q, k, v, g, beta, output_final_state=True, use_qk_l2norm=True)
+    ref_o, ref_final = kda_reference.chunk_kda_reference(q, k, v, g, beta, output_final_state=True,
+                                                         use_qk_l2norm=True)
+    assert torch.equal(o, ref_o) and torch.equal(final, ref_final)
+    kv, _, tables, lens = paged_cache(2, 0, [5, 9], 32, 16, page_size=4)
+    ql, qp = torch.randn(2, 4, 32), torch.randn(2, 4, 16)
+    assert torch.equal(kernels.mla_decode(ql, qp, kv, tables, lens, 0.2),
+                       mla_reference.mla_decode_reference(ql, qp, kv, tables, lens, 0.2))
