@@ -80,6 +80,7 @@ class Engine:
         self._cond = threading.Condition()
         self._commands: deque[tuple] = deque()
         self._admissions: deque[tuple[Sequence | None, Sequence]] = deque()
+        self._barriers: list[Waiter] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -116,6 +117,12 @@ class Engine:
         self._send(("open", seq, job))
         await self._wait(job)
         return Session(self, seq)
+
+    async def drain(self) -> None:
+        """Wait until every command sent so far (forks, closes) has been applied."""
+        waiter = Waiter(asyncio.get_running_loop())
+        self._send(("barrier", waiter))
+        await waiter.future
 
     def stats(self) -> dict[str, int]:
         return {"used_slots": self.cache.used_slots, "max_sessions": self.cache.max_sessions,
@@ -194,6 +201,9 @@ class Engine:
             for command in commands:
                 self._apply(command)
             self._admit()
+            for waiter in self._barriers:
+                waiter.resolve(None)
+            self._barriers.clear()
             idle = not self._step()
 
     def _apply(self, command: tuple) -> None:
@@ -206,6 +216,8 @@ class Engine:
             _, parent, children = command
             parent.pending_forks += len(children)
             self._admissions.extend((parent, child) for child in children)
+        elif kind == "barrier":
+            self._barriers.append(command[1])
         elif kind == "job":
             self._add_job(command[1])
         elif kind == "close":

@@ -38,14 +38,10 @@ def random_ids(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(0, 256) for _ in range(n)]
 
 
-async def wait_for_accounting(engine: Engine, slots: int, pages: int) -> None:
-    """Close is asynchronous (applied by the worker in order); give it a moment."""
-    for _ in range(200):
-        stats = engine.stats()
-        if stats["used_slots"] == slots and stats["used_pages"] == pages:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"accounting did not settle: {engine.stats()}")
+async def assert_released(engine: Engine) -> None:
+    await engine.drain()
+    stats = engine.stats()
+    assert (stats["used_slots"], stats["used_pages"]) == (0, 0), stats
 
 
 async def test_fork_equals_fresh_session(engine):
@@ -78,7 +74,7 @@ async def test_fork_equals_fresh_session(engine):
         assert child.token_ids == prefix + suffix + out.token_ids
     for session in [parent, *children]:
         session.close()
-    await wait_for_accounting(engine, 0, 0)
+    await assert_released(engine)
 
 
 async def test_batched_equals_one_at_a_time(engine):
@@ -127,7 +123,7 @@ async def test_hundred_sessions_decode_together_and_release_everything(engine):
     for c in children:
         c.close()
     root.close()
-    await wait_for_accounting(engine, 0, 0)
+    await assert_released(engine)
 
 
 async def test_text_prompt_stop_strings_and_stream(engine):
@@ -170,7 +166,7 @@ async def test_admission_control_waits_for_memory(checkpoint):
 
         outs = await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(6))), timeout=60)
         assert len(outs) == 6 and peak <= 6
-        await wait_for_accounting(engine, 0, 0)
+        await assert_released(engine)
     finally:
         engine.shutdown()
 

@@ -68,10 +68,7 @@ async def test_forks_continue_from_the_same_point(backend):
     assert all(len(c.messages) == 3 for c in children) and len(conv.messages) == 1
     for c in [conv, fresh, *children]:
         c.close()
-    for _ in range(100):
-        if backend.engine.stats()["used_slots"] == 0:
-            break
-        await asyncio.sleep(0.01)
+    await backend.engine.drain()
     assert backend.engine.stats()["used_slots"] == 0
 
 
