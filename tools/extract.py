@@ -1,0 +1,101 @@
+"""Turns a response body into readable text: HTML main content, JSON, plain text or PDF text.
+
+HTML goes through trafilatura, which keeps the page's main content as Markdown and drops
+navigation, sidebars, footers and scripts. Bytes are decoded by declared charset only when the
+declaration fits the bytes; a wrong declaration falls back to detection.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import charset_normalizer
+import trafilatura
+from pypdf import PdfReader
+from pypdf.errors import PdfReadError
+
+from tools.errors import ToolError
+
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
+_TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown", "text/csv", "text/x-rst")
+
+
+def decode_text(body: bytes, declared: str | None) -> str:
+    """Decodes `body`: valid UTF-8 first, then the declared charset if it fits, then detection."""
+    try:
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    meta = _META_CHARSET.search(body[:4096])
+    for charset in (declared, meta.group(1).decode("ascii", "ignore") if meta else None):
+        if not charset:
+            continue
+        if charset.lower().replace("-", "").replace("_", "") in ("iso88591", "latin1", "usascii", "ascii"):
+            charset = "cp1252"  # what browsers read these labels as (WHATWG Encoding)
+        try:
+            return body.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    best = charset_normalizer.from_bytes(body).best()
+    if best is not None:
+        return str(best)
+    return body.decode(declared or "latin-1", errors="replace")
+
+
+def sniff_type(body: bytes, content_type: str) -> str:
+    """The media type to treat the body as: the header's, corrected for obvious PDF/HTML/binary bodies."""
+    head = body[:1024].lstrip().lower()
+    if head.startswith(b"%pdf-"):
+        return "application/pdf"
+    if content_type in ("", "application/octet-stream") or content_type.startswith("text/"):
+        if head.startswith((b"<!doctype html", b"<html")):
+            return "text/html"
+    if content_type in ("", "application/octet-stream") and b"\x00" not in head:
+        return "text/plain"
+    return content_type
+
+
+def html_to_text(html: str, url: str) -> tuple[str | None, str]:
+    """(title, main content as Markdown) of an HTML page; falls back to all visible text for tiny pages."""
+    text = trafilatura.extract(
+        html, url=url, output_format="markdown", include_links=True, include_tables=True, include_comments=False
+    )
+    if not text:
+        text = trafilatura.html2txt(html) or ""
+    metadata = trafilatura.extract_metadata(html)
+    return (metadata.title if metadata else None) or None, text.strip()
+
+
+def pdf_to_text(body: bytes) -> tuple[str | None, str]:
+    try:
+        reader = PdfReader(io.BytesIO(body))
+        pages = [page.extract_text() or "" for page in reader.pages]
+        title = reader.metadata.title if reader.metadata else None
+    except (PdfReadError, ValueError, KeyError) as exc:
+        raise ToolError(f"The PDF could not be read: {exc}.") from None
+    text = "\n\n".join(f"[PDF page {number}]\n{page.strip()}" for number, page in enumerate(pages, 1))
+    return title or None, text
+
+
+def body_to_text(body: bytes, content_type: str, charset: str | None, url: str) -> tuple[str | None, str, str]:
+    """(title, text, media type) for a response body; raises ToolError for content that is not text."""
+    media_type = sniff_type(body, content_type)
+    if media_type == "application/pdf":
+        return (*pdf_to_text(body), media_type)
+    if media_type in ("text/html", "application/xhtml+xml"):
+        return (*html_to_text(decode_text(body, charset), url), media_type)
+    if media_type == "application/json" or media_type.endswith("+json"):
+        text = decode_text(body, charset)
+        try:
+            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        except ValueError:
+            pass
+        return None, text, media_type
+    if media_type.startswith("text/") or media_type in _TEXT_TYPES or media_type.endswith(("+xml", "/xml")):
+        return None, decode_text(body, charset), media_type
+    raise ToolError(
+        f"{url} is {media_type or 'binary data'} ({len(body)} bytes), not text, HTML, JSON or PDF; "
+        "it cannot be read as text. Use browse with a screenshot to look at images."
+    )
