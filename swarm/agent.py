@@ -1,0 +1,219 @@
+"""One agent's loop: ask the model, run the tool calls it makes (within the limits), until it answers.
+
+The orchestrator and every sub-agent run this same loop; the orchestrator passes a `spawn` handler
+for its `spawn_agents` calls. A call the limits do not allow is answered, not executed, so the
+conversation stays well-formed and the model can answer with what it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from backend.conversation import Conversation
+from backend.messages import Message, ToolCall
+from swarm import prompts
+from swarm.events import ToolCallFinished, ToolCallStarted
+from swarm.result import AgentRecord, ToolCallRecord
+from swarm.state import RunState
+from swarm.tool import Tool, ToolArgumentsError, TransientToolError, render_output
+
+SpawnHandler = Callable[[Conversation, ToolCall], Awaitable[tuple[Message, str | None]]]
+"""Runs one spawn_agents call: (the tool result for the orchestrator, malformed-call problem or None)."""
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientToolError, TimeoutError, ConnectionError, httpx.TimeoutException, httpx.NetworkError,
+)
+RETRY_BASE_SECONDS = 0.2
+
+
+class AgentStopped(Exception):
+    """The agent ends early; `status` says which limit or failure ended it."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def correction_text(problems: list[str]) -> str:
+    return ("Your last reply could not be used: " + "; ".join(problems)
+            + ". Reply again with well-formed tool calls or a plain-text answer.")
+
+
+def step_limit_text(limit: int) -> str:
+    return f"(stopped: the step limit of {limit} model turns was reached before an answer)"
+
+
+async def run_agent(state: RunState, record: AgentRecord, conversation: Conversation, *,
+                    max_steps: int, spawn: SpawnHandler | None = None) -> None:
+    """Drive `conversation` until the agent answers or a limit stops it; the outcome goes into `record`."""
+    record.status = "running"
+    corrections = 0
+    refused_for_budget = False
+    try:
+        while True:
+            if record.steps >= max_steps:
+                raise AgentStopped("step_limit", step_limit_text(max_steps))
+            cap = state.options.max_tokens
+            if not state.budget.try_reserve_tokens(cap):
+                raise AgentStopped("token_limit", "(stopped: the run's token budget is spent)")
+            used = 0
+            try:
+                reply = await conversation.reply(state.options)
+                used = reply.prompt_tokens + reply.completion_tokens
+            finally:
+                state.budget.settle_tokens(cap, used)
+            record.steps += 1
+            state.book_reply(record.id, reply)
+            if reply.malformed:
+                corrections = _count_correction(state, corrections, reply.malformed)
+                await conversation.add([Message(role="user", content=correction_text(reply.malformed))])
+                continue
+            if not reply.tool_calls:
+                record.result = reply.content
+                record.status = "budget" if refused_for_budget else "done"
+                return
+            if refused_for_budget and state.budget.tool_calls_left <= 0:
+                raise AgentStopped("budget", reply.content or "(stopped: the tool-call budget is spent)")
+            results, problems, refused = await _run_calls(state, record, conversation, reply.tool_calls, spawn)
+            refused_for_budget |= refused
+            if problems:
+                corrections = _count_correction(state, corrections, problems)
+            await conversation.add(results)
+    except AgentStopped as stop:
+        record.status = stop.status  # type: ignore[assignment]
+        record.result = record.result or str(stop)
+    except asyncio.CancelledError:
+        record.status = "deadline" if state.stop_reason == "deadline" else "cancelled"  # type: ignore[assignment]
+        record.result = record.result or f"(stopped: {record.status})"
+        raise
+    except Exception as error:  # a failing agent must not fail the run
+        record.status = "failed"
+        record.error = f"{type(error).__name__}: {error}"
+        record.result = record.result or f"(failed: {record.error})"
+
+
+def _count_correction(state: RunState, corrections: int, problems: list[str]) -> int:
+    corrections += 1
+    if corrections > state.limits.max_corrections:
+        raise AgentStopped("failed", f"(failed: more than {state.limits.max_corrections} malformed replies; "
+                                     f"last: {'; '.join(problems)})")
+    return corrections
+
+
+async def _run_calls(state: RunState, record: AgentRecord, conversation: Conversation, calls: list[ToolCall],
+                     spawn: SpawnHandler | None) -> tuple[list[Message], list[str], bool]:
+    """Answer every call of one assistant turn, in order. Spawn calls go last: the fork happens after
+    the other calls are answered, so each child's transcript is complete."""
+    spawn_calls = [c for c in calls if c.name == prompts.SPAWN_TOOL_NAME]
+    other_calls = [c for c in calls if c.name != prompts.SPAWN_TOOL_NAME]
+    outcomes = await asyncio.gather(*(_run_call(state, record, call) for call in other_calls))
+    answers = {call.id: message for call, (message, _, _) in zip(other_calls, outcomes)}
+    problems = [problem for _, problem, _ in outcomes if problem]
+    refused = any(refused for _, _, refused in outcomes)
+    if spawn_calls and spawn is None:
+        for call in spawn_calls:
+            text = "Not executed: only the orchestrator can start sub-agents. Do your task with your tools."
+            answers[call.id] = prompts.tool_result_message(call.id, text)
+    elif spawn_calls:
+        primary, extra = spawn_calls[0], spawn_calls[1:]
+        for call in extra:
+            text = "Not executed: call spawn_agents once per turn, with all tasks in one list."
+            answers[call.id] = prompts.tool_result_message(call.id, text)
+        before = [answers[c.id] for c in calls if c.id in answers]
+        if before:
+            await conversation.add(before)
+        spawn_result, problem = await spawn(conversation, primary)
+        return [spawn_result], problems + ([problem] if problem else []), refused
+    return [answers[c.id] for c in calls], problems, refused
+
+
+async def _run_call(state: RunState, record: AgentRecord, call: ToolCall) -> tuple[Message, str | None, bool]:
+    """(tool result message, malformed-call problem or None, refused for budget)."""
+    tool = state.tools.get(call.name)
+    if tool is None:
+        known = ", ".join(sorted(state.tools)) or "none"
+        problem = f"unknown tool {call.name!r} (tools: {known})"
+        return _not_executed(state, record, call, f"Error: {problem}."), problem, False
+    try:
+        arguments = tool.validate(call.arguments)
+    except ToolArgumentsError as error:
+        problem = f"bad arguments for {call.name}: {error}"
+        return _not_executed(state, record, call, f"Error: {problem}."), problem, False
+    if not state.budget.try_tool_call():
+        text = prompts.budget_spent_text(state.limits.max_tool_calls)
+        return _not_executed(state, record, call, text), None, True
+    state.emit(ToolCallStarted(t=state.now(), agent_id=record.id, call_id=call.id, tool=call.name,
+                               arguments=call.arguments))
+    state.emit_budget()
+    started = time.perf_counter()
+    async with state.tool_slots[tool.name]:
+        ok, text, attempts = await _invoke_with_retries(state, tool, arguments)
+    seconds = time.perf_counter() - started
+    record.tool_calls.append(ToolCallRecord(call_id=call.id, tool=call.name, arguments=call.arguments,
+                                            executed=True, ok=ok, output=text, attempts=attempts, seconds=seconds))
+    state.emit(ToolCallFinished(t=state.now(), agent_id=record.id, call_id=call.id, tool=call.name, ok=ok,
+                                executed=True, attempts=attempts, seconds=seconds, error=None if ok else text))
+    return prompts.tool_result_message(call.id, text), None, False
+
+
+def _not_executed(state: RunState, record: AgentRecord, call: ToolCall, text: str) -> Message:
+    record.tool_calls.append(ToolCallRecord(call_id=call.id, tool=call.name, arguments=call.arguments,
+                                            executed=False, ok=False, output=text))
+    state.emit(ToolCallFinished(t=state.now(), agent_id=record.id, call_id=call.id, tool=call.name, ok=False,
+                                executed=False, attempts=0, seconds=0.0, error=text))
+    return prompts.tool_result_message(call.id, text)
+
+
+async def _invoke_with_retries(state: RunState, tool: Tool, arguments: dict) -> tuple[bool, str, int]:
+    """(ok, text for the model, attempts). Transient failures are retried with exponential backoff."""
+    timeout = tool.timeout or state.limits.tool_timeout
+    retries = state.limits.tool_retries if tool.retries is None else tool.retries
+    refusal = _web_tool_error_type()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            value = await asyncio.wait_for(tool.invoke(arguments), timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            transient = isinstance(error, TRANSIENT_ERRORS) and not (refusal and isinstance(error, refusal))
+            if transient and attempt <= retries:
+                await asyncio.sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+                continue
+            reason = f"timed out after {timeout:g} s" if isinstance(error, TimeoutError) and not str(error) else (
+                f"{type(error).__name__}: {error}")
+            tried = f" (after {attempt} attempts)" if attempt > 1 else ""
+            return False, f"Error from {tool.name}{tried}: {reason}", attempt
+        text = render_output(value)
+        state.evidence.add(text, source_url=_source_url(value))
+        if tool.untrusted:
+            text = _wrap_untrusted(text, _source_url(value) or tool.name)
+        return True, text, attempt
+
+
+def _source_url(value: object) -> str | None:
+    url = getattr(value, "url", None)
+    return url if isinstance(url, str) else None
+
+
+def _web_tool_error_type() -> type[BaseException] | None:
+    """`tools.ToolError` is a refusal (blocked host, bad URL): reported, never retried."""
+    module = sys.modules.get("tools")
+    error = getattr(module, "ToolError", None) if module else None
+    return error if isinstance(error, type) else None
+
+
+def _wrap_untrusted(text: str, source: str) -> str:
+    try:
+        wrap = getattr(importlib.import_module("tools"), "wrap_untrusted", None)
+    except ImportError:
+        return text
+    return wrap(text, source) if callable(wrap) else text
+

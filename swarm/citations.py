@@ -1,0 +1,95 @@
+"""Citations: URLs cited in square brackets, kept only when a tool result of the run came from them.
+
+Every tool result is filed under the URLs it mentions. A cited URL becomes a Citation with the
+answer's sentence that cites it and the passage of that tool result sharing the most words with it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from swarm.result import Citation
+
+_URL = re.compile(r"https?://[^\s\"'<>\[\]()]+")
+_BRACKETS = re.compile(r"\[([^\[\]]+)\]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORD = re.compile(r"[a-z0-9]+")
+PASSAGE_CHARS = 400
+
+
+def normalize_url(url: str) -> str:
+    return url.rstrip(".,;:!?)'\"").rstrip("/")
+
+
+class EvidenceStore:
+    """Tool-result texts of a run, by every URL they mention."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, list[str]] = {}
+
+    def add(self, text: str, source_url: str | None = None) -> None:
+        urls = {normalize_url(u) for u in _URL.findall(text)}
+        if source_url:
+            urls.add(normalize_url(source_url))
+        for url in urls:
+            self._texts.setdefault(url, []).append(text)
+
+    def texts_for(self, url: str) -> list[str]:
+        return self._texts.get(normalize_url(url), [])
+
+
+def cited_urls(answer: str) -> list[tuple[str, str]]:
+    """(url, sentence) for each URL inside square brackets, in order of appearance, first use only."""
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for sentence in _sentences(answer):
+        for bracket in _BRACKETS.findall(sentence):
+            for url in _URL.findall(bracket):
+                url = normalize_url(url)
+                if url not in seen:
+                    seen.add(url)
+                    found.append((url, _claim_text(sentence)))
+    return found
+
+
+def extract_citations(answer: str, evidence: EvidenceStore) -> list[Citation]:
+    citations = []
+    for url, claim in cited_urls(answer):
+        texts = evidence.texts_for(url)
+        if texts:
+            citations.append(Citation(url=url, claim=claim, evidence=_best_passage(claim, texts)))
+    return citations
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def _claim_text(sentence: str) -> str:
+    return re.sub(r"\s+", " ", _BRACKETS.sub("", sentence)).strip()
+
+
+def _best_passage(claim: str, texts: list[str]) -> str:
+    """The window of the tool results that shares the most words with the claim."""
+    claim_words = set(_WORD.findall(claim.lower()))
+    best, best_score = "", -1
+    for text in texts:
+        for passage in _passages(text):
+            score = len(claim_words & set(_WORD.findall(passage.lower())))
+            if score > best_score:
+                best, best_score = passage, score
+    return best
+
+
+def _passages(text: str) -> list[str]:
+    """Sentence-aligned windows of about PASSAGE_CHARS characters."""
+    sentences = _sentences(text)
+    windows = []
+    for start in range(len(sentences)):
+        window = sentences[start]
+        for sentence in sentences[start + 1:]:
+            if len(window) + len(sentence) + 1 > PASSAGE_CHARS:
+                break
+            window = f"{window} {sentence}"
+        windows.append(window.strip())
+    return windows or [text]

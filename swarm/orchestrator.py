@@ -1,0 +1,270 @@
+"""The swarm: an orchestrator agent that fans a task out to sub-agents forked from its own conversation.
+
+`spawn_agents(tasks)` forks the orchestrator's conversation right after the assistant turn that
+called it — one child per accepted task, each answered with its own task — runs the children
+concurrently (capped), and answers the orchestrator with their results. Waves repeat until the
+orchestrator answers in plain text or a limit ends the run; either way a RunResult comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from backend.conversation import ChatBackend, Conversation, ReplyOptions
+from backend.messages import Message, ToolCall
+from swarm import prompts
+from swarm.agent import run_agent
+from swarm.budget import Limits
+from swarm.citations import extract_citations
+from swarm.events import AgentFinished, AgentStarted, Event, RunFinished, RunStarted
+from swarm.result import COMPLETE_STATUSES, AgentRecord, RunResult, Usage
+from swarm.state import RunState
+from swarm.tool import Tool, as_tool
+
+
+class Swarm:
+    """A planner plus up to `max_agents` sub-agents over one backend, within hard limits.
+
+    Every limit is checked before anything is spent: a tool call over `max_tool_calls` is answered
+    "budget spent" instead of being executed, tasks over `max_agents` are refused in the spawn result,
+    and the deadline or `cancel()` stops every agent and still returns the partial result.
+    """
+
+    def __init__(
+        self,
+        backend: ChatBackend,
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        *,
+        max_agents: int = 100,
+        max_tool_calls: int = 1500,
+        max_agent_steps: int = 100,
+        max_orchestrator_steps: int = 15,
+        max_concurrency: int = 100,
+        max_tool_concurrency: int = 32,
+        token_budget: int | None = None,
+        deadline: float | None = None,
+        tool_timeout: float = 60.0,
+        tool_retries: int = 2,
+        max_corrections: int = 3,
+        reply_options: ReplyOptions | None = None,
+        trace_path: str | Path | None = None,
+    ) -> None:
+        self.backend = backend
+        self.tools = _tools_by_name(tools)
+        self.limits = Limits(
+            max_agents=max_agents, max_tool_calls=max_tool_calls, max_agent_steps=max_agent_steps,
+            max_orchestrator_steps=max_orchestrator_steps, max_concurrency=max_concurrency,
+            max_tool_concurrency=max_tool_concurrency, token_budget=token_budget, deadline=deadline,
+            tool_timeout=tool_timeout, tool_retries=tool_retries, max_corrections=max_corrections,
+        )
+        self.reply_options = reply_options or ReplyOptions()
+        self.trace_path = Path(trace_path) if trace_path else None
+        self._cancel_requested: asyncio.Event | None = None
+        self._listeners: list[Callable[[Event], None]] = []
+
+    def cancel(self) -> None:
+        """Stop the running run promptly; `run()` returns its partial result (e.g. on Ctrl-C)."""
+        if self._cancel_requested is not None:
+            self._cancel_requested.set()
+
+    def run_sync(self, task: str, context: Sequence[str] | None = None) -> RunResult:
+        return asyncio.run(self.run(task, context))
+
+    def stream(self, task: str, context: Sequence[str] | None = None) -> RunStream:
+        """`async for event in swarm.stream(task)`; the RunResult is on `.result` once the stream ends."""
+        return RunStream(self, task, context)
+
+    async def run(self, task: str, context: Sequence[str] | None = None) -> RunResult:
+        if not task.strip():
+            raise ValueError("the task is empty")
+        self._cancel_requested = asyncio.Event()
+        trace_file = self.trace_path.open("w", encoding="utf-8") if self.trace_path else None
+        state = RunState(task, self.tools, self.limits, self.reply_options, trace_file, list(self._listeners))
+        try:
+            state.emit(RunStarted(t=0.0, task=task, limits=self.limits.model_dump()))
+            await self._run_until_stopped(state, context)
+            result = _result(state)
+            state.emit(RunFinished(t=state.now(), status=result.status, partial=result.partial,
+                                   answer=result.answer, usage=result.usage.model_dump()))
+            result.trace = list(state.events)
+            return result
+        finally:
+            if trace_file is not None:
+                trace_file.close()
+
+    async def _run_until_stopped(self, state: RunState, context: Sequence[str] | None) -> None:
+        """Run the orchestrator; on the deadline or cancel(), cancel it (and with it every sub-agent)."""
+        main = asyncio.create_task(self._orchestrate(state, context))
+        cancel_wait = asyncio.create_task(self._cancel_requested.wait())  # type: ignore[union-attr]
+        try:
+            done, _ = await asyncio.wait({main, cancel_wait}, timeout=self.limits.deadline,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if main not in done:
+                state.stop_reason = "cancelled" if cancel_wait in done else "deadline"
+                main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+        except asyncio.CancelledError:
+            state.stop_reason = "cancelled"
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+            raise
+        finally:
+            cancel_wait.cancel()
+
+    async def _orchestrate(self, state: RunState, context: Sequence[str] | None) -> None:
+        specs = [prompts.SPAWN_TOOL] + [t.spec for t in state.tools.values()]
+        conversation = await self.backend.open(prompts.orchestrator_messages(state.task, context), specs)
+        record = state.orchestrator
+        state.emit(AgentStarted(t=state.now(), agent_id=0, task=state.task, wave=0))
+
+        async def spawn(parent: Conversation, call: ToolCall) -> tuple[Message, str | None]:
+            return await _spawn_wave(state, parent, call)
+
+        try:
+            await run_agent(state, record, conversation, max_steps=self.limits.max_orchestrator_steps, spawn=spawn)
+        finally:
+            record.transcript = list(conversation.messages)
+            conversation.close()
+            state.critical_steps += record.steps
+            state.emit(AgentFinished(t=state.now(), agent_id=0, status=record.status, steps=record.steps,
+                                     tool_calls=record.executed_tool_calls, result=record.result))
+
+
+async def _spawn_wave(state: RunState, parent: Conversation, call: ToolCall) -> tuple[Message, str | None]:
+    tasks, problem = _parse_tasks(call.arguments)
+    if problem:
+        return prompts.tool_result_message(call.id, f"Error: {problem}."), problem
+    granted = state.budget.take_agents(len(tasks))
+    state.waves += 1
+    accepted = tasks[:granted]
+    children = parent.fork(len(accepted)) if accepted else []
+    records = [state.new_agent(task, state.waves) for task in accepted]
+    runs = [_run_subagent(state, record, child, call.id, index, len(accepted))
+            for index, (record, child) in enumerate(zip(records, children), start=1)]
+    try:
+        await asyncio.gather(*runs)
+    finally:
+        state.critical_steps += max((r.steps for r in records), default=0)
+    refusal = f"Not started: the run's cap of {state.limits.max_agents} sub-agents is reached."
+    outcomes = [prompts.SubagentOutcome(task=r.task, status=r.status, result=r.result) for r in records]
+    outcomes += [prompts.SubagentOutcome(task=task, status="refused", result=refusal) for task in tasks[granted:]]
+    state.emit_budget()
+    return prompts.spawn_result_message(call.id, outcomes), None
+
+
+async def _run_subagent(state: RunState, record: AgentRecord, conversation: Conversation, spawn_call_id: str,
+                        index: int, total: int) -> None:
+    try:
+        async with state.agent_slots:
+            state.emit(AgentStarted(t=state.now(), agent_id=record.id, task=record.task, wave=record.wave))
+            await conversation.add([prompts.subagent_task_message(spawn_call_id, index, total, record.task)])
+            await run_agent(state, record, conversation, max_steps=state.limits.max_agent_steps)
+    except asyncio.CancelledError:
+        if record.status == "pending":
+            record.status = "deadline" if state.stop_reason == "deadline" else "cancelled"
+            record.result = f"(not started: {record.status})"
+        raise
+    finally:
+        record.transcript = list(conversation.messages)
+        conversation.close()
+        state.emit(AgentFinished(t=state.now(), agent_id=record.id, status=record.status, steps=record.steps,
+                                 tool_calls=record.executed_tool_calls, result=record.result))
+
+
+def _parse_tasks(arguments: str) -> tuple[list[str], str | None]:
+    try:
+        parsed = json.loads(arguments or "{}")
+    except json.JSONDecodeError as error:
+        return [], f"spawn_agents arguments are not valid JSON ({error.msg})"
+    tasks = parsed.get("tasks") if isinstance(parsed, dict) else None
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t.strip() for t in tasks):
+        return [], "spawn_agents needs {\"tasks\": [...]} with at least one non-empty task string"
+    return tasks, None
+
+
+def _tools_by_name(tools: Sequence[Tool | Callable[..., Any]]) -> dict[str, Tool]:
+    by_name: dict[str, Tool] = {}
+    for item in tools:
+        converted = as_tool(item)
+        if converted.name == prompts.SPAWN_TOOL_NAME:
+            raise ValueError(f"{prompts.SPAWN_TOOL_NAME!r} is reserved for the orchestrator")
+        if converted.name in by_name:
+            raise ValueError(f"two tools are named {converted.name!r}; give one another name with @tool(name=...)")
+        by_name[converted.name] = converted
+    return by_name
+
+
+def _result(state: RunState) -> RunResult:
+    orchestrator = state.orchestrator
+    incomplete = [a for a in state.agents if a.status not in COMPLETE_STATUSES]
+    if orchestrator.status in ("done", "budget"):
+        answer = orchestrator.result
+    else:
+        answer = _partial_answer(state)
+    usage = Usage(
+        tool_calls=state.budget.tool_calls, agents=len(state.agents), prompt_tokens=state.prompt_tokens,
+        completion_tokens=state.completion_tokens, model_calls=state.model_calls, waves=state.waves,
+        critical_steps=state.critical_steps, wall_seconds=state.now(),
+    )
+    stop_reason = state.stop_reason or (orchestrator.status if orchestrator.status != "done" else None)
+    if stop_reason is None and incomplete:
+        stop_reason = incomplete[0].status
+    return RunResult(
+        task=state.task, answer=answer, status=orchestrator.status,
+        partial=orchestrator.status != "done" or bool(incomplete), stop_reason=stop_reason,
+        citations=extract_citations(answer, state.evidence), orchestrator=orchestrator,
+        agents=list(state.agents), usage=usage,
+    )
+
+
+def _partial_answer(state: RunState) -> str:
+    """When the orchestrator could not answer: say why, then every sub-agent finding so far."""
+    reason = state.stop_reason or state.orchestrator.status
+    lines = [f"Partial result ({reason}): the orchestrator did not finish. {state.orchestrator.result}".strip()]
+    for agent in state.agents:
+        if agent.result and agent.status != "refused":
+            lines.append(f"- Agent {agent.id} ({agent.status}) — {agent.task}: {agent.result}")
+    return "\n".join(lines)
+
+
+class RunStream:
+    """Async iterator over a run's events; `.result` holds the RunResult when iteration ends.
+
+    Leaving the loop early cancels the run.
+    """
+
+    def __init__(self, swarm: Swarm, task: str, context: Sequence[str] | None) -> None:
+        self._swarm = swarm
+        self._task = task
+        self._context = context
+        self.result: RunResult | None = None
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._swarm._listeners.append(queue.put_nowait)
+        run = asyncio.create_task(self._swarm.run(self._task, self._context))
+        try:
+            while True:
+                getter = asyncio.create_task(queue.get())
+                await asyncio.wait({getter, run}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                while not queue.empty():
+                    yield queue.get_nowait()
+                self.result = run.result()
+                return
+        finally:
+            self._swarm._listeners.remove(queue.put_nowait)
+            if not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run

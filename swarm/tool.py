@@ -1,0 +1,203 @@
+"""Typed Python callables as tools: JSON schema from the signature and docstring, validation by pydantic.
+
+A tool is any sync or async function with type hints. `@tool` makes one explicitly (and lets you set
+its name, concurrency cap, timeout and retries); `as_tool` turns a plain callable or bound method,
+such as `tools.Web().search`, into one when it is handed to a `Swarm`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import re
+from collections.abc import Callable
+from typing import Any, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from backend.messages import ToolSpec
+
+_ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
+_SECTION_HEADER = re.compile(r"^\s*(Returns|Yields|Raises|Examples?|Notes?|Attributes|See Also):\s*$")
+_ARG_LINE = re.compile(r"^\s*\**(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+
+
+class TransientToolError(Exception):
+    """Raise from a tool when a retry may succeed (a flaky upstream, a busy resource)."""
+
+
+class ToolArgumentsError(ValueError):
+    """The model's arguments do not fit the tool's schema; the message tells the model what to fix."""
+
+
+def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into its description and per-argument descriptions."""
+    if not doc:
+        return "", {}
+    lines = inspect.cleandoc(doc).splitlines()
+    description: list[str] = []
+    arguments: dict[str, str] = {}
+    section = "description"
+    current: str | None = None
+    for line in lines:
+        if _ARGS_HEADER.match(line):
+            section, current = "args", None
+            continue
+        if _SECTION_HEADER.match(line):
+            section, current = "other", None
+            continue
+        if section == "description":
+            description.append(line)
+        elif section == "args":
+            match = _ARG_LINE.match(line)
+            indent = len(line) - len(line.lstrip())
+            if match and (current is None or indent <= _arg_indent(lines, current)):
+                current = match.group(1)
+                arguments[current] = match.group(2).strip()
+            elif current and line.strip():
+                arguments[current] = f"{arguments[current]} {line.strip()}".strip()
+    return "\n".join(description).strip(), arguments
+
+
+def _arg_indent(lines: list[str], name: str) -> int:
+    for line in lines:
+        match = _ARG_LINE.match(line)
+        if match and match.group(1) == name:
+            return len(line) - len(line.lstrip())
+    return 0
+
+
+class Tool:
+    """A callable the model can use: its spec, its argument model, and how to run it."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        max_concurrency: int | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        untrusted: bool | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
+            raise ValueError(f"tool name {self.name!r} must be 1-64 letters, digits, '_' or '-'")
+        summary, argument_docs = parse_docstring(inspect.getdoc(fn))
+        self.description = description if description is not None else summary
+        self.arguments_model = _arguments_model(fn, self.name, argument_docs)
+        self.parameters = _clean_schema(self.arguments_model.model_json_schema())
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None))
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.retries = retries
+        self.untrusted = _comes_from_web_tools(fn) if untrusted is None else untrusted
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
+
+    def validate(self, arguments_json: str) -> dict[str, Any]:
+        """Parse and check the model's raw argument text; raises ToolArgumentsError saying what is wrong."""
+        try:
+            raw = json.loads(arguments_json or "{}")
+        except json.JSONDecodeError as error:
+            raise ToolArgumentsError(f"arguments are not valid JSON ({error.msg} at position {error.pos})") from None
+        if not isinstance(raw, dict):
+            raise ToolArgumentsError(f"arguments must be a JSON object, got {type(raw).__name__}")
+        try:
+            parsed = self.arguments_model.model_validate(raw)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in error.errors())
+            raise ToolArgumentsError(problems) from None
+        return {field: getattr(parsed, field) for field in type(parsed).model_fields}
+
+    async def invoke(self, arguments: dict[str, Any]) -> Any:
+        """Run the function; sync functions run in a worker thread so they never block the agents."""
+        if self.is_async:
+            return await self.fn(**arguments)
+        return await asyncio.to_thread(functools.partial(self.fn, **arguments))
+
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r})"
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    max_concurrency: int | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+) -> Any:
+    """Decorator: `@tool` or `@tool(name=..., max_concurrency=..., timeout=..., retries=...)`."""
+
+    def wrap(function: Callable[..., Any]) -> Tool:
+        return Tool(function, name=name, description=description, max_concurrency=max_concurrency,
+                    timeout=timeout, retries=retries)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def as_tool(obj: Tool | Callable[..., Any]) -> Tool:
+    if isinstance(obj, Tool):
+        return obj
+    if not callable(obj):
+        raise TypeError(f"{obj!r} is not a tool: pass an @tool function or a typed callable")
+    return Tool(obj)
+
+
+def _arguments_model(fn: Callable[..., Any], tool_name: str, docs: dict[str, str]) -> type[BaseModel]:
+    signature = inspect.signature(fn)
+    target = fn.__call__ if not (inspect.isfunction(fn) or inspect.ismethod(fn)) and hasattr(fn, "__call__") else fn
+    try:
+        hints = get_type_hints(target)
+    except (NameError, TypeError) as error:
+        raise TypeError(f"tool {tool_name!r}: cannot resolve type hints ({error})") from None
+    fields: dict[str, Any] = {}
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise TypeError(f"tool {tool_name!r}: *args/**kwargs cannot be described to a model")
+        if parameter.name not in hints:
+            raise TypeError(f"tool {tool_name!r}: parameter {parameter.name!r} needs a type hint")
+        default = ... if parameter.default is parameter.empty else parameter.default
+        fields[parameter.name] = (hints[parameter.name], Field(default, description=docs.get(parameter.name)))
+    return create_model(f"{tool_name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Drop pydantic's auto titles: they cost prompt tokens and tell the model nothing."""
+    if isinstance(schema, dict):
+        return {k: _clean_schema(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
+    if isinstance(schema, list):
+        return [_clean_schema(v) for v in schema]
+    return schema
+
+
+def _comes_from_web_tools(fn: Callable[..., Any]) -> bool:
+    """Output of the project's web tools (package `tools`) is untrusted page text."""
+    owner = getattr(fn, "__self__", None)
+    module = getattr(type(owner), "__module__", "") if owner is not None else getattr(fn, "__module__", "")
+    return module == "tools" or module.startswith("tools.")
+
+
+def render_output(value: Any) -> str:
+    """A tool's return value as the text the model reads."""
+    if isinstance(value, str):
+        return value
+    to_text = getattr(value, "to_text", None)
+    if callable(to_text):
+        return str(to_text())
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+

@@ -1,0 +1,218 @@
+"""A fake OpenAI-compatible chat-completions server on loopback: real HTTP/1.1 (h11 over asyncio).
+
+It runs its own event loop in a thread, so both async tests and the synchronous CLI can talk to it.
+A `script(request) -> FakeReply | FakeError` plays the model; the server counts requests and the
+peak number in flight, and can delay each reply so that concurrency is observable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+
+from swarm import prompts
+
+
+@dataclass
+class FakeReply:
+    content: str = ""
+    tool_calls: list[tuple[str, Any]] = field(default_factory=list)
+    """(function name, arguments as a dict or raw JSON text; None for a call with no name: malformed)."""
+    prompt_tokens: int = 10
+    completion_tokens: int = 5
+
+
+@dataclass
+class FakeError:
+    status: int
+    retry_after: str | None = None
+    message: str = "overloaded"
+
+
+Script = Callable[[dict[str, Any]], FakeReply | FakeError]
+
+
+class FakeOpenAI:
+    def __init__(self, script: Script, *, delay: float = 0.0) -> None:
+        self.script = script
+        self.delay = delay
+        self.requests = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.statuses: list[int] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.keep_bodies = False
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.base_events.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> FakeOpenAI:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        future.result(timeout=10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in asyncio.all_tasks(self._loop):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = h11.Connection(h11.SERVER)
+        body = bytearray()
+        request: h11.Request | None = None
+        try:
+            while True:
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    connection.receive_data(await reader.read(65536))
+                elif isinstance(event, h11.Request):
+                    request, body = event, bytearray()
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    assert request is not None
+                    for chunk in await self._respond(request, bytes(body), connection):
+                        writer.write(chunk)
+                    await writer.drain()
+                    if connection.our_state is h11.MUST_CLOSE:
+                        break
+                    connection.start_next_cycle()
+                else:
+                    break
+        except (ConnectionError, h11.RemoteProtocolError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _respond(self, request: h11.Request, body: bytes, connection: h11.Connection) -> list[bytes]:
+        self.requests += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if request.method != b"POST" or not request.target.endswith(b"/chat/completions"):
+                return _http(connection, 404, b'{"error": {"message": "not found"}}')
+            payload = json.loads(body)
+            if self.keep_bodies:
+                self.bodies.append(payload)
+            outcome = self.script(payload)
+        finally:
+            self.in_flight -= 1
+        if isinstance(outcome, FakeError):
+            self.statuses.append(outcome.status)
+            headers = [("retry-after", outcome.retry_after)] if outcome.retry_after is not None else []
+            error = json.dumps({"error": {"message": outcome.message}}).encode()
+            return _http(connection, outcome.status, error, headers)
+        self.statuses.append(200)
+        calls = _tool_calls(payload, outcome)
+        if payload.get("stream"):
+            return _http(connection, 200, _sse(payload, outcome, calls), [("content-type", "text/event-stream")])
+        message: dict[str, Any] = {"role": "assistant", "content": outcome.content or None}
+        if calls:
+            message["tool_calls"] = calls
+        answer = {
+            "id": f"chatcmpl-{self.requests}", "object": "chat.completion", "model": payload.get("model"),
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+            "usage": {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+                      "total_tokens": outcome.prompt_tokens + outcome.completion_tokens},
+        }
+        return _http(connection, 200, json.dumps(answer).encode())
+
+
+def _tool_calls(payload: dict[str, Any], reply: FakeReply) -> list[dict[str, Any]]:
+    turn = len(payload["messages"])
+    calls = []
+    for index, (name, arguments) in enumerate(reply.tool_calls):
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        calls.append({"id": f"call_{turn}_{index}", "type": "function", "function": {"name": name, "arguments": text}})
+    return calls
+
+
+def _sse(payload: dict[str, Any], reply: FakeReply, calls: list[dict[str, Any]]) -> bytes:
+    """The reply as chat.completion.chunk events: content in pieces, each call's arguments in two halves."""
+    chunks: list[dict[str, Any]] = []
+    content = reply.content
+    for start in range(0, len(content), 7):
+        chunks.append({"delta": {"content": content[start:start + 7]}})
+    for index, call in enumerate(calls):
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        chunks.append({"delta": {"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                                 "function": {"name": call["function"]["name"],
+                                                              "arguments": arguments[:half]}}]}})
+        chunks.append({"delta": {"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]}})
+    chunks.append({"delta": {}, "finish_reason": "tool_calls" if calls else "stop"})
+    lines = [f"data: {json.dumps({'object': 'chat.completion.chunk', 'choices': [dict(index=0, **c)]})}\n\n"
+             for c in chunks]
+    usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
+    lines.append(f"data: {json.dumps({'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n")
+    lines.append("data: [DONE]\n\n")
+    return "".join(lines).encode()
+
+
+def _http(connection: h11.Connection, status: int, body: bytes,
+          headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+    all_headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    if headers:
+        all_headers = [h for h in all_headers if h[0] not in {k for k, _ in headers}] + headers
+    return [
+        connection.send(h11.Response(status_code=status, headers=all_headers)),
+        connection.send(h11.Data(data=body)),
+        connection.send(h11.EndOfMessage()),
+    ]
+
+
+def subagent_task(request: dict[str, Any]) -> str | None:
+    """The task text when the request comes from a sub-agent (its spawn answer), else None."""
+    marker = prompts.SUBAGENT_INSTRUCTIONS.split("{index}")[0]
+    for message in request["messages"]:
+        if message["role"] == "tool" and (message.get("content") or "").startswith(marker):
+            return message["content"]
+    return None
+
+
+def tool_results_since_task(request: dict[str, Any]) -> list[str]:
+    """Tool results a sub-agent has received after its task message."""
+    results: list[str] = []
+    seen_task = False
+    for message in request["messages"]:
+        if message["role"] != "tool":
+            continue
+        if seen_task:
+            results.append(message.get("content") or "")
+        elif (message.get("content") or "").startswith(prompts.SUBAGENT_INSTRUCTIONS.split("{index}")[0]):
+            seen_task = True
+    return results
+
+
+def spawn_results(request: dict[str, Any]) -> list[str]:
+    """Tool results the orchestrator has received for its spawn_agents calls."""
+    spawn_ids = {c["id"] for m in request["messages"] if m["role"] == "assistant"
+                 for c in m.get("tool_calls") or [] if c["function"]["name"] == prompts.SPAWN_TOOL_NAME}
+    return [m.get("content") or "" for m in request["messages"]
+            if m["role"] == "tool" and m.get("tool_call_id") in spawn_ids]
