@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 OPEN_TAG = "untrusted_web_content"
-_DELIMITER = re.compile(r"<(/?)\s*(untrusted_web_content)", re.IGNORECASE)
+_DELIMITER = re.compile(r"<(\s*/?\s*untrusted_web_content)", re.IGNORECASE)
 
 
 def _neutralise(text: str) -> str:
-    """Breaks any opening or closing delimiter inside the content so it cannot end the block early."""
-    return _DELIMITER.sub(lambda m: f"<{m.group(1)}{m.group(2)}_", text)
+    """Escapes the `<` of any opening or closing delimiter inside the content so it cannot end the block."""
+    return _DELIMITER.sub(r"&lt;\1", text)
 
 
 def wrap_untrusted(text: str, source: str) -> str:

@@ -1,0 +1,199 @@
+"""fetch against real loopback servers: extraction, redirects, caps, charsets, paging and the shared cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from tests.tools_support import LoopbackSite, minimal_pdf, page, redirect, respond
+from tools import ToolError, Web, WebConfig
+
+ARTICLE = """<!doctype html><html><head><title>Tide pools of Brittany</title></head><body>
+<nav><a href="/">Home</a> | <a href="/shop">Shop</a> | <a href="/login">Log in to your account</a></nav>
+<div class="sidebar"><h3>Trending now</h3><ul><li><a href="/x">Celebrity gossip roundup</a></li></ul></div>
+<article><h1>Tide pools of Brittany</h1>
+<p>At low tide the granite shelves near Roscoff expose pools full of anemones, blennies and shore crabs.
+Visitors should step only on bare rock and turn stones back the way they found them.</p>
+<p>The best pools lie on the seaward edge, where the water is renewed twice a day by the Atlantic swell,
+and the spring tides of March and September uncover the lowest shelves.</p>
+</article>
+<footer>Copyright 2024 Coastal Media Group. Cookie settings. Privacy policy.</footer>
+<script>document.write("tracking pixel script text")</script></body></html>"""
+
+CYRILLIC = "Привет, мир! Это страница о погоде в Москве и Санкт-Петербурге, написанная в кодировке windows-1251."
+
+
+def slow_body(request: BaseHTTPRequestHandler) -> None:
+    request.send_response(200)
+    request.send_header("Content-Type", "text/plain")
+    request.send_header("Content-Length", "1000")
+    request.end_headers()
+    for _ in range(100):
+        request.wfile.write(b"x")
+        request.wfile.flush()
+        time.sleep(0.1)
+
+
+def huge_declared(request: BaseHTTPRequestHandler) -> None:
+    request.send_response(200)
+    request.send_header("Content-Type", "text/plain")
+    request.send_header("Content-Length", str(10**10))
+    request.end_headers()
+    request.wfile.write(b"y" * 65536)
+
+
+def endless_body(request: BaseHTTPRequestHandler) -> None:
+    request.send_response(200)
+    request.send_header("Content-Type", "text/plain")
+    request.send_header("Transfer-Encoding", "chunked")
+    request.end_headers()
+    chunk = b"a" * 65536
+    for _ in range(10_000):
+        request.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+
+
+def counted_slowly(request: BaseHTTPRequestHandler) -> None:
+    time.sleep(0.3)
+    respond(request, "<html><body><article><p>" + "Shared result for every agent. " * 20 + "</p></article></body></html>")
+
+
+LONG_TEXT = "\n\n".join(f"Paragraph {n}: " + "lorem ipsum dolor sit amet " * 20 for n in range(60))
+
+ROUTES = {
+    "/article": page(ARTICLE),
+    "/r1": redirect("/r2"),
+    "/r2": redirect("/r3", 301),
+    "/r3": redirect("/article", 307),
+    "/loop": redirect("/loop"),
+    "/slow": slow_body,
+    "/huge-declared": huge_declared,
+    "/endless": endless_body,
+    "/image.png": page(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8, "image/png"),
+    "/cp1251-says-utf8": page(f"<html><body><article><p>{CYRILLIC}</p></article></body></html>".encode("cp1251"), "text/html; charset=utf-8"),
+    "/utf8-says-latin1": page("Crème brûlée, naïve café, São Paulo, Zürich.".encode(), "text/plain; charset=iso-8859-1"),
+    "/latin1": page("Crème brûlée à la française".encode("latin-1"), "text/plain; charset=iso-8859-1"),
+    "/data.json": page(json.dumps({"name": "kimi", "layers": [1, 2, 3]}), "application/json"),
+    "/doc.pdf": page(minimal_pdf("Quarterly report of the harbour office"), "application/pdf"),
+    "/long.txt": page(LONG_TEXT, "text/plain; charset=utf-8"),
+    "/shared": counted_slowly,
+    "/missing": lambda r: respond(r, "<h1>gone</h1>", status=404),
+}
+
+
+@pytest.fixture(scope="module")
+def site():
+    with LoopbackSite(ROUTES) as served:
+        yield served
+
+
+@pytest.fixture
+async def web(site):
+    async with Web(WebConfig(allowed_hosts=[site.host], timeout_s=3, max_bytes=2_000_000, page_chars=4000, per_host_rate=1000)) as tools:
+        yield tools
+
+
+async def test_article_keeps_main_content_and_drops_boilerplate(web, site):
+    result = await web.fetch(site.url("/article"))
+    assert "granite shelves near Roscoff" in result.text
+    assert "spring tides of March" in result.text
+    for boilerplate in ("Log in to your account", "Celebrity gossip", "Cookie settings", "tracking pixel"):
+        assert boilerplate not in result.text
+    assert result.title == "Tide pools of Brittany"
+    assert result.content_type == "text/html"
+
+
+async def test_redirect_chain_reports_final_url(web, site):
+    result = await web.fetch(site.url("/r1"))
+    assert result.url == site.url("/article")
+    assert result.requested_url == site.url("/r1")
+    assert "anemones" in result.text
+
+
+async def test_redirect_loop_is_bounded(web, site):
+    with pytest.raises(ToolError, match="redirected more than 5 times"):
+        await web.fetch(site.url("/loop"))
+
+
+async def test_slow_response_hits_the_deadline(web, site):
+    started = time.monotonic()
+    with pytest.raises(ToolError, match="longer than 3 s"):
+        await web.fetch(site.url("/slow"))
+    assert time.monotonic() - started < 5
+
+
+async def test_huge_declared_length_is_refused_before_download(web, site):
+    with pytest.raises(ToolError, match="over the 2000000-byte limit"):
+        await web.fetch(site.url("/huge-declared"))
+
+
+async def test_endless_stream_is_stopped_at_the_cap(web, site):
+    with pytest.raises(ToolError, match="larger than the 2000000-byte limit"):
+        await web.fetch(site.url("/endless"))
+
+
+async def test_binary_content_is_an_error_not_garbage(web, site):
+    with pytest.raises(ToolError, match="image/png"):
+        await web.fetch(site.url("/image.png"))
+
+
+async def test_wrong_charset_declarations_are_corrected(web, site):
+    cyrillic = await web.fetch(site.url("/cp1251-says-utf8"))
+    assert CYRILLIC in cyrillic.text
+    accented = await web.fetch(site.url("/utf8-says-latin1"))
+    assert accented.text == "Crème brûlée, naïve café, São Paulo, Zürich."
+    latin1 = await web.fetch(site.url("/latin1"))
+    assert latin1.text == "Crème brûlée à la française"
+
+
+async def test_json_is_pretty_printed(web, site):
+    result = await web.fetch(site.url("/data.json"))
+    assert json.loads(result.text) == {"name": "kimi", "layers": [1, 2, 3]}
+    assert '\n  "layers"' in result.text
+
+
+async def test_pdf_text_is_extracted(web, site):
+    result = await web.fetch(site.url("/doc.pdf"))
+    assert result.content_type == "application/pdf"
+    assert "Quarterly report of the harbour office" in result.text
+
+
+async def test_long_text_is_paged_never_cut(web, site):
+    first = await web.fetch(site.url("/long.txt"))
+    assert first.pages > 1 and first.total_chars == len(LONG_TEXT)
+    assert "page=2" in first.to_text()
+    pages = [first.text] + [(await web.fetch(site.url("/long.txt"), page=n)).text for n in range(2, first.pages + 1)]
+    assert "".join(pages) == LONG_TEXT
+    assert all(len(text) <= 4000 for text in pages)
+    with pytest.raises(ToolError, match=f"has {first.pages} page"):
+        await web.fetch(site.url("/long.txt"), page=first.pages + 1)
+
+
+async def test_twenty_agents_fetching_one_url_make_one_request(web, site):
+    before = site.hits["/shared"]
+    results = await asyncio.gather(*(web.fetch(site.url("/shared")) for _ in range(20)))
+    assert site.hits["/shared"] - before == 1
+    assert len({result.text for result in results}) == 1
+    await web.fetch(site.url("/shared#section"))
+    assert site.hits["/shared"] - before == 1
+
+
+async def test_http_errors_name_the_status(web, site):
+    with pytest.raises(ToolError, match="HTTP 404"):
+        await web.fetch(site.url("/missing"))
+
+
+async def test_per_host_rate_limit_spaces_requests(site):
+    config = WebConfig(allowed_hosts=[site.host], per_host_rate=10, per_host_concurrency=2)
+    async with Web(config) as web:
+        before = site.hits["/shared"]
+        site.max_active = 0
+        started = time.monotonic()
+        await asyncio.gather(*(web.fetch(site.url(f"/shared?agent={n}")) for n in range(5)))
+        elapsed = time.monotonic() - started
+    assert site.hits["/shared"] - before == 5
+    assert elapsed >= 0.4  # five starts at 10/s span at least 0.4 s
+    assert site.max_active <= 2
