@@ -1,0 +1,111 @@
+"""Engine benchmark: prefill, fork, batched decode and memory per session, as one table.
+
+    python -m benchmarks.engine                          # CPU, small config
+    python -m benchmarks.engine --preset 48b --device cuda --prefix 65536   # GPU, real config
+
+Random weights (speed does not depend on their values). Fork time is measured for a short and a
+long shared prefix: it must not depend on the prefix length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import torch
+
+from backend import Engine, SamplingParams
+from backend.state_cache import CacheLayout
+from benchmarks.common import preset_config, random_model, sync
+
+
+def random_ids(n: int, vocab: int, seed: int) -> list[int]:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+async def time_fork(engine: Engine, prefix_len: int, children: int, vocab: int) -> tuple[float, float]:
+    """(median fork ms for `children` forks, prefill seconds of the prefix)."""
+    start = time.perf_counter()
+    parent = await engine.session(random_ids(prefix_len, vocab, prefix_len))
+    prefill_s = time.perf_counter() - start
+    times = []
+    for _ in range(5):
+        await engine.drain()
+        start = time.perf_counter()
+        forks = parent.fork(children)
+        await engine.drain()
+        sync(engine.model.device)
+        times.append(time.perf_counter() - start)
+        for f in forks:
+            f.close()
+    parent.close()
+    await engine.drain()
+    return statistics.median(times) * 1e3, prefill_s
+
+
+async def time_decode(engine: Engine, batch: int, prefix_len: int, steps: int, vocab: int) -> float:
+    """Seconds per decode step with `batch` forks of one prefix generating together."""
+    parent = await engine.session(random_ids(prefix_len, vocab, 1))
+    forks = parent.fork(batch)
+    params = SamplingParams(max_tokens=steps, stop_token_ids=[])
+    warm = SamplingParams(max_tokens=2, stop_token_ids=[])
+    await asyncio.gather(*(f.generate(warm) for f in forks))
+    start = time.perf_counter()
+    await asyncio.gather(*(f.generate(params) for f in forks))
+    elapsed = time.perf_counter() - start
+    for f in [parent, *forks]:
+        f.close()
+    await engine.drain()
+    return elapsed / steps
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small", help="small | 48b")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--prefix", type=int, default=None, help="long shared prefix for the fork timing")
+    parser.add_argument("--decode-prefix", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batches", default="1,8,32,100")
+    parser.add_argument("--memory-gib", type=float, default=None, help="engine cache budget")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = preset_config(args.preset)
+    long_prefix = args.prefix or (65536 if device.type == "cuda" else 4096)
+    model = random_model(config, device, dtype)
+    memory = int(args.memory_gib * 2**30) if args.memory_gib else (None if device.type == "cuda" else 2 << 30)
+    engine = Engine(model, None, max_sessions=128, memory=memory, page_size=64, prefill_chunk=4096)
+    vocab = config.vocab_size
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"# engine benchmark: preset={args.preset} device={name} dtype={dtype}", flush=True)
+
+    rows: list[tuple[str, str]] = []
+    short_ms, _ = await time_fork(engine, 1024, 100, vocab)
+    long_ms, prefill_s = await time_fork(engine, long_prefix, 100, vocab)
+    rows.append((f"prefill {long_prefix} tokens", f"{long_prefix / prefill_s:,.0f} tok/s ({prefill_s:.2f} s)"))
+    rows.append(("fork 100 children, 1K prefix", f"{short_ms:.2f} ms"))
+    rows.append((f"fork 100 children, {long_prefix // 1024}K prefix", f"{long_ms:.2f} ms"))
+    step_1 = None
+    for batch in (int(b) for b in args.batches.split(",")):
+        step = await time_decode(engine, batch, args.decode_prefix, args.steps, vocab)
+        step_1 = step_1 or step
+        rows.append((f"decode batch {batch}", f"{batch / step:,.1f} tok/s ({step * 1e3:.1f} ms/step, "
+                                              f"{batch / step * step_1:.1f}x batch 1)"))
+        if batch == 100:
+            rows.append(("fork 100 vs one decode step of 100", f"{long_ms / (step * 1e3):.2f}x"))
+    layout = CacheLayout.for_config(config, dtype, 64)
+    rows.append(("KDA state per session", f"{layout.slot_bytes / 2**20:.2f} MiB"))
+    rows.append(("latent cache per token", f"{layout.page_bytes / 64 / 1024:.1f} KiB"))
+    engine.shutdown()
+    width = max(len(r[0]) for r in rows)
+    print("\n| measurement | value |\n|---|---|")
+    for label, value in rows:
+        print(f"| {label:<{width}} | {value} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
