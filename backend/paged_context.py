@@ -2,7 +2,8 @@
 
 Decode batches are N sessions x 1 token; prefill chunks are 1 session x T tokens. Each MLA layer's
 new latent rows are scattered into the sessions' pages, then attention reads them back through
-the block tables, so a prefix shared by forks is stored once.
+the block tables, so a prefix shared by forks is stored once; when a decode batch shares leading
+pages, attention reads them once for the whole batch (shared-prefix mode).
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ class PagedContext:
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(num_new, device=device)
         pages = self.block_tables.long().gather(1, positions // cache.page_size)
         self.write_rows = (pages * cache.page_size + positions % cache.page_size).reshape(-1)
+        self.shared_pages = self._shared_prefix_pages(block_tables, starts) if num_new == 1 else 0
+
+    def _shared_prefix_pages(self, block_tables: list[list[int]], starts: list[int]) -> int:
+        """Leading full pages that every sequence of a decode batch holds (forks of one session)."""
+        if len(block_tables) < 2:
+            return 0
+        full = min(starts) // self.cache.page_size
+        same = (self.block_tables[:, :full] == self.block_tables[:1, :full]).all(dim=0)
+        return int(same.int().cumprod(0).sum()) if full else 0
 
     def kda_state(self, kda_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.cache.recurrent[kda_index], self.cache.conv[kda_index], self.slots
@@ -37,6 +47,11 @@ class PagedContext:
         pool = self.cache.latent[mla_index]
         pool.view(-1, pool.shape[-1]).index_copy_(0, self.write_rows,
                                                   latent_new.reshape(-1, pool.shape[-1]).to(pool.dtype))
+        if self.num_new == 1 and self.shared_pages:
+            out = kernels.mla_decode_shared(q_latent[:, 0], q_pe[:, 0], pool, self.block_tables[0, :self.shared_pages],
+                                            self.shared_pages * self.cache.page_size, self.block_tables,
+                                            self.seq_lens, scale)
+            return out.unsqueeze(1)
         if self.num_new == 1:
             out = kernels.mla_decode(q_latent[:, 0], q_pe[:, 0], pool, self.block_tables, self.seq_lens, scale)
             return out.unsqueeze(1)
