@@ -1,30 +1,27 @@
 """A real browser for pages that need JavaScript: Playwright driving Debian's Chromium.
 
 One browser is shared by all agents; each browse gets a fresh context (no cookies shared between
-agents), at most `browser_max_pages` at once. Every request the page makes, subresources included,
-is intercepted and carried out by the guarded fetcher, so the SSRF policy and its pinned addresses
-apply to the browser too; Chromium itself is pointed at a dead proxy, so anything that escaped
-interception fails instead of reaching the network. WebSockets are refused.
+agents), at most `browser_max_pages` at once. Chromium reaches the network only through the
+GuardProxy, so the SSRF policy applies to every request a page makes, redirects and subresources
+included. A browse that is cancelled or times out still closes its context.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
+from urllib.parse import urlsplit
 
-from playwright.async_api import Browser, Error as PlaywrightError, Page, Playwright, Route, WebSocketRoute
-from playwright.async_api import async_playwright
+from playwright.async_api import Browser, Error as PlaywrightError, Page, Playwright, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from tools.addresses import HostPolicy
 from tools.config import WebConfig
 from tools.errors import ToolError
 from tools.extract import html_to_text
-from tools.fetcher import Fetcher
 from tools.models import BrowseAction
+from tools.proxy import REFUSAL_HEADER, GuardProxy
 
-# Chromium sends anything not intercepted here: port 9 (discard) on loopback, where nothing answers.
-_DEAD_PROXY = "http://127.0.0.1:9"
-_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-encoding", "content-length", "host"}
 _MAX_WAIT_MS = 10_000
 
 
@@ -38,11 +35,12 @@ class BrowsedPage:
 
 
 class BrowserPool:
-    def __init__(self, config: WebConfig, fetcher: Fetcher) -> None:
+    def __init__(self, config: WebConfig, policy: HostPolicy) -> None:
         self._config = config
-        self._fetcher = fetcher
+        self._policy = policy
         self._slots = asyncio.Semaphore(config.browser_max_pages)
         self._launch_lock = asyncio.Lock()
+        self._proxy = GuardProxy(policy, config.connect_timeout_s)
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self.open_contexts = 0
@@ -57,17 +55,21 @@ class BrowserPool:
                     f"The browser is not available: {executable} does not exist (install Debian's chromium). "
                     "Use fetch instead."
                 )
+            proxy_url = await self._proxy.start()
             if self._playwright is None:
                 self._playwright = await async_playwright().start()
             self._browser = await self._playwright.chromium.launch(
                 executable_path=str(executable),
                 headless=True,
-                args=[f"--proxy-server={_DEAD_PROXY}", "--proxy-bypass-list=<-loopback>", "--disable-dev-shm-usage"],
+                args=[f"--proxy-server={proxy_url}", "--proxy-bypass-list=<-loopback>", "--disable-dev-shm-usage"],
             )
             return self._browser
 
     async def browse(self, url: str, actions: list[BrowseAction]) -> BrowsedPage:
-        self._fetcher.policy.check_url(url)
+        self._policy.check_url(url)
+        parts = urlsplit(url)
+        await self._policy.resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        step_timeout_s = self._config.browser_timeout_s
         async with self._slots:
             browser = await self._ensure_browser()
             context = await browser.new_context(
@@ -75,27 +77,30 @@ class BrowserPool:
             )
             self.open_contexts += 1
             try:
-                await context.route("**/*", self._forward)
-                await context.route_web_socket("**/*", self._refuse_websocket)
                 page = await context.new_page()
-                page.set_default_timeout(self._config.browser_timeout_s * 1000 / 2)
-                async with asyncio.timeout(self._config.browser_timeout_s):
+                page.set_default_timeout(step_timeout_s * 1000)
+                async with asyncio.timeout(step_timeout_s * (1 + len(actions)) + 1):
                     return await self._run(page, url, actions)
-            except TimeoutError:
+            except (TimeoutError, PlaywrightTimeoutError):
                 raise ToolError(
-                    f"Browsing {url} took longer than {self._config.browser_timeout_s:g} s and was stopped."
+                    f"Browsing {url} took longer than {step_timeout_s:g} s and was stopped; the site is slow "
+                    "or unreachable. Try again later or use another source."
                 ) from None
             except PlaywrightError as exc:
                 raise ToolError(f"The browser failed on {url}: {exc.message.splitlines()[0]}") from None
             finally:
-                await asyncio.shield(context.close())
-                self.open_contexts -= 1
+                try:
+                    await asyncio.shield(context.close())
+                finally:
+                    self.open_contexts -= 1
 
     async def _run(self, page: Page, url: str, actions: list[BrowseAction]) -> BrowsedPage:
         response = await page.goto(url, wait_until="load")
+        if response is not None and response.headers.get(REFUSAL_HEADER.lower()):
+            raise ToolError(await response.text())
         if response is None or response.status >= 400:
             status = f"HTTP {response.status}" if response is not None else "no response"
-            raise ToolError(f"{url} answered {status} in the browser.")
+            raise ToolError(f"{page.url} answered {status} in the browser.")
         log: list[str] = []
         screenshots: list[str] = []
         for number, action in enumerate(actions, 1):
@@ -140,31 +145,6 @@ class BrowserPool:
         except PlaywrightError as exc:
             raise ToolError(f"The {action.action} action failed: {exc.message.splitlines()[0]}") from None
 
-    async def _forward(self, route: Route) -> None:
-        """Carries out one browser request through the guarded fetcher, or aborts it."""
-        request = route.request
-        if not request.url.startswith(("http://", "https://")):
-            await route.abort("blockedbyclient")
-            return
-        headers = {name: value for name, value in (await request.all_headers()).items() if name.lower() not in _HOP_HEADERS and not name.startswith(":")}
-        try:
-            raw = await self._fetcher.forward(
-                request.method, request.url, headers, request.post_data_buffer, polite=request.is_navigation_request()
-            )
-        except ToolError:
-            await route.abort("blockedbyclient")
-            return
-        response_headers: dict[str, str] = {}
-        for name, value in raw.headers.multi_items():
-            if name.lower() not in _HOP_HEADERS:
-                key = name.lower()
-                response_headers[key] = f"{response_headers[key]}\n{value}" if key in response_headers else value
-        await route.fulfill(status=raw.status, headers=response_headers, body=raw.body)
-
-    @staticmethod
-    async def _refuse_websocket(websocket: WebSocketRoute) -> None:
-        await websocket.close(code=1008, reason="WebSockets are not available to the web tools")
-
     async def aclose(self) -> None:
         if self._browser is not None:
             await self._browser.close()
@@ -172,4 +152,5 @@ class BrowserPool:
         if self._playwright is not None:
             await self._playwright.stop()
             self._playwright = None
+        await self._proxy.aclose()
 

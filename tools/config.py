@@ -62,7 +62,7 @@ class WebConfig(BaseModel):
 
     browser_executable: Path = Path("/usr/bin/chromium")
     browser_max_pages: int = Field(default=8, ge=1, description="Browser contexts open at once, for all agents.")
-    browser_timeout_s: float = Field(default=30.0, gt=0)
+    browser_timeout_s: float = Field(default=30.0, gt=0, description="Limit for loading a page and for each action.")
     screenshot_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "kimi-swarm-screenshots")
 
     @field_validator("allowed_hosts")

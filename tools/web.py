@@ -34,7 +34,7 @@ class Web:
         self.config = _with_configured_hosts(config or WebConfig())
         self.fetcher = Fetcher(self.config)
         self.searcher = Searcher(self.config, self.fetcher)
-        self.browser = BrowserPool(self.config, self.fetcher)
+        self.browser = BrowserPool(self.config, self.fetcher.policy)
 
     def tools(self) -> list[Callable[..., Any]]:
         return [self.search, self.fetch, self.browse]
