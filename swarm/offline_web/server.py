@@ -23,9 +23,9 @@ def cache_root() -> Path:
     return base / "kimi-swarm"
 
 
-def ensure_site(seed: int = 0, root: Path | None = None) -> tuple[Path, SiteManifest]:
+def ensure_site(seed: int = 0, root: Path | str | None = None) -> tuple[Path, SiteManifest]:
     """The site for `seed`, generated once and reused; built in a temp dir and renamed so it is never half-written."""
-    site_dir = (root or cache_root()) / "offline-web" / f"seed-{seed}-v{SITE_VERSION}"
+    site_dir = Path(root or cache_root()) / "offline-web" / f"seed-{seed}-v{SITE_VERSION}"
     if (site_dir / MANIFEST_NAME).is_file():
         return site_dir, load_manifest(site_dir)
     site_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ class OfflineWeb:
         self.base_url = f"http://{self.host_port}/"
 
     @classmethod
-    def start(cls, seed: int = 0, port: int = 0, cache_dir: Path | None = None) -> OfflineWeb:
+    def start(cls, seed: int = 0, port: int = 0, cache_dir: Path | str | None = None) -> OfflineWeb:
         """Generate (or reuse) the site for `seed` and serve it on 127.0.0.1:port (0 picks a free port)."""
         site_dir, manifest = ensure_site(seed, cache_dir)
         handler = functools.partial(_QuietHandler, directory=str(site_dir))

@@ -1,0 +1,163 @@
+"""Training trajectories: the teacher plays every agent of real Swarm runs over the offline web.
+
+Each run's conversations become token-level training examples: the chat-format text of the whole
+conversation, split into segments flagged as model output (the conversation's own assistant turns)
+or context (everything else, including a sub-agent's inherited orchestrator turns). Runs use
+train-split entities only, and any trajectory that mentions a held-out entity is dropped.
+
+    python -m swarm.offline_web.trajectories --out trajectories.jsonl.xz --tasks 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import lzma
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from backend.chat_format import render
+from backend.messages import Message, ToolSpec
+from swarm.offline_web.server import OfflineWeb
+from swarm.offline_web.site import SiteManifest
+from swarm.offline_web.tasks import FAMILIES, Family, ResearchTask, sample_task
+from swarm.offline_web.teacher import Teacher, TeacherBackend, TeacherConversation
+from swarm.orchestrator import Swarm
+from tools import Web, WebConfig
+
+Segment = tuple[str, bool]
+
+
+class Trajectory(BaseModel):
+    family: Family
+    role: str
+    segments: list[Segment]
+
+    @property
+    def text(self) -> str:
+        return "".join(text for text, _ in self.segments)
+
+
+def conversation_segments(messages: list[Message], tools: list[ToolSpec], own_from: int) -> list[Segment]:
+    """The rendered conversation as (text, is_target) pieces; targets are assistant turns at index >= own_from.
+
+    A target is the assistant's body plus <|im_end|>, exactly what the engine generates after the
+    generation prompt; the concatenated pieces equal `render(messages, tools)`.
+    """
+    full = render(messages, tools, add_generation_prompt=False)
+    segments: list[Segment] = []
+    done = 0
+    for index, message in enumerate(messages):
+        if message.role != "assistant" or index < own_from:
+            continue
+        start = len(render(messages[:index], tools, add_generation_prompt=True))
+        end = len(render(messages[: index + 1], tools, add_generation_prompt=False))
+        segments += [(full[done:start], False), (full[start:end], True)]
+        done = end
+    segments.append((full[done:], False))
+    pieces = [(text, target) for text, target in segments if text]
+    if "".join(text for text, _ in pieces) != full:
+        raise AssertionError("segments do not add up to the rendered conversation")
+    return pieces
+
+
+def offline_web_tools(web: OfflineWeb, index_dir: Path | None = None, fast: bool = False) -> Web:
+    """The web tools over a served offline web: local search of its files, fetch allowed to its address."""
+    extra = {"index_dir": index_dir} if index_dir else {}
+    if fast:  # loopback and our own server: no need to pace requests
+        extra.update(per_host_rate=10_000.0, per_host_concurrency=64, cache_max_entries=8192)
+    return Web(WebConfig(search_provider="local", corpus_dir=web.site_dir, corpus_base_url=web.base_url,
+                         allowed_hosts=[web.host_port], **extra))
+
+
+async def record_run(task: ResearchTask, manifest: SiteManifest, base_url: str, tools: list) -> TeacherBackend:
+    """One real Swarm run with the teacher as the model; the backend holds every conversation."""
+    backend = TeacherBackend(Teacher(task, manifest, base_url))
+    await Swarm(backend, tools).run(task.prompt)
+    return backend
+
+
+def run_trajectories(task: ResearchTask, backend: TeacherBackend, rng: random.Random,
+                     subagents_per_wave: int) -> list[Trajectory]:
+    """The orchestrator's trajectory and a sample of each wave's sub-agent trajectories."""
+    orchestrator, *children = backend.conversations
+    out = [Trajectory(family=task.family, role="orchestrator",
+                      segments=conversation_segments(orchestrator.messages, orchestrator.tools, 0))]
+    by_wave: dict[int, list[TeacherConversation]] = {}
+    for child in children:
+        by_wave.setdefault(child.fork_point, []).append(child)
+    for wave in by_wave.values():
+        for child in rng.sample(wave, min(subagents_per_wave, len(wave))):
+            out.append(Trajectory(family=task.family, role="subagent",
+                                  segments=conversation_segments(child.messages, child.tools, child.fork_point)))
+    return out
+
+
+def heldout_pattern(manifest: SiteManifest) -> re.Pattern[str]:
+    names = sorted((e.name for e in manifest.entities if e.split == "heldout"), key=len, reverse=True)
+    return re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
+
+
+def task_stream(manifest: SiteManifest, rng: random.Random, count: int) -> Iterator[ResearchTask]:
+    """Train-split tasks; tables lean large (wide tables are the hard case), comparisons use 2-5 entities."""
+    for index in range(count):
+        family = FAMILIES[index % len(FAMILIES)]
+        size = {"compare": rng.randint(2, 5), "table": rng.choice([rng.randint(3, 12), rng.randint(12, 25)]),
+                "two_hop": None}[family]
+        yield sample_task(manifest, family, "train", rng, size)
+
+
+async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_wave: int,
+                   cache_dir: Path | None = None) -> Counter:
+    """Write trajectories for `tasks` tasks, served on `shards` successive servers (each a new port)."""
+    rng = random.Random(seed)
+    stats: Counter = Counter()
+    per_shard = -(-tasks // shards)
+    with lzma.open(out, "wt", encoding="utf-8", preset=6) as sink:
+        for shard in range(shards):
+            with OfflineWeb.start(seed=0, cache_dir=cache_dir) as offline:
+                heldout = heldout_pattern(offline.manifest)
+                web = offline_web_tools(offline, fast=True, index_dir=(cache_dir / "search-index") if cache_dir else None)
+                declared = [web.search, web.fetch] if rng.random() < 0.2 else web.tools()
+                try:
+                    for task in task_stream(offline.manifest, rng, min(per_shard, tasks - shard * per_shard)):
+                        backend = await record_run(task, offline.manifest, offline.base_url, declared)
+                        if backend.errors:
+                            stats["failed_runs"] += 1
+                            continue
+                        for trajectory in run_trajectories(task, backend, rng, subagents_per_wave):
+                            if heldout.search(trajectory.text):
+                                stats["dropped_heldout"] += 1
+                                continue
+                            sink.write(json.dumps(trajectory.model_dump()) + "\n")
+                            stats[f"{trajectory.family}/{trajectory.role}"] += 1
+                            stats["chars"] += len(trajectory.text)
+                finally:
+                    await web.aclose()
+            print(f"shard {shard + 1}/{shards} done: {dict(stats)}", flush=True)
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--shards", type=int, default=8, help="servers (ports) the tasks are spread over")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--subagents-per-wave", type=int, default=2)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args()
+    started = time.time()
+    stats = asyncio.run(generate(args.out, args.tasks, args.shards, args.seed, args.subagents_per_wave, args.cache_dir))
+    print(f"wrote {args.out} in {time.time() - started:.0f}s: {dict(stats)}")
+
+
+if __name__ == "__main__":
+    main()
