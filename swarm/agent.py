@@ -30,6 +30,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TransientToolError, TimeoutError, ConnectionError, httpx.TimeoutException, httpx.NetworkError,
 )
 RETRY_BASE_SECONDS = 0.2
+PROMPT_CHARS_PER_TOKEN = 3
 
 
 class AgentStopped(Exception):
@@ -59,7 +60,7 @@ async def run_agent(state: RunState, record: AgentRecord, conversation: Conversa
         while True:
             if record.steps >= max_steps:
                 raise AgentStopped("step_limit", step_limit_text(max_steps))
-            cap = state.options.max_tokens
+            cap = _token_reservation(state, conversation)
             if not state.budget.try_reserve_tokens(cap):
                 raise AgentStopped("token_limit", "(stopped: the run's token budget is spent)")
             used = 0
@@ -96,6 +97,16 @@ async def run_agent(state: RunState, record: AgentRecord, conversation: Conversa
         record.status = "failed"
         record.error = f"{type(error).__name__}: {error}"
         record.result = record.result or f"(failed: {record.error})"
+
+
+def _token_reservation(state: RunState, conversation: Conversation) -> int:
+    """What a model turn may cost, reserved before it runs: the prompt estimated generously at one token
+    per three characters, plus the completion cap."""
+    if state.limits.token_budget is None:
+        return state.options.max_tokens
+    characters = sum(len(m.content) + sum(len(c.arguments) + len(c.name) for c in m.tool_calls)
+                     for m in conversation.messages)
+    return characters // PROMPT_CHARS_PER_TOKEN + state.options.max_tokens
 
 
 def _count_correction(state: RunState, corrections: int, problems: list[str]) -> int:

@@ -16,7 +16,8 @@ class Limits(BaseModel):
     max_orchestrator_steps: PositiveInt = Field(15, description="model turns of the orchestrator")
     max_concurrency: PositiveInt = Field(100, description="sub-agents running at once")
     max_tool_concurrency: PositiveInt = Field(32, description="calls of one tool running at once (per-tool override)")
-    token_budget: PositiveInt | None = Field(None, description="prompt + completion tokens of all model turns")
+    token_budget: PositiveInt | None = Field(None, description="prompt + completion tokens of all model turns; each "
+                                             "turn reserves its estimated cost before it runs")
     deadline: float | None = Field(None, gt=0, description="wall-clock seconds for the whole run")
     tool_timeout: float = Field(60.0, gt=0, description="seconds per tool attempt (per-tool override)")
     tool_retries: int = Field(2, ge=0, description="retries of a transient tool failure (per-tool override)")
@@ -59,18 +60,18 @@ class Budget:
         self.agents += granted
         return granted
 
-    def try_reserve_tokens(self, completion_cap: int) -> bool:
-        """Before a model turn: room for the tokens spent so far plus this turn's completion cap."""
+    def try_reserve_tokens(self, reservation: int) -> bool:
+        """Before a model turn: take `reservation` (its estimated cost) if that much is left."""
         left = self.tokens_left
         if left is None:
             return True
-        if left <= 0 or left < min(completion_cap, self.limits.token_budget or 0):
+        if left < reservation:
             return False
-        self._tokens_reserved += completion_cap
+        self._tokens_reserved += reservation
         return True
 
-    def settle_tokens(self, completion_cap: int, used: int) -> None:
+    def settle_tokens(self, reservation: int, used: int) -> None:
         """After a model turn: release the reservation, book what was used."""
         if self.limits.token_budget is not None:
-            self._tokens_reserved -= completion_cap
+            self._tokens_reserved -= reservation
         self.tokens += used

@@ -87,12 +87,12 @@ class Swarm:
         state = RunState(task, self.tools, self.limits, self.reply_options, trace_file, list(self._listeners))
         try:
             state.emit(RunStarted(t=0.0, task=task, limits=self.limits.model_dump()))
-            await self._run_until_stopped(state, context)
-            result = _result(state)
-            state.emit(RunFinished(t=state.now(), status=result.status, partial=result.partial,
-                                   answer=result.answer, usage=result.usage.model_dump()))
-            result.trace = list(state.events)
-            return result
+            try:
+                await self._run_until_stopped(state, context)
+            except asyncio.CancelledError:
+                _finish(state)  # the caller cancelled us: the trace still ends with the partial result
+                raise
+            return _finish(state)
         finally:
             if trace_file is not None:
                 trace_file.close()
@@ -199,6 +199,14 @@ def _tools_by_name(tools: Sequence[Tool | Callable[..., Any]]) -> dict[str, Tool
             raise ValueError(f"two tools are named {converted.name!r}; give one another name with @tool(name=...)")
         by_name[converted.name] = converted
     return by_name
+
+
+def _finish(state: RunState) -> RunResult:
+    result = _result(state)
+    state.emit(RunFinished(t=state.now(), status=result.status, partial=result.partial,
+                           answer=result.answer, usage=result.usage.model_dump()))
+    result.trace = list(state.events)
+    return result
 
 
 def _result(state: RunState) -> RunResult:

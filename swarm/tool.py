@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from backend.messages import ToolSpec
 
@@ -188,16 +189,14 @@ def _comes_from_web_tools(fn: Callable[..., Any]) -> bool:
 
 
 def render_output(value: Any) -> str:
-    """A tool's return value as the text the model reads."""
+    """A tool's return value as the text the model reads: its `to_text()` where it has one, else JSON."""
     if isinstance(value, str):
         return value
-    to_text = getattr(value, "to_text", None)
-    if callable(to_text):
-        return str(to_text())
-    if isinstance(value, BaseModel):
-        return value.model_dump_json()
+    if callable(getattr(value, "to_text", None)):
+        return str(value.to_text())
+    if isinstance(value, (list, tuple)) and value and all(callable(getattr(v, "to_text", None)) for v in value):
+        return "\n\n".join(str(v.to_text()) for v in value)
     try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
+        return json.dumps(to_jsonable_python(value), ensure_ascii=False)
+    except (TypeError, ValueError, PydanticSerializationError):
         return str(value)
-

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 import h11
 
-from swarm import prompts
+from swarm import prompts, tool
 
 
 @dataclass
@@ -187,12 +188,18 @@ def _http(connection: h11.Connection, status: int, body: bytes,
     ]
 
 
+_TASK_MESSAGE = re.compile(
+    re.escape(prompts.SUBAGENT_INSTRUCTIONS).replace(r"\{index\}", r"\d+").replace(r"\{total\}", r"\d+")
+    .replace(r"\{task\}", r"(?P<task>.*)"), re.DOTALL)
+
+
 def subagent_task(request: dict[str, Any]) -> str | None:
-    """The task text when the request comes from a sub-agent (its spawn answer), else None."""
-    marker = prompts.SUBAGENT_INSTRUCTIONS.split("{index}")[0]
+    """The task when the request comes from a sub-agent (read from its spawn answer), else None."""
     for message in request["messages"]:
-        if message["role"] == "tool" and (message.get("content") or "").startswith(marker):
-            return message["content"]
+        if message["role"] == "tool":
+            match = _TASK_MESSAGE.fullmatch(message.get("content") or "")
+            if match:
+                return match.group("task")
     return None
 
 
@@ -216,3 +223,61 @@ def spawn_results(request: dict[str, Any]) -> list[str]:
                  for c in m.get("tool_calls") or [] if c["function"]["name"] == prompts.SPAWN_TOOL_NAME}
     return [m.get("content") or "" for m in request["messages"]
             if m["role"] == "tool" and m.get("tool_call_id") in spawn_ids]
+
+
+def orchestrator_script(waves: list[list[str]], answer: str = "Final answer.") -> Callable[[dict], FakeReply]:
+    """Spawns the given waves one after another, then answers."""
+
+    def orchestrate(request: dict[str, Any]) -> FakeReply:
+        done = len(spawn_results(request))
+        if done < len(waves):
+            return FakeReply(tool_calls=[("spawn_agents", {"tasks": waves[done]})])
+        return FakeReply(content=answer)
+
+    return orchestrate
+
+
+def swarm_script(waves: list[list[str]], subagent: Callable[[dict, str, list[str]], FakeReply],
+                 answer: str = "Final answer.") -> Callable[[dict], FakeReply]:
+    """Orchestrator turns from `waves`; sub-agent turns from `subagent(request, task, tool_results)`."""
+    orchestrate = orchestrator_script(waves, answer)
+
+    def script(request: dict[str, Any]) -> FakeReply:
+        task = subagent_task(request)
+        if task is None:
+            return orchestrate(request)
+        return subagent(request, task, tool_results_since_task(request))
+
+    return script
+
+
+class Counter:
+    """Counts executions and the peak number running at once."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.running = 0
+        self.peak = 0
+
+    async def run(self, seconds: float = 0.0) -> None:
+        self.calls += 1
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.running -= 1
+
+
+def counting_lookup(counter: Counter, seconds: float = 0.0):
+    @tool
+    async def lookup(query: str) -> str:
+        """Looks a query up and returns what was found.
+
+        Args:
+            query: What to look up.
+        """
+        await counter.run(seconds)
+        return f"Fact about {query}. Source: http://facts.test/{query.replace(' ', '-')}"
+
+    return lookup
