@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence as Seq
 from pathlib import Path
@@ -53,7 +55,6 @@ def cache_budget_bytes(memory: int | float | None, device: torch.device) -> int:
         available = torch.cuda.mem_get_info(device)[0]
         fraction = CUDA_DEFAULT_FRACTION if memory is None else memory
     else:
-        import os
         available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
         fraction = CPU_DEFAULT_FRACTION if memory is None else memory
     if not 0.0 < fraction <= 1.0:
@@ -81,6 +82,8 @@ class Engine:
         self._commands: deque[tuple] = deque()
         self._admissions: deque[tuple[Sequence | None, Sequence]] = deque()
         self._barriers: list[Waiter] = []
+        self.decode_steps: deque[tuple[int, float]] = deque(maxlen=100_000)
+        """(batch size, seconds) of recent decode steps, for benchmarks and live displays."""
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -259,13 +262,15 @@ class Engine:
         scheduler.drop_cancelled()
         self._finish_prefilled()
         progressed = False
-        if (pick := scheduler.next_prefill()) is not None:
-            job, n = pick
+        jobs, n = scheduler.next_prefill()
+        if jobs:
             try:
-                self.blocks.prepare_append(job.seq, n)
-                self.runner.prefill(job.seq, n)
-            except Exception as error:  # a failed forward fails its request, not the engine
-                self._fail(job, error)
+                for job in jobs:
+                    self.blocks.prepare_append(job.seq, n)
+                self.runner.prefill([job.seq for job in jobs], n)
+            except Exception as error:  # a failed forward fails its requests, not the engine
+                for job in jobs:
+                    self._fail(job, error)
             self._finish_prefilled()
             progressed = True
         batch = scheduler.decode_batch()
@@ -279,10 +284,12 @@ class Engine:
             job.waiter.resolve(None)
 
     def _decode(self, batch: list[Job]) -> None:
+        started = time.perf_counter()
         try:
             for job in batch:
                 self.blocks.prepare_append(job.seq, 1)
             logits = self.runner.decode([job.seq for job in batch])
+            self.decode_steps.append((len(batch), time.perf_counter() - started))
         except Exception as error:  # a failed forward fails its requests, not the engine
             for job in batch:
                 self._fail(job, error)

@@ -1,4 +1,4 @@
-"""Runs the model on the engine's two kinds of work: a prefill chunk of one session, a decode batch."""
+"""Runs the model on the engine's two kinds of work: a prefill chunk (sessions x n tokens), a decode batch."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ class ModelRunner:
         self.cache = cache
 
     @torch.inference_mode()
-    def prefill(self, seq: Sequence, num_tokens: int) -> None:
-        """Run `num_tokens` pending tokens of one session into its state and pages."""
-        start = seq.num_cached
-        ids = torch.tensor([seq.token_ids[start:start + num_tokens]])
-        ctx = PagedContext(self.cache, [seq.slot], [seq.block_table], [start], num_tokens)
+    def prefill(self, seqs: list[Sequence], num_tokens: int) -> None:
+        """Run the next `num_tokens` pending tokens of each session into its state and pages."""
+        starts = [s.num_cached for s in seqs]
+        ids = torch.tensor([s.token_ids[p:p + num_tokens] for s, p in zip(seqs, starts)])
+        ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs], starts, num_tokens)
         self.model(ids, ctx, last_only=True)
-        seq.num_cached += num_tokens
+        for s in seqs:
+            s.num_cached += num_tokens
 
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The engine's ForwardContext: a batch of sessions reading and writing the shared StateCache.
 
-Decode batches are N sessions x 1 token; prefill chunks are 1 session x T tokens. Each MLA layer's
+Decode batches are N sessions x 1 token; prefill chunks are N sessions x T tokens each. Each MLA layer's
 new latent rows are scattered into the sessions' pages, then attention reads them back through
 the block tables, so a prefix shared by forks is stored once; when a decode batch shares leading
 pages, attention reads them once for the whole batch (shared-prefix mode).
@@ -55,7 +55,5 @@ class PagedContext:
         if self.num_new == 1:
             out = kernels.mla_decode(q_latent[:, 0], q_pe[:, 0], pool, self.block_tables, self.seq_lens, scale)
             return out.unsqueeze(1)
-        if q_latent.shape[0] != 1:
-            raise ValueError("prefill chunks carry one session at a time")
-        out = kernels.mla_prefill(q_latent[0], q_pe[0], pool, self.block_tables[0], self.starts[0], scale)
-        return out.unsqueeze(0)
+        return torch.stack([kernels.mla_prefill(q_latent[i], q_pe[i], pool, self.block_tables[i], start, scale)
+                            for i, start in enumerate(self.starts)])

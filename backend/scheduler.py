@@ -1,4 +1,5 @@
-"""What runs next: one prefill chunk (FIFO, when its pages fit) and one decode step for every
+"""What runs next: one prefill chunk (oldest first, batched with others of its length, when their
+pages fit) and one decode step for every
 generating session whose next token has a page. A long prefill therefore delays running
 decodes by at most one chunk, and work that does not fit waits instead of failing."""
 
@@ -39,16 +40,28 @@ class Scheduler:
         self.prefilling = deque(j for j in self.prefilling if not j.cancelled)
         self.decoding = [j for j in self.decoding if not j.cancelled]
 
-    def next_prefill(self) -> tuple[Job, int] | None:
-        """The first waiting job that has tokens to prefill and pages for its next chunk."""
+    def next_prefill(self) -> tuple[list[Job], int]:
+        """Waiting jobs to prefill together, n tokens each, within one chunk's token budget.
+
+        The oldest runnable job sets n; later jobs with at least n tokens left join it (equal
+        lengths make one batched forward), as far as the budget and the free pages allow.
+        """
+        free = len(self.blocks.cache.free_pages)
+        batch: list[Job] = []
+        n = 0
         for job in self.prefilling:
             seq = job.seq
-            if seq.slot < 0 or seq.pinned:
+            if seq.slot < 0 or seq.pinned or seq.prefill_pending == 0:
                 continue
-            n = min(self.prefill_chunk, seq.prefill_pending)
-            if n and self.blocks.can_append(seq, n):
-                return job, n
-        return None
+            if not batch:
+                n = min(self.prefill_chunk, seq.prefill_pending)
+            elif seq.prefill_pending < n or (len(batch) + 1) * n > self.prefill_chunk:
+                continue
+            need = self.blocks.pages_needed(seq, n)
+            if need <= free:
+                free -= need
+                batch.append(job)
+        return batch, n
 
     def promote_ready(self) -> list[Job]:
         """Jobs whose prefill is complete: generations move to decoding, the rest are returned as done."""
