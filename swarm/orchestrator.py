@@ -67,6 +67,13 @@ class Swarm:
         self._cancel_requested: asyncio.Event | None = None
         self._listeners: list[Callable[[Event], None]] = []
 
+    def add_listener(self, callback: Callable[[Event], None]) -> None:
+        """Call `callback(event)` for every event of later runs (a live display, a log)."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[Event], None]) -> None:
+        self._listeners.remove(callback)
+
     def cancel(self) -> None:
         """Stop the running run promptly; `run()` returns its partial result (e.g. on Ctrl-C)."""
         if self._cancel_requested is not None:
@@ -256,7 +263,7 @@ class RunStream:
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
-        self._swarm._listeners.append(queue.put_nowait)
+        self._swarm.add_listener(queue.put_nowait)
         run = asyncio.create_task(self._swarm.run(self._task, self._context))
         try:
             while True:
@@ -271,7 +278,7 @@ class RunStream:
                 self.result = run.result()
                 return
         finally:
-            self._swarm._listeners.remove(queue.put_nowait)
+            self._swarm.remove_listener(queue.put_nowait)
             if not run.done():
                 run.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

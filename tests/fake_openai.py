@@ -281,3 +281,11 @@ def counting_lookup(counter: Counter, seconds: float = 0.0):
         return f"Fact about {query}. Source: http://facts.test/{query.replace(' ', '-')}"
 
     return lookup
+
+
+CLI_COUNTER = Counter()
+CLI_TOOLS = [counting_lookup(CLI_COUNTER)]
+"""Test-local tools for `swarm run --tools-from tests.fake_openai:CLI_TOOLS`."""
+
+SLOW_TOOLS = [counting_lookup(Counter(), seconds=60)]
+"""A tool that never finishes in a test's time: for deadline and Ctrl-C tests of the CLI."""

@@ -1,0 +1,119 @@
+"""`swarm run` against the loopback fake server with test-local tools; Ctrl-C in a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from swarm.cli import app
+from swarm.events import read_trace
+from tests.fake_openai import CLI_COUNTER, FakeOpenAI, FakeReply, swarm_script
+
+REPO = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+ANSWER = "Alpha is first [http://facts.test/alpha]."
+
+
+def answering_subagent(request, task, results):
+    if not results:
+        return FakeReply(tool_calls=[("lookup", {"query": task})])
+    return FakeReply(content=f"{results[0]} [http://facts.test/{task}]")
+
+
+def cli(server: FakeOpenAI, *args: str):
+    return runner.invoke(app, ["run", "Find the facts.", "--base-url", server.base_url, "--model", "fake",
+                               "--web", "none", "--tools-from", "tests.fake_openai:CLI_TOOLS", *args])
+
+
+def test_help_documents_every_option_and_the_exit_codes():
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--base-url", "--model", "--max-agents", "--max-tool-calls", "--deadline", "--tools",
+                   "--tools-from", "--out", "--json", "--trace", "--record", "--replay", "--web"):
+        assert option in result.output
+    assert "130 interrupted" in result.output and "3 partial" in result.output
+    assert "serve-web" in runner.invoke(app, ["--help"]).output
+
+
+def test_run_prints_json_and_writes_trace_and_report(tmp_path):
+    calls_before = CLI_COUNTER.calls
+    with FakeOpenAI(swarm_script([["alpha", "beta"]], answering_subagent, answer=ANSWER)) as server:
+        result = cli(server, "--json", "--trace", str(tmp_path / "trace.jsonl"), "--out", str(tmp_path / "r.md"))
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["answer"] == ANSWER and data["partial"] is False
+    assert data["usage"]["tool_calls"] == 2 and data["usage"]["agents"] == 2
+    assert data["citations"][0]["url"] == "http://facts.test/alpha"
+    assert "Fact about alpha" in data["citations"][0]["evidence"]
+    assert CLI_COUNTER.calls - calls_before == 2
+    events = read_trace(str(tmp_path / "trace.jsonl"))
+    assert events[0].type == "run_started" and events[-1].type == "run_finished"
+    report = (tmp_path / "r.md").read_text()
+    assert ANSWER in report and "## Sources" in report and "<http://facts.test/alpha>" in report
+    assert "agent 1 started" in result.stderr and "2/1500 tool calls" in result.stderr
+
+
+def test_a_cut_short_run_exits_3_and_bad_options_are_named():
+    with FakeOpenAI(swarm_script([["a", "b", "c"]], answering_subagent, answer=ANSWER)) as server:
+        partial = cli(server, "--max-tool-calls", "1", "--json")
+    assert partial.exit_code == 3
+    data = json.loads(partial.stdout)
+    assert data["partial"] is True and data["usage"]["tool_calls"] == 1
+
+    no_model = runner.invoke(app, ["run", "x", "--base-url", "http://127.0.0.1:9/v1"])
+    assert no_model.exit_code == 2 and "--base-url needs --model" in no_model.output
+    bad_tool = runner.invoke(app, ["run", "x", "--tools", "search,teleport", "--base-url", "http://h/v1",
+                                   "--model", "m"])
+    assert bad_tool.exit_code == 2 and "teleport" in bad_tool.output
+    missing = runner.invoke(app, ["run", "x", "--model", "/nonexistent/checkpoint", "--web", "none"])
+    assert missing.exit_code == 1 and "not a checkpoint directory" in missing.stderr
+    bad_import = runner.invoke(app, ["run", "x", "--replay", __file__, "--tools-from", "nowhere"])
+    assert bad_import.exit_code == 1 and "package.module:attribute" in bad_import.stderr
+
+
+def test_record_then_replay_without_a_server(tmp_path):
+    tape = tmp_path / "tape.jsonl"
+    with FakeOpenAI(swarm_script([["alpha"]], answering_subagent, answer=ANSWER)) as server:
+        recorded = cli(server, "--json", "--record", str(tape))
+    assert recorded.exit_code == 0, recorded.output
+
+    replayed = runner.invoke(app, ["run", "Find the facts.", "--replay", str(tape), "--web", "none",
+                                   "--tools-from", "tests.fake_openai:CLI_TOOLS", "--json"])
+    assert replayed.exit_code == 0, replayed.output
+    assert json.loads(replayed.stdout)["answer"] == json.loads(recorded.stdout)["answer"] == ANSWER
+
+
+def test_ctrl_c_stops_the_run_and_still_saves_the_partial_result(tmp_path):
+    script = swarm_script([["slow a", "slow b"]], answering_subagent, answer=ANSWER)
+    with FakeOpenAI(script) as server:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from swarm.cli import app; app()", "run", "Wait for it.", "--base-url",
+             server.base_url, "--model", "fake", "--web", "none", "--tools-from", "tests.fake_openai:SLOW_TOOLS",
+             "--json", "--out", str(tmp_path / "partial.md")],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        waited = 0.0
+        while server.requests < 3 and waited < 60:
+            time.sleep(0.1)
+            waited += 0.1
+        time.sleep(0.3)
+        interrupted_at = time.perf_counter()
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+        stopped_in = time.perf_counter() - interrupted_at
+
+    assert process.returncode == 130, stderr
+    assert stopped_in < 5
+    data = json.loads(stdout)
+    assert data["partial"] is True and data["stop_reason"] == "cancelled"
+    assert {agent["status"] for agent in data["agents"]} == {"cancelled"}
+    assert "Partial result (cancelled)" in (tmp_path / "partial.md").read_text()
