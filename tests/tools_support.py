@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
 
@@ -35,7 +36,7 @@ def redirect(location: str, status: int = 302) -> Handler:
     return handler
 
 
-def page(body: str, content_type: str = "text/html; charset=utf-8") -> Handler:
+def page(body: str | bytes, content_type: str = "text/html; charset=utf-8") -> Handler:
     return lambda request: respond(request, body, content_type)
 
 
@@ -54,7 +55,7 @@ class LoopbackSite:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                path = urlsplit(self.path).path
+                path = quote(unquote(urlsplit(self.path).path))
                 with site._lock:
                     site.hits[path] += 1
                     site.active += 1
@@ -117,3 +118,17 @@ def minimal_pdf(text: str) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return bytes(out)
+
+
+def request_body(request: BaseHTTPRequestHandler) -> bytes:
+    return request.rfile.read(int(request.headers.get("Content-Length") or 0))
+
+
+def files_under(folder: Path) -> dict[str, Handler]:
+    """Routes serving every file below `folder` at its relative path, like a static web server."""
+    routes: dict[str, Handler] = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            content_type = "text/html; charset=utf-8" if path.suffix == ".html" else "text/plain; charset=utf-8"
+            routes["/" + quote(path.relative_to(folder).as_posix())] = page(path.read_bytes(), content_type)
+    return routes

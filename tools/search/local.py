@@ -18,8 +18,8 @@ import tantivy
 from tools.models import SearchResult
 from tools.search.corpus import Entry, content_digest, corpus_files, read_corpus
 
-INDEX_FORMAT = "v1"  # bump when the schema or the extraction changes, so old cached indexes are not reused
-TITLE_BOOST = 3.0
+INDEX_FORMAT = "v2"  # bump when the schema or the extraction changes, so old cached indexes are not reused
+TITLE_BOOST = 2.0
 SNIPPET_CHARS = 300
 _WRITER_HEAP = 64 * 1024 * 1024
 _COMPLETE_MARK = "complete"
