@@ -26,6 +26,12 @@ FORM_PAGE = """<html><head><title>Echo form</title></head><body>
 <p id="out"></p></body></html>"""
 
 
+SCROLL_PAGE = """<html><head><title>Feed</title></head><body><div style="height: 3000px">First story.</div>
+<div id="more"></div><script>window.addEventListener('scroll', () => {
+  if (window.scrollY > 1000) document.getElementById('more').textContent = 'More stories loaded after scrolling.';
+});</script></body></html>"""
+
+
 def leaky_page(port: int) -> str:
     return f"""<html><head><title>Leaky</title></head><body><article><p>{'Visible article text. ' * 10}</p></article>
 <img src="http://localhost:{port}/secret-image">
@@ -50,6 +56,7 @@ def site():
             {
                 "/js": page(JS_PAGE),
                 "/form": page(FORM_PAGE),
+                "/feed": page(SCROLL_PAGE),
                 "/hop": redirect("/js"),
                 "/hop-to-localhost": redirect(f"http://localhost:{served.port}/js"),
                 "/leaky": page(leaky_page(served.port)),
@@ -95,6 +102,18 @@ async def test_fill_click_and_screenshot(web, site):
     assert len(result.screenshots) == 1
     assert Path(result.screenshots[0]).read_bytes().startswith(b"\x89PNG")
     assert [line.split(": ", 1)[1].split(" ")[0] for line in result.log] == ["filled", "clicked", "screenshot"]
+
+
+async def test_scroll_and_press(web, site):
+    unscrolled = await web.browse(site.url("/feed"))
+    assert "More stories loaded" not in unscrolled.text
+    scrolled = await web.browse(
+        site.url("/feed"), [{"action": "scroll", "amount": 2500}, {"action": "wait_for", "selector": "#more:not(:empty)"}]
+    )
+    assert "More stories loaded after scrolling." in scrolled.text
+    pressed = await web.browse(site.url("/form"), [{"action": "fill", "selector": "#name", "text": "Lin"},
+                                                   {"action": "press", "selector": "#go", "text": "Enter"}])
+    assert "Hello, Lin!" in pressed.text
 
 
 async def test_redirects_are_followed_in_the_browser(web, site):

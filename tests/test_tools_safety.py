@@ -100,6 +100,15 @@ async def test_default_config_refuses_loopback_even_where_a_server_listens(site)
     assert site.hits["/ok"] == hits
 
 
+async def test_module_level_tools_use_a_safe_default_web(site):
+    import tools
+
+    with pytest.raises(ToolError, match="loopback"):
+        await tools.fetch(site.url("/ok"))
+    assert tools.default_web() is tools.default_web()
+    await tools.default_web().aclose()
+
+
 @pytest.mark.parametrize(
     "path, reason",
     [("/to-localhost", "localhost"), ("/to-metadata", "169.254.169.254"), ("/to-decimal", "2130706433"), ("/to-file", "only http")],

@@ -17,7 +17,7 @@ import pytest
 
 from tests.tools_support import LoopbackSite, files_under, page, request_body, respond
 from tools import SearchResult, ToolError, Web, WebConfig, agent_text
-from tools.search.local import LocalIndex
+from tools.search_backends.local import LocalIndex
 
 PYTHON_DOCS = Path("/usr/share/doc/python3.11/html")
 MODULES = ["json", "pickle", "marshal", "pprint", "textwrap", "ast", "tabnanny", "csv", "xml.dom.minidom", "sqlite3"]

@@ -4,10 +4,14 @@
         results = await web.search("json dumps indent")
         page = await web.fetch(results[0].url)
 
-Module-level `search`, `fetch` and `browse` use one lazily created default `Web()`.
+Module-level `search`, `fetch` and `browse` use a lazily created default `Web()`, one per event loop
+(its connections, locks and browser belong to the loop that made them).
 """
 
 from __future__ import annotations
+
+import asyncio
+import weakref
 
 from pydantic import BaseModel
 
@@ -17,14 +21,16 @@ from tools.models import BrowseAction, BrowseResult, Page, SearchResult, search_
 from tools.untrusted import wrap_untrusted
 from tools.web import Web
 
-_default_web: Web | None = None
+_default_webs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Web] = weakref.WeakKeyDictionary()
 
 
 def default_web() -> Web:
-    global _default_web
-    if _default_web is None:
-        _default_web = Web()
-    return _default_web
+    """The running event loop's default `Web()`, created on first use."""
+    loop = asyncio.get_running_loop()
+    web = _default_webs.get(loop)
+    if web is None:
+        web = _default_webs[loop] = Web()
+    return web
 
 
 async def search(query: str, max_results: int = 8) -> list[SearchResult]:

@@ -14,7 +14,7 @@ from tools.errors import ToolError
 from tools.fetcher import Fetcher
 from tools.models import BrowseAction, BrowseResult, Page, SearchResult
 from tools.paging import page_of
-from tools.search import Searcher
+from tools.search_backends import Searcher
 
 _ACTIONS = TypeAdapter(list[BrowseAction])
 MAX_SEARCH_RESULTS = 50

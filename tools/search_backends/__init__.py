@@ -8,9 +8,9 @@ from tools.config import WebConfig
 from tools.errors import ToolError
 from tools.fetcher import Fetcher
 from tools.models import SearchResult
-from tools.search.local import LocalIndex
-from tools.search.remote import RemoteSearch
-from tools.search.site import crawl_site
+from tools.search_backends.local import LocalIndex
+from tools.search_backends.remote import RemoteSearch
+from tools.search_backends.site import crawl_site
 
 
 class Searcher:

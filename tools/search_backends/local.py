@@ -16,7 +16,7 @@ from typing import Callable
 import tantivy
 
 from tools.models import SearchResult
-from tools.search.corpus import Entry, content_digest, corpus_files, read_corpus
+from tools.search_backends.corpus import Entry, content_digest, corpus_files, read_corpus
 
 INDEX_FORMAT = "v2"  # bump when the schema or the extraction changes, so old cached indexes are not reused
 TITLE_BOOST = 2.0
