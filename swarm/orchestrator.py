@@ -64,7 +64,7 @@ class Swarm:
         )
         self.reply_options = reply_options or ReplyOptions()
         self.trace_path = Path(trace_path) if trace_path else None
-        self._cancel_requested: asyncio.Event | None = None
+        self._cancel_events: set[asyncio.Event] = set()
         self._listeners: list[Callable[[Event], None]] = []
 
     def add_listener(self, callback: Callable[[Event], None]) -> None:
@@ -75,9 +75,9 @@ class Swarm:
         self._listeners.remove(callback)
 
     def cancel(self) -> None:
-        """Stop the running run promptly; `run()` returns its partial result (e.g. on Ctrl-C)."""
-        if self._cancel_requested is not None:
-            self._cancel_requested.set()
+        """Stop every running run promptly; each `run()` returns its partial result (e.g. on Ctrl-C)."""
+        for event in self._cancel_events:
+            event.set()
 
     def run_sync(self, task: str, context: Sequence[str] | None = None) -> RunResult:
         return asyncio.run(self.run(task, context))
@@ -89,25 +89,28 @@ class Swarm:
     async def run(self, task: str, context: Sequence[str] | None = None) -> RunResult:
         if not task.strip():
             raise ValueError("the task is empty")
-        self._cancel_requested = asyncio.Event()
+        cancel_requested = asyncio.Event()
+        self._cancel_events.add(cancel_requested)
         trace_file = self.trace_path.open("w", encoding="utf-8") if self.trace_path else None
         state = RunState(task, self.tools, self.limits, self.reply_options, trace_file, list(self._listeners))
         try:
             state.emit(RunStarted(t=0.0, task=task, limits=self.limits.model_dump()))
             try:
-                await self._run_until_stopped(state, context)
+                await self._run_until_stopped(state, context, cancel_requested)
             except asyncio.CancelledError:
                 _finish(state)  # the caller cancelled us: the trace still ends with the partial result
                 raise
             return _finish(state)
         finally:
+            self._cancel_events.discard(cancel_requested)
             if trace_file is not None:
                 trace_file.close()
 
-    async def _run_until_stopped(self, state: RunState, context: Sequence[str] | None) -> None:
+    async def _run_until_stopped(self, state: RunState, context: Sequence[str] | None,
+                                 cancel_requested: asyncio.Event) -> None:
         """Run the orchestrator; on the deadline or cancel(), cancel it (and with it every sub-agent)."""
         main = asyncio.create_task(self._orchestrate(state, context))
-        cancel_wait = asyncio.create_task(self._cancel_requested.wait())  # type: ignore[union-attr]
+        cancel_wait = asyncio.create_task(cancel_requested.wait())
         try:
             done, _ = await asyncio.wait({main, cancel_wait}, timeout=self.limits.deadline,
                                          return_when=asyncio.FIRST_COMPLETED)

@@ -122,6 +122,8 @@ class FakeOpenAI:
             if self.keep_bodies:
                 self.bodies.append(payload)
             outcome = self.script(payload)
+        except Exception as error:  # the script's bug, reported as a server error rather than a hang-up
+            outcome = FakeError(500, message=f"fake script failed: {type(error).__name__}: {error}")
         finally:
             self.in_flight -= 1
         if isinstance(outcome, FakeError):

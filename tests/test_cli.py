@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -10,10 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+from rich.console import Console
 from typer.testing import CliRunner
 
+from swarm.budget import Limits
 from swarm.cli import app
-from swarm.events import read_trace
+from swarm.display import LivePanel
+from swarm.events import AgentFinished, AgentStarted, Tokens, ToolCallStarted, read_trace
 from tests.fake_openai import CLI_COUNTER, FakeOpenAI, FakeReply, swarm_script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,3 +121,18 @@ def test_ctrl_c_stops_the_run_and_still_saves_the_partial_result(tmp_path):
     assert data["partial"] is True and data["stop_reason"] == "cancelled"
     assert {agent["status"] for agent in data["agents"]} == {"cancelled"}
     assert "Partial result (cancelled)" in (tmp_path / "partial.md").read_text()
+
+
+def test_live_panel_shows_agents_tool_budget_and_tokens():
+    console = Console(file=io.StringIO(), force_terminal=True, color_system=None, width=120)
+    panel = LivePanel(console, Limits(max_tool_calls=10, max_agents=4), "Find the facts.")
+    with panel:
+        panel(AgentStarted(t=0.1, agent_id=1, task="alpha", wave=1))
+        panel(AgentStarted(t=0.1, agent_id=2, task="beta", wave=1))
+        panel(ToolCallStarted(t=0.2, agent_id=1, call_id="c1", tool="lookup", arguments="{}"))
+        panel(Tokens(t=0.3, agent_id=1, prompt_tokens=40, completion_tokens=12))
+        panel(AgentFinished(t=0.4, agent_id=1, status="done", steps=2, tool_calls=1, result="ok"))
+    screen = console.file.getvalue()
+    assert "1 running, 1 done (cap 4)" in screen
+    assert "1 / 10" in screen and "40 in, 12 out" in screen and "tok/s" in screen
+    assert "agent 1 done after 2 steps" in screen

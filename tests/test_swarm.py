@@ -12,7 +12,7 @@ from backend.conversation import ReplyOptions
 from backend.openai_backend import OpenAIBackend
 from swarm import Swarm, TransientToolError, read_trace, tool
 from swarm.events import AgentStarted, RunFinished, RunStarted, ToolCallStarted
-from tests.fake_openai import Counter, FakeOpenAI, FakeReply, counting_lookup, spawn_results, subagent_task, swarm_script
+from tests.fake_openai import Counter, FakeError, FakeOpenAI, FakeReply, counting_lookup, spawn_results, subagent_task, swarm_script
 
 
 async def run_swarm(server: FakeOpenAI, tools, task: str = "Research everything.", **limits):
@@ -337,3 +337,11 @@ async def test_sub_agents_cannot_spawn_and_orchestrator_spawn_arguments_are_chec
     assert len(result.agents) == 1 and result.agents[0].result == "I did it myself."
     assert result.usage.tool_calls == 0 and result.answer == "ok"
 
+
+
+def test_run_sync_turns_a_model_failure_into_a_failed_result():
+    with FakeOpenAI(lambda request: FakeError(401, message="bad key")) as server:
+        result = Swarm(OpenAIBackend(server.base_url, "fake-model"), []).run_sync("Anything.")
+    assert result.status == "failed" and result.partial
+    assert "HTTP 401" in result.orchestrator.error and "bad key" in result.orchestrator.error
+    assert result.answer.startswith("Partial result (failed)")
