@@ -92,7 +92,7 @@ def site():
 
 @pytest.fixture
 async def web(site):
-    async with Web(WebConfig(allowed_hosts=[site.host], timeout_s=3, max_bytes=2_000_000, page_chars=4000, per_host_rate=1000)) as tools:
+    async with Web(WebConfig(allowed_hosts=[site.host], timeout_s=2, max_bytes=2_000_000, page_chars=4000, per_host_rate=1000)) as tools:
         yield tools
 
 
@@ -120,9 +120,9 @@ async def test_redirect_loop_is_bounded(web, site):
 
 async def test_slow_response_hits_the_deadline(web, site):
     started = time.monotonic()
-    with pytest.raises(ToolError, match="longer than 3 s"):
+    with pytest.raises(ToolError, match="longer than 2 s"):
         await web.fetch(site.url("/slow"))
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 4
 
 
 async def test_huge_declared_length_is_refused_before_download(web, site):

@@ -87,7 +87,10 @@ class BrowserPool:
                     "or unreachable. Try again later or use another source."
                 ) from None
             except PlaywrightError as exc:
-                raise ToolError(f"The browser failed on {url}: {exc.message.splitlines()[0]}") from None
+                reason = exc.message.splitlines()[0]
+                if "ERR_TUNNEL_CONNECTION_FAILED" in reason or "ERR_PROXY" in reason:
+                    reason += " (the page or one of its redirects leads to a host the web tools refuse or cannot reach)"
+                raise ToolError(f"The browser failed on {url}: {reason}") from None
             finally:
                 try:
                     await asyncio.shield(context.close())

@@ -53,7 +53,6 @@ class Fetcher:
     def __init__(self, config: WebConfig) -> None:
         self.config = config
         self.policy = HostPolicy(config.allowed_hosts)
-        self.requests_made = 0
         self._client = guarded_client(self.policy, config.user_agent, config.connect_timeout_s)
         self._limiter = HostLimiter(config.per_host_concurrency, config.per_host_rate)
         self._documents: ContentCache[Document] = ContentCache(config.cache_ttl_s, config.cache_max_entries)
@@ -93,7 +92,6 @@ class Fetcher:
             self.policy.check_url(current)
             host = urlsplit(current).netloc.lower()
             async with self._limiter.slot(host) if polite else contextlib.nullcontext():
-                self.requests_made += 1
                 async with self._client.stream("GET", current) as response:
                     if response.is_redirect:
                         current = urljoin(current, response.headers["location"])
@@ -105,28 +103,6 @@ class Fetcher:
                     body = await self._read_capped(response, current)
                     return RawResponse(str(response.url), response.status_code, response.headers, body)
         raise ToolError(f"{url} redirected more than {self.config.max_redirects} times; stopped following.")
-
-    async def forward(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None, polite: bool
-    ) -> RawResponse:
-        """One request exactly as a browser asked for it (no redirect following), under the same checks."""
-        self.policy.check_url(url)
-        host = urlsplit(url).netloc.lower()
-        try:
-            async with asyncio.timeout(self.config.timeout_s):
-                async with self._limiter.slot(host) if polite else contextlib.nullcontext():
-                    self.requests_made += 1
-                    request = self._client.build_request(method, url, headers=headers, content=body)
-                    response = await self._client.send(request, stream=True)
-                    try:
-                        content = await self._read_capped(response, url)
-                    finally:
-                        await response.aclose()
-                    return RawResponse(url, response.status_code, response.headers, content)
-        except TimeoutError:
-            raise ToolError(f"Loading {url} took longer than {self.config.timeout_s:g} s.") from None
-        except httpx.HTTPError as exc:
-            raise ToolError(f"Could not load {url}: {type(exc).__name__}: {exc or 'connection failed'}.") from None
 
     async def _read_capped(self, response: httpx.Response, url: str) -> bytes:
         limit = self.config.max_bytes
