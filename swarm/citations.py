@@ -66,30 +66,25 @@ def _sentences(text: str) -> list[str]:
 
 
 def _claim_text(sentence: str) -> str:
-    return re.sub(r"\s+", " ", _BRACKETS.sub("", sentence)).strip()
+    without_brackets = re.sub(r"\s+", " ", _BRACKETS.sub("", sentence)).strip()
+    return re.sub(r"\s+([.,;:!?])", r"\1", without_brackets)
 
 
 def _best_passage(claim: str, texts: list[str]) -> str:
-    """The window of the tool results that shares the most words with the claim."""
+    """The sentence of the tool results sharing the most words with the claim, with the sentences that
+    follow it up to about PASSAGE_CHARS characters."""
     claim_words = set(_WORD.findall(claim.lower()))
-    best, best_score = "", -1
+    best: tuple[int, list[str], int] = (-1, [], 0)
     for text in texts:
-        for passage in _passages(text):
-            score = len(claim_words & set(_WORD.findall(passage.lower())))
-            if score > best_score:
-                best, best_score = passage, score
-    return best
-
-
-def _passages(text: str) -> list[str]:
-    """Sentence-aligned windows of about PASSAGE_CHARS characters."""
-    sentences = _sentences(text)
-    windows = []
-    for start in range(len(sentences)):
-        window = sentences[start]
-        for sentence in sentences[start + 1:]:
-            if len(window) + len(sentence) + 1 > PASSAGE_CHARS:
-                break
-            window = f"{window} {sentence}"
-        windows.append(window.strip())
-    return windows or [text]
+        sentences = _sentences(text) or [text]
+        for index, sentence in enumerate(sentences):
+            score = len(claim_words & set(_WORD.findall(sentence.lower())))
+            if score > best[0]:
+                best = (score, sentences, index)
+    _, sentences, start = best
+    passage = ""
+    for sentence in sentences[start:]:
+        if passage and len(passage) + len(sentence) + 1 > PASSAGE_CHARS:
+            break
+        passage = f"{passage} {sentence}".strip()
+    return passage

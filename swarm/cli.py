@@ -151,13 +151,12 @@ async def _run(task: str, documents: list[str], console: Console, settings: dict
                tools_from: list[str], record: Path | None, replay: Path | None,
                live: bool) -> tuple[RunResult, bool]:
     async with contextlib.AsyncExitStack() as stack:
-        run_tools: list[Tool | Callable[..., Any]] = []
-        if web_mode is not WebMode.none and web_tools:
-            web = await stack.enter_async_context(_web(web_mode))
-            run_tools += [getattr(web, name) for name in web_tools]
-        run_tools += [t for spec in tools_from for t in _load_tools(spec)]
+        run_tools: list[Tool | Callable[..., Any]] = [t for spec in tools_from for t in _load_tools(spec)]
         backend = _backend(model, base_urls, api_key, stream, replay)
         stack.push_async_callback(backend.aclose)
+        if web_mode is not WebMode.none and web_tools:
+            web = await stack.enter_async_context(_web(web_mode))
+            run_tools = [getattr(web, name) for name in web_tools] + run_tools
         if record:
             from backend.replay import RecordingBackend
 

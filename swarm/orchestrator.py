@@ -89,6 +89,8 @@ class Swarm:
     async def run(self, task: str, context: Sequence[str] | None = None) -> RunResult:
         if not task.strip():
             raise ValueError("the task is empty")
+        if isinstance(context, str):
+            context = [context]
         cancel_requested = asyncio.Event()
         self._cancel_events.add(cancel_requested)
         trace_file = self.trace_path.open("w", encoding="utf-8") if self.trace_path else None

@@ -75,7 +75,8 @@ class RunResult(BaseModel):
     trace: list[Event] = Field(default_factory=list, exclude=True)
 
     def summary_json(self, indent: int | None = 2) -> str:
-        """The result as JSON without transcripts and trace: what `swarm run --json` prints."""
+        """The result as JSON without transcripts, tool outputs and trace: what `swarm run --json` prints."""
+        agent_detail = {"transcript": True, "tool_calls": {"__all__": {"output"}}}
         return self.model_dump_json(indent=indent, exclude={
-            "orchestrator": {"transcript"}, "agents": {"__all__": {"transcript"}},
+            "orchestrator": agent_detail, "agents": {"__all__": agent_detail},
         })

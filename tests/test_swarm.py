@@ -311,7 +311,7 @@ async def test_stream_yields_typed_events_and_the_result():
     assert stream.result is not None and stream.result.answer == answer
     assert [c.url for c in stream.result.citations] == ["http://facts.test/alpha"]
     citation = stream.result.citations[0]
-    assert citation.claim == "Alpha holds ." and "Fact about alpha" in citation.evidence
+    assert citation.claim == "Alpha holds." and "Fact about alpha" in citation.evidence
     assert json.loads(stream.result.summary_json())["usage"]["tool_calls"] == 1
 
 
@@ -345,3 +345,22 @@ def test_run_sync_turns_a_model_failure_into_a_failed_result():
     assert result.status == "failed" and result.partial
     assert "HTTP 401" in result.orchestrator.error and "bad key" in result.orchestrator.error
     assert result.answer.startswith("Partial result (failed)")
+
+
+async def test_leaving_a_stream_early_cancels_the_run():
+    counter = Counter()
+
+    def subagent(request, task, results):
+        return FakeReply(tool_calls=[("lookup", {"query": task})])
+
+    with FakeOpenAI(swarm_script([["one", "two"]], subagent)) as server:
+        backend = OpenAIBackend(server.base_url, "fake-model")
+        async for event in Swarm(backend, [counting_lookup(counter, seconds=30)]).stream("Leave early."):
+            if event.type == "tool_call_started":
+                break
+        for _ in range(100):
+            if counter.calls and counter.running == 0:
+                break
+            await asyncio.sleep(0.02)
+        await backend.aclose()
+    assert counter.calls >= 1 and counter.running == 0
