@@ -12,6 +12,7 @@ from tests.tools_support import LoopbackSite, page, redirect
 from tools import ToolError, Web, WebConfig, wrap_untrusted
 from tools.addresses import HostPolicy, blocked_reason, literal_address
 from tools.proxy import GuardProxy
+from tools.transport import guarded_client
 
 BLOCKED = [
     "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.100.100.200",
@@ -122,6 +123,39 @@ async def test_redirect_from_allowed_host_to_another_host_is_checked_again(web, 
         await web.fetch(site.url(path))
     assert site.hits[path] >= 1
     assert site.hits["/ok"] == before
+
+
+class FakeDNS(HostPolicy):
+    """DNS is a boundary we do not own: this resolver answers names the system resolver cannot."""
+
+    def __init__(self, allowed_hosts: list[str], answers: dict[str, list[str]]) -> None:
+        super().__init__(allowed_hosts)
+        self.answers = answers
+        self.lookups: list[str] = []
+
+    async def _lookup(self, host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        self.lookups.append(host)
+        return [ipaddress.ip_address(address) for address in self.answers[host]]
+
+
+async def test_connections_go_to_the_checked_address(site):
+    dns = FakeDNS([f"pinned.invalid:{site.port}"], {"pinned.invalid": ["127.0.0.1"]})
+    async with guarded_client(dns, "test", 5) as client:
+        response = await client.get(f"http://pinned.invalid:{site.port}/ok")
+    assert response.status_code == 200 and "Allowed local content" in response.text
+    assert dns.lookups == ["pinned.invalid"]  # one lookup, and the socket went where it said
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [["10.0.0.5"], ["93.184.216.34", "127.0.0.1"], ["::ffff:169.254.169.254"]],
+    ids=["private", "mixed-public-and-loopback", "mapped-metadata"],
+)
+async def test_names_resolving_to_blocked_addresses_are_refused(site, answers):
+    dns = FakeDNS([], {"internal.attacker.example": answers})
+    async with guarded_client(dns, "test", 5) as client:
+        with pytest.raises(ToolError, match="internal.attacker.example .*resolves to"):
+            await client.get(f"http://internal.attacker.example:{site.port}/ok")
 
 
 async def test_unresolvable_host_is_a_clear_error(web):

@@ -104,17 +104,15 @@ class HostPolicy:
         if address is not None and not self.is_allowed_host(parts.hostname, port):
             self._refuse_if_blocked(parts.hostname, address)
 
-    async def resolve(self, host: str, port: int) -> str:
-        """The checked address to connect to; raises ToolError when the host may not be reached."""
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The checked addresses to connect to, in resolver order; raises ToolError when the host may not
+        be reached (one blocked address refuses the host: a resolver must not be able to mix them)."""
         address = literal_address(host)
-        if address is not None:
-            addresses = [address]
-        else:
-            addresses = await self._lookup(host, port)
+        addresses = [address] if address is not None else await self._lookup(host, port)
         if not self.is_allowed_host(host, port):
             for address in addresses:
                 self._refuse_if_blocked(host, address)
-        return str(addresses[0])
+        return [str(address) for address in addresses]
 
     @staticmethod
     def _refuse_if_blocked(host: str, address: IPAddress) -> None:
@@ -133,7 +131,7 @@ class HostPolicy:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise ToolError(f"Could not resolve host {host!r}: {exc}. Check the spelling of the URL.") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
         if not addresses:
             raise ToolError(f"Host {host!r} has no address.")
         return addresses

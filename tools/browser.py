@@ -90,6 +90,8 @@ class BrowserPool:
                 reason = exc.message.splitlines()[0]
                 if "ERR_TUNNEL_CONNECTION_FAILED" in reason or "ERR_PROXY" in reason:
                     reason += " (the page or one of its redirects leads to a host the web tools refuse or cannot reach)"
+                elif "Download is starting" in reason:
+                    reason += " (the URL is a file, not a page: use fetch to read it)"
                 raise ToolError(f"The browser failed on {url}: {reason}") from None
             finally:
                 try:

@@ -85,11 +85,13 @@ class GuardProxy:
         )
 
     async def _open(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        address = await self._policy.resolve(host, port)
-        try:
-            return await asyncio.wait_for(asyncio.open_connection(address, port), self._connect_timeout_s)
-        except (OSError, TimeoutError) as exc:
-            raise ToolError(f"Could not connect to {host}:{port}: {exc or type(exc).__name__}.") from None
+        failure: BaseException | None = None
+        for address in await self._policy.resolve(host, port):
+            try:
+                return await asyncio.wait_for(asyncio.open_connection(address, port), self._connect_timeout_s)
+            except (OSError, TimeoutError) as exc:
+                failure = exc
+        raise ToolError(f"Could not connect to {host}:{port}: {failure or 'no address'}.")
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -16,6 +16,9 @@ from tools.addresses import HostPolicy
 from tools.errors import ToolError
 
 
+_ACCEPT = "text/html,application/xhtml+xml,application/json,text/plain,application/pdf;q=0.9,*/*;q=0.5"
+
+
 class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, policy: HostPolicy) -> None:
         self._policy = policy
@@ -29,9 +32,16 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        address = await self._policy.resolve(host, port)
+        addresses = await self._policy.resolve(host, port)
+        for address in addresses[:-1]:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                continue
         return await self._inner.connect_tcp(
-            address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+            addresses[-1], port, timeout=timeout, local_address=local_address, socket_options=socket_options
         )
 
     async def connect_unix_socket(
@@ -66,6 +76,6 @@ def guarded_client(policy: HostPolicy, user_agent: str, connect_timeout_s: float
         transport=GuardedTransport(policy),
         follow_redirects=False,
         trust_env=False,
-        headers={"User-Agent": user_agent, "Accept": "text/html,application/xhtml+xml,application/json,text/plain,application/pdf;q=0.9,*/*;q=0.5"},
+        headers={"User-Agent": user_agent, "Accept": _ACCEPT},
         timeout=httpx.Timeout(None, connect=connect_timeout_s),
     )
