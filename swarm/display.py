@@ -111,6 +111,7 @@ class LivePanel:
         done = ", ".join(f"{n} {status}" for status, n in sorted(c.finished.items())) or "0"
         table.add_row("agents", f"{c.running} running, {done} (cap {c.limits.max_agents})")
         bar = ProgressBar(total=max(c.limits.max_tool_calls, 1), completed=c.tool_calls, width=30)
-        table.add_row("tool calls", Group(bar, Text(f"{c.tool_calls} / {c.limits.max_tool_calls}")))
+        table.add_row("tool calls", Text(f"{c.tool_calls} / {c.limits.max_tool_calls} used"))
+        table.add_row("", bar)
         table.add_row("tokens", f"{c.prompt_tokens} in, {c.completion_tokens} out, {c.tokens_per_second:.1f} tok/s")
         return Group(table, Text("\n".join(self.recent), style="dim"))
