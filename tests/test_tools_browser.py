@@ -33,7 +33,7 @@ SCROLL_PAGE = """<html><head><title>Feed</title></head><body><div style="height:
 
 
 def leaky_page(port: int) -> str:
-    return f"""<html><head><title>Leaky</title></head><body><article><p>{'Visible article text. ' * 10}</p></article>
+    return f"""<html><head><title>Leaky</title></head><body><article><p>{"Visible article text. " * 10}</p></article>
 <img src="http://localhost:{port}/secret-image">
 <script>fetch('http://localhost:{port}/secret-fetch').catch(() => {{}});
 fetch('http://169.254.169.254/latest/meta-data/').catch(() => {{}});</script></body></html>"""
@@ -108,11 +108,17 @@ async def test_scroll_and_press(web, site):
     unscrolled = await web.browse(site.url("/feed"))
     assert "More stories loaded" not in unscrolled.text
     scrolled = await web.browse(
-        site.url("/feed"), [{"action": "scroll", "amount": 2500}, {"action": "wait_for", "selector": "#more:not(:empty)"}]
+        site.url("/feed"),
+        [{"action": "scroll", "amount": 2500}, {"action": "wait_for", "selector": "#more:not(:empty)"}],
     )
     assert "More stories loaded after scrolling." in scrolled.text
-    pressed = await web.browse(site.url("/form"), [{"action": "fill", "selector": "#name", "text": "Lin"},
-                                                   {"action": "press", "selector": "#go", "text": "Enter"}])
+    pressed = await web.browse(
+        site.url("/form"),
+        [
+            {"action": "fill", "selector": "#name", "text": "Lin"},
+            {"action": "press", "selector": "#go", "text": "Enter"},
+        ],
+    )
     assert "Hello, Lin!" in pressed.text
 
 

@@ -58,7 +58,9 @@ def endless_body(request: BaseHTTPRequestHandler) -> None:
 
 def counted_slowly(request: BaseHTTPRequestHandler) -> None:
     time.sleep(0.3)
-    respond(request, "<html><body><article><p>" + "Shared result for every agent. " * 20 + "</p></article></body></html>")
+    respond(
+        request, "<html><body><article><p>" + "Shared result for every agent. " * 20 + "</p></article></body></html>"
+    )
 
 
 LONG_TEXT = "\n\n".join(f"Paragraph {n}: " + "lorem ipsum dolor sit amet " * 20 for n in range(60))
@@ -73,8 +75,12 @@ ROUTES = {
     "/huge-declared": huge_declared,
     "/endless": endless_body,
     "/image.png": page(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8, "image/png"),
-    "/cp1251-says-utf8": page(f"<html><body><article><p>{CYRILLIC}</p></article></body></html>".encode("cp1251"), "text/html; charset=utf-8"),
-    "/utf8-says-latin1": page("Crème brûlée, naïve café, São Paulo, Zürich.".encode(), "text/plain; charset=iso-8859-1"),
+    "/cp1251-says-utf8": page(
+        f"<html><body><article><p>{CYRILLIC}</p></article></body></html>".encode("cp1251"), "text/html; charset=utf-8"
+    ),
+    "/utf8-says-latin1": page(
+        "Crème brûlée, naïve café, São Paulo, Zürich.".encode(), "text/plain; charset=iso-8859-1"
+    ),
     "/latin1": page("Crème brûlée à la française".encode("latin-1"), "text/plain; charset=iso-8859-1"),
     "/data.json": page(json.dumps({"name": "kimi", "layers": [1, 2, 3]}), "application/json"),
     "/doc.pdf": page(minimal_pdf("Quarterly report of the harbour office"), "application/pdf"),
@@ -92,7 +98,9 @@ def site():
 
 @pytest.fixture
 async def web(site):
-    async with Web(WebConfig(allowed_hosts=[site.host], timeout_s=2, max_bytes=2_000_000, page_chars=4000, per_host_rate=1000)) as tools:
+    async with Web(
+        WebConfig(allowed_hosts=[site.host], timeout_s=2, max_bytes=2_000_000, page_chars=4000, per_host_rate=1000)
+    ) as tools:
         yield tools
 
 

@@ -169,7 +169,9 @@ async def test_local_search_ranks_the_right_docs_page_first(docs_corpus, index_d
         markdown = await web.search("save complicated data types to files", max_results=3)
         assert result_paths(markdown, docs_corpus.as_posix())[0] == "tutorial/inputoutput.md"
         assert markdown[0].title == "Input and Output"
-        assert result_paths(await web.search("share global variables across modules", 1), docs_corpus.as_posix()) == ["faq.txt"]
+        assert result_paths(await web.search("share global variables across modules", 1), docs_corpus.as_posix()) == [
+            "faq.txt"
+        ]
         assert await web.search("zyzzyva", max_results=3) == []
 
 
@@ -194,7 +196,9 @@ async def test_local_results_with_a_base_url_are_fetchable_from_the_served_copy(
             assert "pretty-printed with that indent level" in fetched.text
 
 
-@pytest.mark.skipif(not (PYTHON_DOCS / "library" / "json.html").exists(), reason="Debian's python3.11-doc is not installed")
+@pytest.mark.skipif(
+    not (PYTHON_DOCS / "library" / "json.html").exists(), reason="Debian's python3.11-doc is not installed"
+)
 async def test_real_python_docs_put_json_html_in_the_top_three(tmp_path, index_dir):
     """The 45-odd real library pages that mention dumps or indent: every page that competes for the query."""
     corpus = tmp_path / "python-docs"
@@ -242,7 +246,9 @@ def test_changed_corpus_gets_a_new_index(tmp_path):
     corpus.mkdir()
     small_site(corpus, 20)
     assert LocalIndex.for_folder(corpus, index_root, None).search("fresh words", 1) == []
-    (corpus / "page0000.html").write_text("<html><head><title>Changed</title></head><body><p>fresh words here</p></body></html>")
+    (corpus / "page0000.html").write_text(
+        "<html><head><title>Changed</title></head><body><p>fresh words here</p></body></html>"
+    )
     rebuilt = LocalIndex.for_folder(corpus, index_root, None)
     assert len(list(index_root.iterdir())) == 2
     assert rebuilt.search("fresh words", 1)[0].title == "Changed"
@@ -250,12 +256,16 @@ def test_changed_corpus_gets_a_new_index(tmp_path):
 
 async def test_local_site_is_crawled_and_indexed(index_dir):
     routes = {
-        "/docs/": page('<html><head><title>Handbook</title></head><body><main><p>Welcome to the handbook of the '
-                       'lighthouse keepers guild.</p><a href="lamps.html">Lamps</a> <a href="/elsewhere.html">Out</a>'
-                       '<a href="http://example.invalid/x">External</a></main></body></html>'),
-        "/docs/lamps.html": page('<html><head><title>Lamp maintenance</title></head><body><main><p>Trim the wick '
-                                 'and polish the Fresnel lens every evening before the lamp is lit.</p>'
-                                 '<a href="notes.txt">Notes</a></main></body></html>'),
+        "/docs/": page(
+            "<html><head><title>Handbook</title></head><body><main><p>Welcome to the handbook of the "
+            'lighthouse keepers guild.</p><a href="lamps.html">Lamps</a> <a href="/elsewhere.html">Out</a>'
+            '<a href="http://example.invalid/x">External</a></main></body></html>'
+        ),
+        "/docs/lamps.html": page(
+            "<html><head><title>Lamp maintenance</title></head><body><main><p>Trim the wick "
+            "and polish the Fresnel lens every evening before the lamp is lit.</p>"
+            '<a href="notes.txt">Notes</a></main></body></html>'
+        ),
         "/docs/notes.txt": page("Paraffin stores are checked each Monday.", "text/plain"),
         "/elsewhere.html": page("<html><body><p>Out of scope Fresnel lens page.</p></body></html>"),
     }
@@ -273,11 +283,22 @@ async def test_local_site_is_crawled_and_indexed(index_dir):
 def searxng_handler(request: BaseHTTPRequestHandler) -> None:
     query = parse_qs(urlsplit(request.path).query)
     assert query["format"] == ["json"]
-    respond(request, json.dumps({"results": [
-        {"title": "json — JSON encoder", "url": "https://docs.python.org/3/library/json.html",
-         "content": f"Results for <b>{query['q'][0]}</b>"},
-        {"title": "Stack Overflow", "url": "https://stackoverflow.com/q/1", "content": "pretty print"},
-    ]}), "application/json")
+    respond(
+        request,
+        json.dumps(
+            {
+                "results": [
+                    {
+                        "title": "json — JSON encoder",
+                        "url": "https://docs.python.org/3/library/json.html",
+                        "content": f"Results for <b>{query['q'][0]}</b>",
+                    },
+                    {"title": "Stack Overflow", "url": "https://stackoverflow.com/q/1", "content": "pretty print"},
+                ]
+            }
+        ),
+        "application/json",
+    )
 
 
 DDG_HTML = """<html><body><div class="results">
@@ -304,18 +325,49 @@ def providers():
 
     def brave(request: BaseHTTPRequestHandler) -> None:
         seen["brave"] = request.headers["X-Subscription-Token"]
-        respond(request, json.dumps({"web": {"results": [
-            {"title": "<strong>JSON</strong> docs", "url": "https://docs.python.org/3/library/json.html",
-             "description": "Use <strong>indent</strong> for pretty output."}]}}), "application/json")
+        respond(
+            request,
+            json.dumps(
+                {
+                    "web": {
+                        "results": [
+                            {
+                                "title": "<strong>JSON</strong> docs",
+                                "url": "https://docs.python.org/3/library/json.html",
+                                "description": "Use <strong>indent</strong> for pretty output.",
+                            }
+                        ]
+                    }
+                }
+            ),
+            "application/json",
+        )
 
     def tavily(request: BaseHTTPRequestHandler) -> None:
         seen["tavily"] = (request.headers["Authorization"], json.loads(request_body(request)))
-        respond(request, json.dumps({"results": [
-            {"title": "json module", "url": "https://docs.python.org/3/library/json.html", "content": "dumps, indent"}
-        ]}), "application/json")
+        respond(
+            request,
+            json.dumps(
+                {
+                    "results": [
+                        {
+                            "title": "json module",
+                            "url": "https://docs.python.org/3/library/json.html",
+                            "content": "dumps, indent",
+                        }
+                    ]
+                }
+            ),
+            "application/json",
+        )
 
-    routes = {"/search": searxng_handler, "/html/": ddg, "/brave": brave, "/tavily": tavily,
-              "/broken": lambda request: respond(request, "overloaded", status=503)}
+    routes = {
+        "/search": searxng_handler,
+        "/html/": ddg,
+        "/brave": brave,
+        "/tavily": tavily,
+        "/broken": lambda request: respond(request, "overloaded", status=503),
+    }
     with LoopbackSite(routes) as served:
         served.seen = seen
         yield served
@@ -334,7 +386,8 @@ async def test_duckduckgo_provider_skips_ads_and_unwraps_links(providers):
         results = await web.search("json dumps indent", max_results=5)
     assert providers.seen["ddg"] == {"q": ["json dumps indent"]}
     assert [result.url for result in results] == [
-        "https://docs.python.org/3/library/json.html", "https://realpython.com/python-json/"
+        "https://docs.python.org/3/library/json.html",
+        "https://realpython.com/python-json/",
     ]
     assert results[0].title == "json — JSON encoder and decoder"
     assert results[0].snippet == "json.dumps(obj, indent=4) pretty prints"

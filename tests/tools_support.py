@@ -6,7 +6,7 @@ import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import quote, unquote, urlsplit
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
@@ -88,7 +88,7 @@ class LoopbackSite:
     def url(self, path: str) -> str:
         return self.base + path
 
-    def __enter__(self) -> "LoopbackSite":
+    def __enter__(self) -> LoopbackSite:
         self._thread.start()
         return self
 

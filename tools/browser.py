@@ -158,4 +158,3 @@ class BrowserPool:
             await self._playwright.stop()
             self._playwright = None
         await self._proxy.aclose()
-

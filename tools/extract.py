@@ -7,6 +7,7 @@ declaration fits the bytes; a wrong declaration falls back to detection.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -49,9 +50,9 @@ def sniff_type(body: bytes, content_type: str) -> str:
     head = body[:1024].lstrip().lower()
     if head.startswith(b"%pdf-"):
         return "application/pdf"
-    if content_type in ("", "application/octet-stream") or content_type.startswith("text/"):
-        if head.startswith((b"<!doctype html", b"<html")):
-            return "text/html"
+    looks_like_html = head.startswith((b"<!doctype html", b"<html"))
+    if looks_like_html and (content_type in ("", "application/octet-stream") or content_type.startswith("text/")):
+        return "text/html"
     if content_type in ("", "application/octet-stream") and b"\x00" not in head:
         return "text/plain"
     return content_type
@@ -88,10 +89,8 @@ def body_to_text(body: bytes, content_type: str, charset: str | None, url: str) 
         return (*html_to_text(decode_text(body, charset), url), media_type)
     if media_type == "application/json" or media_type.endswith("+json"):
         text = decode_text(body, charset)
-        try:
+        with contextlib.suppress(ValueError):  # invalid JSON is still worth reading as it is
             text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-        except ValueError:
-            pass
         return None, text, media_type
     if media_type.startswith("text/") or media_type in _TEXT_TYPES or media_type.endswith(("+xml", "/xml")):
         return None, decode_text(body, charset), media_type

@@ -97,9 +97,7 @@ class Fetcher:
                         current = urljoin(current, response.headers["location"])
                         continue
                     if response.status_code >= 400:
-                        raise ToolError(
-                            f"{current} answered HTTP {response.status_code} {response.reason_phrase}."
-                        )
+                        raise ToolError(f"{current} answered HTTP {response.status_code} {response.reason_phrase}.")
                     body = await self._read_capped(response, current)
                     return RawResponse(str(response.url), response.status_code, response.headers, body)
         raise ToolError(f"{url} redirected more than {self.config.max_redirects} times; stopped following.")

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import defaultdict
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 
 class HostLimiter:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
@@ -73,9 +74,7 @@ class Web:
             total_chars=len(document.text),
         )
 
-    async def browse(
-        self, url: str, actions: list[BrowseAction] | None = None, page: int = 1
-    ) -> BrowseResult:
+    async def browse(self, url: str, actions: list[BrowseAction] | None = None, page: int = 1) -> BrowseResult:
         """Opens a page in a real browser (JavaScript runs), performs actions, and returns the text.
 
         Use it when fetch returns little text because the page builds its content with JavaScript, or
@@ -92,7 +91,9 @@ class Web:
         try:
             steps = _ACTIONS.validate_python(actions or [])
         except ValidationError as exc:
-            raise ToolError(f"The actions are not valid: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}.") from None
+            raise ToolError(
+                f"The actions are not valid: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}."
+            ) from None
         browsed = await self.browser.browse(url, steps)
         text, pages = page_of(browsed.text, self.config.page_chars, page)
         return BrowseResult(
@@ -112,7 +113,7 @@ class Web:
         await self.searcher.aclose()
         await self.fetcher.aclose()
 
-    async def __aenter__(self) -> "Web":
+    async def __aenter__(self) -> Web:
         return self
 
     async def __aexit__(

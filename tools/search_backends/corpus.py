@@ -30,9 +30,7 @@ class Entry(BaseModel):
 def corpus_files(corpus_dir: Path) -> list[Path]:
     if not corpus_dir.is_dir():
         raise FileNotFoundError(f"corpus_dir {corpus_dir} is not a folder")
-    return sorted(
-        path for path in corpus_dir.rglob("*") if path.suffix.lower() in CORPUS_SUFFIXES and path.is_file()
-    )
+    return sorted(path for path in corpus_dir.rglob("*") if path.suffix.lower() in CORPUS_SUFFIXES and path.is_file())
 
 
 def content_digest(corpus_dir: Path, files: list[Path], salt: str) -> str:

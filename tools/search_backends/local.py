@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import tantivy
 
@@ -45,7 +45,7 @@ class LocalIndex:
         return self._searcher.num_docs
 
     @classmethod
-    def open_or_build(cls, index_root: Path, key: str, entries: Callable[[], list[Entry]]) -> "LocalIndex":
+    def open_or_build(cls, index_root: Path, key: str, entries: Callable[[], list[Entry]]) -> LocalIndex:
         """Opens the cached index for `key`, or builds it from `entries()` and caches it atomically."""
         schema = _schema()
         path = index_root / key
@@ -66,13 +66,13 @@ class LocalIndex:
         return cls(index, schema)
 
     @classmethod
-    def for_folder(cls, corpus_dir: Path, index_root: Path, base_url: str | None) -> "LocalIndex":
+    def for_folder(cls, corpus_dir: Path, index_root: Path, base_url: str | None) -> LocalIndex:
         files = corpus_files(corpus_dir)
         key = content_digest(corpus_dir, files, f"{INDEX_FORMAT}|{base_url}|{corpus_dir.resolve()}")
         return cls.open_or_build(index_root, key, lambda: read_corpus(corpus_dir, files, base_url))
 
     @classmethod
-    def for_entries(cls, entries: list[Entry], index_root: Path) -> "LocalIndex":
+    def for_entries(cls, entries: list[Entry], index_root: Path) -> LocalIndex:
         digest = hashlib.sha256(INDEX_FORMAT.encode())
         for entry in entries:
             digest.update(entry.model_dump_json().encode())

@@ -46,7 +46,9 @@ class RemoteSearch:
                 f"The {provider} search service answered HTTP {exc.response.status_code}; try again later."
             ) from None
         except httpx.HTTPError as exc:
-            raise ToolError(f"The {provider} search service could not be reached: {exc or type(exc).__name__}.") from None
+            raise ToolError(
+                f"The {provider} search service could not be reached: {exc or type(exc).__name__}."
+            ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ToolError(f"The {provider} search service sent an answer that could not be read: {exc}.") from None
         return results[:max_results]
@@ -58,7 +60,12 @@ class RemoteSearch:
         response = await self._client.get(url, params={"q": query, "format": "json"})
         response.raise_for_status()
         return [
-            SearchResult(title=item.get("title") or item["url"], url=item["url"], snippet=plain(item.get("content") or ""), provider="searxng")
+            SearchResult(
+                title=item.get("title") or item["url"],
+                url=item["url"],
+                snippet=plain(item.get("content") or ""),
+                provider="searxng",
+            )
             for item in response.json()["results"]
         ]
 
@@ -94,7 +101,12 @@ class RemoteSearch:
         response.raise_for_status()
         items: list[dict[str, Any]] = response.json().get("web", {}).get("results", [])
         return [
-            SearchResult(title=plain(item["title"]), url=item["url"], snippet=plain(item.get("description", "")), provider="brave")
+            SearchResult(
+                title=plain(item["title"]),
+                url=item["url"],
+                snippet=plain(item.get("description", "")),
+                provider="brave",
+            )
             for item in items
         ]
 
@@ -109,7 +121,12 @@ class RemoteSearch:
         )
         response.raise_for_status()
         return [
-            SearchResult(title=item.get("title") or item["url"], url=item["url"], snippet=item.get("content", ""), provider="tavily")
+            SearchResult(
+                title=item.get("title") or item["url"],
+                url=item["url"],
+                snippet=item.get("content", ""),
+                provider="tavily",
+            )
             for item in response.json()["results"]
         ]
 
