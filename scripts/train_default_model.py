@@ -13,6 +13,7 @@ e_score_correction_bias (DeepSeek-V3 style). Writes an official-format checkpoin
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import lzma
 import math
@@ -20,6 +21,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import backend.kda_layer  # noqa: E402
 from backend.config import KimiLinearConfig  # noqa: E402
 from backend.model import KimiLinearForCausalLM  # noqa: E402
-from backend.context import latent_attention  # noqa: E402
+from backend.chat_format import IM_USER  # noqa: E402
 from backend.tokenizer import ByteTokenizer  # noqa: E402
 from kernels.kda_reference import l2norm  # noqa: E402
 
 BYTE_VOCAB = ByteTokenizer().vocab_size
 MAX_SHARD_BYTES = 15 * 1024 * 1024  # the device returns files of at most 16 MiB
+USER_TURN = IM_USER + "user"
 
 
 def default_config(vocab_size: int = BYTE_VOCAB, hidden: int = 256, layers: int = 12) -> dict:
@@ -52,7 +55,7 @@ def default_config(vocab_size: int = BYTE_VOCAB, hidden: int = 256, layers: int 
         "linear_attn_config": {"num_heads": 4, "head_dim": 64, "short_conv_kernel_size": 4,
                                "kda_layers": [i for i in one_based if i % 4], "full_attn_layers": [i for i in one_based if i % 4 == 0]},
         "num_experts": 8, "num_experts_per_token": 2, "num_shared_experts": 1,
-        "moe_intermediate_size": 3 * hidden // 4, "first_k_dense_replace": 1, "moe_layer_freq": 1,
+        "moe_intermediate_size": hidden // 2, "first_k_dense_replace": 1, "moe_layer_freq": 1,
         "moe_router_activation_func": "sigmoid", "moe_renormalize": True, "routed_scaling_factor": 2.446,
         "use_grouped_topk": True, "num_expert_group": 1, "topk_group": 1, "num_nextn_predict_layers": 0,
         "use_cache": True, "initializer_range": 0.02, "dtype": "bfloat16",
@@ -110,32 +113,73 @@ def chunk_kda_parallel(q, k, v, g, beta, *, scale=None, initial_state=None, outp
 
 
 class TrainingContext:
-    """ForwardContext for whole sequences from position 0: fresh zero state, attention over the call's tokens.
+    """ForwardContext for training: whole sequences, optionally continuing one shared prefix.
 
-    Holds nothing between calls, so a layer can be recomputed (activation checkpointing) safely.
+    Every trajectory starts with the same tool declarations and system prompt, so a batch runs
+    that prefix once (batch 1) and its rows continue from the prefix's KDA state, conv window and
+    MLA latents, broadcast to the batch; gradients flow back through the broadcast into the prefix.
     """
 
-    def __init__(self, config: KimiLinearConfig, batch: int, device: torch.device):
-        self.config, self.batch, self.device = config, batch, device
+    def __init__(self, config: KimiLinearConfig, batch: int, device: torch.device,
+                 prefix: TrainingContext | None = None):
+        self.config, self.batch, self.device, self.prefix = config, batch, device, prefix
         self.slots = torch.arange(batch, device=device)
+        self.recurrent: dict[int, torch.Tensor] = {}
+        self.conv: dict[int, torch.Tensor] = {}
+        self.latents: dict[int, torch.Tensor] = {}
 
     def kda_state(self, kda_index: int):
-        h, d = self.config.kda_heads, self.config.kda_head_dim
-        recurrent = torch.zeros(self.batch, h, d, d, device=self.device)
-        conv = torch.zeros(self.batch, 3 * h * d, self.config.conv_size - 1, device=self.device)
-        return recurrent, conv, self.slots
+        if kda_index not in self.recurrent:
+            if self.prefix is None:
+                h, d = self.config.kda_heads, self.config.kda_head_dim
+                self.recurrent[kda_index] = torch.zeros(self.batch, h, d, d, device=self.device)
+                self.conv[kda_index] = torch.zeros(self.batch, 3 * h * d, self.config.conv_size - 1,
+                                                   device=self.device)
+            else:
+                self.recurrent[kda_index] = self.prefix.recurrent[kda_index].expand(self.batch, -1, -1, -1).clone()
+                self.conv[kda_index] = self.prefix.conv[kda_index].expand(self.batch, -1, -1).clone()
+        return self.recurrent[kda_index], self.conv[kda_index], self.slots
 
     def mla_attend(self, mla_index, q_latent, q_pe, latent_new, scale):
-        return latent_attention(q_latent, q_pe, latent_new, scale)
+        """backend.context.latent_attention (absorbed MQA form) through SDPA, so memory stays linear in T."""
+        n, t, heads, rank = q_latent.shape
+        query = torch.cat([q_latent, q_pe.to(q_latent.dtype)], dim=-1).transpose(1, 2)
+        keys = latent_new.to(query.dtype)
+        mask = None
+        if self.prefix is not None:
+            before = self.prefix.latents[mla_index].to(query.dtype)
+            keys = torch.cat([before.expand(n, -1, -1), keys], dim=1)
+            mask = torch.ones(t, keys.shape[1], dtype=torch.bool, device=keys.device).tril(diagonal=before.shape[1])
+        self.latents[mla_index] = keys
+        key = keys[:, None].expand(-1, heads, -1, -1)
+        value = key[..., :rank].contiguous()
+        out = F.scaled_dot_product_attention(query, key.contiguous(), value, attn_mask=mask,
+                                             is_causal=mask is None, scale=scale)
+        return out.transpose(1, 2)
 
 
-def training_logits(model: KimiLinearForCausalLM, ids: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
-    """The model's forward without inference_mode, each decoder layer optionally recomputed in backward."""
-    ctx = TrainingContext(model.config, ids.shape[0], ids.device)
+def _forward(model: KimiLinearForCausalLM, ids: torch.Tensor, ctx: TrainingContext) -> torch.Tensor:
     x = model.model.embed_tokens(ids)
     for layer in model.model.layers:
-        x = checkpoint(layer, x, ctx, use_reentrant=False) if use_checkpoint else layer(x, ctx)
+        x = layer(x, ctx)
+    return x
+
+
+def training_logits(model: KimiLinearForCausalLM, ids: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits for ids [B, T] continuing `prefix` [P] (shared by every row), without inference_mode."""
+    prefix_ctx = None
+    if prefix is not None:
+        prefix_ctx = TrainingContext(model.config, 1, ids.device)
+        _forward(model, prefix[None], prefix_ctx)
+    x = _forward(model, ids, TrainingContext(model.config, ids.shape[0], ids.device, prefix_ctx))
     return model.lm_head(model.model.norm(x))
+
+
+def recomputed(kda_core):
+    """The KDA core recomputed in backward: its [chunk, chunk, key] decay tensors are never kept."""
+    def run(q, k, v, g, beta, **kwargs):
+        return checkpoint(functools.partial(kda_core, **kwargs), q, k, v, g, beta, use_reentrant=False)
+    return run
 
 
 def init_weights(model: KimiLinearForCausalLM, seed: int) -> None:
@@ -185,33 +229,50 @@ class RouterBalancer:
         return worst
 
 
-def load_examples(path: Path, tokenizer: ByteTokenizer, max_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(ids, target mask) per trajectory; segments are [text, is_assistant_output] pairs."""
+class Example(NamedTuple):
+    prefix: int
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+
+def load_examples(paths: list[Path], tokenizer: ByteTokenizer, max_len: int) -> tuple[list[torch.Tensor], list[Example]]:
+    """Shared prefixes (text before the first user turn) and, per trajectory, its prefix index, the
+    remaining ids and the target mask; segments are [text, is_assistant_output] pairs."""
+    prefixes: dict[str, int] = {}
     examples, dropped = [], 0
-    with lzma.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            ids: list[int] = []
-            mask: list[bool] = []
-            for text, target in json.loads(line)["segments"]:
-                piece = tokenizer.encode(text)
-                ids.extend(piece)
-                mask.extend([bool(target)] * len(piece))
-            if len(ids) > max_len:
-                dropped += 1
-                continue
-            examples.append((torch.tensor(ids, dtype=torch.int16), torch.tensor(mask)))
-    print(f"loaded {len(examples)} trajectories ({sum(len(i) for i, _ in examples):,} tokens), "
+    for file in paths:
+        with lzma.open(file, "rt", encoding="utf-8") as lines:
+            for line in lines:
+                segments = json.loads(line)["segments"]
+                head, cut, rest = segments[0][0].partition(USER_TURN)
+                if not cut or segments[0][1]:
+                    raise ValueError(f"a trajectory in {file} does not start with context up to a user turn")
+                ids: list[int] = []
+                mask: list[bool] = []
+                for text, target in [[cut + rest, False], *segments[1:]]:
+                    piece = tokenizer.encode(text)
+                    ids.extend(piece)
+                    mask.extend([bool(target)] * len(piece))
+                if len(ids) > max_len:
+                    dropped += 1
+                    continue
+                index = prefixes.setdefault(head, len(prefixes))
+                examples.append(Example(index, torch.tensor(ids, dtype=torch.int16), torch.tensor(mask)))
+    prefix_ids = [torch.tensor(tokenizer.encode(head)) for head in prefixes]
+    print(f"loaded {len(examples)} trajectories ({sum(len(e.ids) for e in examples):,} tokens after "
+          f"{len(prefix_ids)} shared prefixes of {[len(p) for p in prefix_ids]} tokens), "
           f"dropped {dropped} longer than {max_len}", flush=True)
-    return examples
+    return prefix_ids, examples
 
 
-def make_batches(examples, tokens_per_batch: int, rng: random.Random) -> list[list[int]]:
-    """Length-sorted batches padded to a multiple of 256, each at most tokens_per_batch padded tokens."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+def make_batches(examples: list[Example], tokens_per_batch: int, rng: random.Random) -> list[list[int]]:
+    """Batches of one prefix each, length-sorted, padded to a multiple of 256, at most tokens_per_batch."""
+    order = sorted(range(len(examples)), key=lambda i: (examples[i].prefix, len(examples[i].ids)))
     batches, current, width = [], [], 0
     for i in order:
-        length = -(-len(examples[i][0]) // 256) * 256
-        if current and max(width, length) * (len(current) + 1) > tokens_per_batch:
+        length = -(-len(examples[i].ids) // 256) * 256
+        rows, w = len(current) + 1, max(width, length)
+        if current and (w * rows > tokens_per_batch or examples[current[0]].prefix != examples[i].prefix):
             batches.append(current)
             current, width = [], 0
         current.append(i)
@@ -222,14 +283,13 @@ def make_batches(examples, tokens_per_batch: int, rng: random.Random) -> list[li
     return batches
 
 
-def collate(examples, batch: list[int], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = -(-max(len(examples[i][0]) for i in batch) // 256) * 256
+def collate(examples: list[Example], batch: list[int], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = -(-max(len(examples[i].ids) for i in batch) // 256) * 256
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.bool)
     for row, i in enumerate(batch):
-        tokens, target = examples[i]
-        ids[row, : len(tokens)] = tokens.long()
-        mask[row, : len(tokens)] = target
+        ids[row, : len(examples[i].ids)] = examples[i].ids.long()
+        mask[row, : len(examples[i].ids)] = examples[i].mask
     return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
 
@@ -283,7 +343,7 @@ def train(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    backend.kda_layer.chunk_kda = chunk_kda_parallel
+    backend.kda_layer.chunk_kda = recomputed(functools.partial(chunk_kda_parallel, chunk_size=args.chunk_size))
     tokenizer = ByteTokenizer()
     config_dict = default_config(hidden=args.hidden, layers=args.layers)
     config = KimiLinearConfig.from_dict(config_dict)
@@ -292,7 +352,7 @@ def train(args: argparse.Namespace) -> None:
     model.to(device).train()
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.1f}M parameters", flush=True)
-    examples = load_examples(Path(args.data), tokenizer, args.max_len)
+    prefixes, examples = load_examples([Path(p) for p in args.data], tokenizer, args.max_len)
     balancer = RouterBalancer(model)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "conv1d" not in n]
     no_decay = [p for n, p in model.named_parameters()
@@ -301,7 +361,7 @@ def train(args: argparse.Namespace) -> None:
                                   lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     budget = args.minutes * 60
     start = time.time()
-    step, epoch, last_save = 0, 0, start
+    step, epoch, last_save, skipped = 0, 0, start, 0
     pad = tokenizer.special_ids["[PAD]"]
     tokens_per_batch = args.tokens_per_batch
     done = False
@@ -312,33 +372,53 @@ def train(args: argparse.Namespace) -> None:
             if elapsed > budget:
                 done = True
                 break
-            lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
+            progress = elapsed / budget
+            lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             ids, mask = collate(examples, batch, pad, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = training_logits(model, ids, use_checkpoint=device.type == "cuda")
-            targets = mask[:, 1:]
-            loss = F.cross_entropy(logits[:, :-1][targets].float(), ids[:, 1:][targets])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            try:
+                prefix = prefixes[examples[batch[0]].prefix].to(device)
+                loss, grad_norm = train_step(model, optimizer, prefix, ids, mask, device)
+            except torch.cuda.OutOfMemoryError:
+                optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                skipped += 1
+                tokens_per_batch //= 2
+                print(f"out of memory on batch {tuple(ids.shape)}; batches now hold {tokens_per_batch} tokens",
+                      flush=True)
+                break  # rebuild the batches with the smaller budget
             imbalance = balancer.step()
             step += 1
             if step % args.log_every == 0 or step == 1:
-                print(f"step {step} epoch {epoch} t={elapsed:.0f}s loss {loss.item():.4f} lr {lr:.2e} "
+                print(f"step {step} epoch {epoch} t={elapsed:.0f}s loss {loss:.4f} lr {lr:.2e} "
                       f"grad {grad_norm:.2f} batch {tuple(ids.shape)} max-load/mean {imbalance:.2f}", flush=True)
             if time.time() - last_save > args.save_every:
                 save_checkpoint(model, config_dict, Path(args.out))
                 last_save = time.time()
     save_checkpoint(model, config_dict, Path(args.out))
-    print(f"done: {step} steps, {epoch} epochs, {time.time() - start:.0f}s; checkpoint in {args.out}", flush=True)
+    print(f"done: {step} steps, {epoch} epochs, {skipped} batches skipped, {time.time() - start:.0f}s; "
+          f"checkpoint in {args.out}", flush=True)
+
+
+def train_step(model, optimizer, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+               device: torch.device) -> tuple[float, float]:
+    """One optimizer step on a padded batch after its shared prefix; loss only on assistant tokens."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = training_logits(model, ids, prefix)
+    targets = mask[:, 1:]
+    loss = F.cross_entropy(logits[:, :-1][targets].float(), ids[:, 1:][targets])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item(), float(grad_norm)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="trajectories .jsonl.xz written by swarm.offline_web.trajectories")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="trajectory files (.jsonl.xz) written by swarm.offline_web.trajectories")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
     parser.add_argument("--minutes", type=float, default=6.5, help="wall-clock training budget")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -348,6 +428,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--tokens-per-batch", type=int, default=65536)
     parser.add_argument("--max-len", type=int, default=16384)
+    parser.add_argument("--chunk-size", type=int, default=64, help="KDA chunk length in training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoint saves")

@@ -68,13 +68,15 @@ def conversation_segments(messages: list[Message], tools: list[ToolSpec], own_fr
     return pieces
 
 
-def offline_web_tools(web: OfflineWeb, index_dir: Path | None = None, fast: bool = False) -> Web:
-    """The web tools over a served offline web: local search of its files, fetch allowed to its address."""
+def offline_web_tools(web: OfflineWeb, index_dir: Path | None = None) -> Web:
+    """The web tools over a served offline web: local search of its files, fetch allowed to its address.
+
+    The server is our own on loopback, so requests are not paced as they are for public hosts.
+    """
     extra = {"index_dir": index_dir} if index_dir else {}
-    if fast:  # loopback and our own server: no need to pace requests
-        extra.update(per_host_rate=10_000.0, per_host_concurrency=64, cache_max_entries=8192)
     return Web(WebConfig(search_provider="local", corpus_dir=web.site_dir, corpus_base_url=web.base_url,
-                         allowed_hosts=[web.host_port], **extra))
+                         allowed_hosts=[web.host_port], per_host_rate=10_000.0, per_host_concurrency=64,
+                         cache_max_entries=8192, **extra))
 
 
 async def record_run(task: ResearchTask, manifest: SiteManifest, base_url: str, tools: list) -> TeacherBackend:
@@ -124,7 +126,7 @@ async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_
         for shard in range(shards):
             with OfflineWeb.start(seed=0, cache_dir=cache_dir) as offline:
                 heldout = heldout_pattern(offline.manifest)
-                web = offline_web_tools(offline, fast=True, index_dir=(cache_dir / "search-index") if cache_dir else None)
+                web = offline_web_tools(offline, index_dir=(cache_dir / "search-index") if cache_dir else None)
                 declared = [web.search, web.fetch] if rng.random() < 0.2 else web.tools()
                 try:
                     for task in task_stream(offline.manifest, rng, min(per_shard, tasks - shard * per_shard)):

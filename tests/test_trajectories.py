@@ -1,0 +1,156 @@
+"""Teacher trajectories: real Swarm runs over the served offline web, rendered exactly as the engine sees them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+
+import pytest
+
+from backend.chat_format import IM_END, render
+from backend.messages import Message, ToolCall
+from swarm import prompts
+from swarm.offline_web import OfflineWeb
+from swarm.offline_web.tasks import sample_task
+from swarm.offline_web.teacher import TeacherError
+from swarm.offline_web.trajectories import (
+    conversation_segments,
+    heldout_pattern,
+    offline_web_tools,
+    record_run,
+    run_trajectories,
+)
+from swarm.tool import as_tool
+from tools import wrap_untrusted
+
+CALL_ID = re.compile(r"functions\.(\w+):(\d+)")
+
+
+class Recorded:
+    """One recorded run per family (train-split entities), plus direct tool outputs to compare with."""
+
+    def __init__(self, offline: OfflineWeb):
+        self.offline = offline
+        self.runs = {}
+        self.tool_specs = {}
+        self.direct: dict[str, str] = {}
+
+    async def record(self, web) -> None:
+        rng = random.Random(7)
+        self.tool_specs = {t.name: t for t in map(as_tool, web.tools())}
+        for family, size in (("compare", 3), ("table", 4), ("two_hop", None)):
+            task = sample_task(self.offline.manifest, family, "train", rng, size)
+            self.runs[family] = (task, await record_run(task, self.offline.manifest, self.offline.base_url,
+                                                        web.tools()))
+        child = self.runs["table"][1].conversations[1]
+        calls = [c for m in child.messages[child.fork_point:] if m.role == "assistant" for c in m.tool_calls]
+        query = json.loads(calls[0].arguments)
+        found = await web.search(query["query"], query["max_results"])
+        self.direct["search"] = wrap_untrusted("\n\n".join(r.to_text() for r in found), "search")
+        page = await web.fetch(json.loads(calls[1].arguments)["url"])
+        self.direct["fetch"] = wrap_untrusted(page.to_text(), page.url)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Recorded:
+    cache = tmp_path_factory.mktemp("cache")
+    with OfflineWeb.start(seed=0, cache_dir=cache) as offline:
+        result = Recorded(offline)
+
+        async def go() -> None:
+            web = offline_web_tools(offline, index_dir=cache / "index")
+            try:
+                await result.record(web)
+            finally:
+                await web.aclose()
+
+        asyncio.run(go())
+        return result
+
+
+@pytest.mark.parametrize("family", ["compare", "table", "two_hop"])
+def test_teacher_runs_finish_with_the_expected_answer(recorded, family):
+    offline = recorded.offline
+    task, backend = recorded.runs[family]
+    assert backend.errors == []
+    orchestrator = backend.conversations[0]
+    assert orchestrator.messages[-1].role == "assistant"
+    assert orchestrator.messages[-1].content == task.final_answer(offline.base_url)
+    lookups = sum(len(wave) for wave in task.waves)
+    assert len(backend.conversations) == 1 + lookups
+
+
+def test_segments_add_up_and_targets_are_own_assistant_turns(recorded):
+    _, backend = recorded.runs["two_hop"]
+    for conversation in backend.conversations:
+        segments = conversation_segments(conversation.messages, conversation.tools, conversation.fork_point)
+        assert "".join(text for text, _ in segments) == render(conversation.messages, conversation.tools,
+                                                               add_generation_prompt=False)
+        targets = [text for text, target in segments if target]
+        own = [m for m in conversation.messages[conversation.fork_point:] if m.role == "assistant"]
+        assert len(targets) == len(own) >= 1
+        assert all(text.endswith(IM_END) for text in targets)
+        for text, target in zip(segments, segments[1:]):
+            if target[1]:
+                assert text[0].endswith("<|im_assistant|>assistant<|im_middle|>")
+
+
+def test_subagents_are_forks_whose_inherited_turns_are_context(recorded):
+    _, backend = recorded.runs["compare"]
+    orchestrator, *children = backend.conversations
+    spawn_turn = orchestrator.messages[children[0].fork_point - 1]
+    assert spawn_turn.tool_calls[0].name == prompts.SPAWN_TOOL_NAME
+    for index, child in enumerate(children, start=1):
+        assert child.messages[: child.fork_point] == orchestrator.messages[: child.fork_point]
+        task_message = child.messages[child.fork_point]
+        assert task_message == prompts.subagent_task_message(spawn_turn.tool_calls[0].id, index, len(children),
+                                                             json.loads(spawn_turn.tool_calls[0].arguments)["tasks"][index - 1])
+        segments = conversation_segments(child.messages, child.tools, child.fork_point)
+        assert not any(target and prompts.SPAWN_TOOL_NAME in text for text, target in segments)
+
+
+def test_tool_results_are_the_real_tools_output(recorded):
+    _, backend = recorded.runs["table"]
+    child = backend.conversations[1]
+    calls = [c for m in child.messages[child.fork_point:] if m.role == "assistant" for c in m.tool_calls]
+    assert [c.name for c in calls] == ["search", "fetch"]
+    results = {m.tool_call_id: m.content for m in child.messages if m.role == "tool"}
+    assert results[calls[0].id] == recorded.direct["search"]
+    assert results[calls[1].id] == recorded.direct["fetch"]
+    assert json.loads(calls[1].arguments)["url"] in results[calls[0].id]
+
+
+def test_tool_call_arguments_fit_the_schemas_and_ids_count_up(recorded):
+    tools = recorded.tool_specs
+    for _, backend in recorded.runs.values():
+        for conversation in backend.conversations:
+            calls = [c for m in conversation.messages if m.role == "assistant" for c in m.tool_calls]
+            assert [int(CALL_ID.fullmatch(c.id)[2]) for c in calls] == list(range(len(calls)))
+            for call in calls:
+                assert CALL_ID.fullmatch(call.id)[1] == call.name
+                if call.name != prompts.SPAWN_TOOL_NAME:
+                    tools[call.name].validate(call.arguments)
+
+
+def test_trajectories_sample_subagents_and_avoid_heldout_entities(recorded):
+    offline = recorded.offline
+    task, backend = recorded.runs["table"]
+    trajectories = run_trajectories(task, backend, random.Random(0), subagents_per_wave=2)
+    assert [t.role for t in trajectories] == ["orchestrator", "subagent", "subagent"]
+    heldout = heldout_pattern(offline.manifest)
+    heldout_name = offline.manifest.of("city", "heldout")[0].name
+    assert heldout.search(f"about {heldout_name}.")
+    assert not any(heldout.search(t.text) for t in trajectories)
+
+
+def test_teacher_refuses_a_page_that_lacks_the_fact(recorded):
+    _, backend = recorded.runs["compare"]
+    child = backend.conversations[1]
+    messages = child.messages[: child.fork_point + 4]  # task, search call, search result, fetch call
+    fetch_call = messages[-1].tool_calls[0]
+    forged = messages + [Message(role="tool", tool_call_id=fetch_call.id, content="No such fact here.")]
+    with pytest.raises(TeacherError, match="does not show"):
+        backend.teacher.next_turn(forged)
+    assert isinstance(fetch_call, ToolCall)
