@@ -32,18 +32,22 @@ class BlockManager:
     def admit(self, seq: Sequence) -> None:
         seq.slot = self.cache.alloc_slot()
 
-    def fork_into(self, parent: Sequence, child: Sequence) -> None:
-        """Give the child a copy of the parent's slot and the parent's pages, shared by reference."""
-        child.slot = self.cache.alloc_slot()
-        self.cache.copy_slot(parent.slot, child.slot)
-        for page in parent.block_table:
-            self.cache.share_page(page)
-        child.block_table = list(parent.block_table)
-        child.num_cached = parent.num_cached
+    def fork_into(self, parent: Sequence, children: list[Sequence]) -> None:
+        """Give each child a copy of the parent's slot and the parent's pages, shared by reference.
+
+        The cost is one indexed copy per state pool and one vectorised refcount update, whatever
+        the number of children or the length of the shared prefix.
+        """
+        slots = self.cache.fresh_slots(len(children))
+        self.cache.copy_slot(parent.slot, slots)
+        self.cache.share_pages(parent.block_table, times=len(children))
+        for child, slot in zip(children, slots):
+            child.slot = slot
+            child.block_table = list(parent.block_table)
+            child.num_cached = parent.num_cached
 
     def free(self, seq: Sequence) -> None:
-        for page in seq.block_table:
-            self.cache.release_page(page)
+        self.cache.release_pages(seq.block_table)
         seq.block_table = []
         self.cache.free_slot(seq.slot)
         seq.closed = True

@@ -65,7 +65,7 @@ def cache_budget_bytes(memory: int | float | None, device: torch.device) -> int:
 class Engine:
     def __init__(self, model: KimiLinearForCausalLM, tokenizer: Tokenizer | None = None, *,
                  max_sessions: int = 128, memory: int | float | None = None, page_size: int = 64,
-                 prefill_chunk: int = 512, max_batch: int = 256):
+                 prefill_chunk: int = 512, max_batch: int = 256, shared_prefix_attention: bool = True):
         self.model = model
         self.config = model.config
         self.tokenizer = tokenizer
@@ -73,7 +73,7 @@ class Engine:
             self.config, memory_bytes=cache_budget_bytes(memory, model.device), max_sessions=max_sessions,
             page_size=page_size, device=model.device, dtype=model.dtype)
         self.blocks = BlockManager(self.cache)
-        self.runner = ModelRunner(model, self.cache)
+        self.runner = ModelRunner(model, self.cache, shared_prefix_attention=shared_prefix_attention)
         self.scheduler = Scheduler(self.blocks, prefill_chunk, max_batch)
         self.stop_ids = tokenizer.eos_token_ids if tokenizer is not None else self.config.eos_token_ids
         self.vocab_limit = min(self.config.vocab_size, tokenizer.vocab_size if tokenizer else self.config.vocab_size)
@@ -237,16 +237,25 @@ class Engine:
         self.scheduler.add(job)
 
     def _admit(self) -> None:
-        """Give waiting sessions and forks their slots, in order, while slots are free."""
+        """Give waiting sessions and forks their slots, in order, while slots are free.
+
+        Consecutive forks of one parent are materialised together (one copy per state pool).
+        """
         while self._admissions and self.cache.free_slots:
             parent, seq = self._admissions.popleft()
             if parent is None:
                 self.blocks.admit(seq)
-            else:
-                self.blocks.fork_into(parent, seq)
-                parent.pending_forks -= 1
-                self._release_if_done(parent)
-            self._release_if_done(seq)
+                self._release_if_done(seq)
+                continue
+            children = [seq]
+            while (self._admissions and self._admissions[0][0] is parent
+                   and len(children) < len(self.cache.free_slots)):
+                children.append(self._admissions.popleft()[1])
+            self.blocks.fork_into(parent, children)
+            parent.pending_forks -= len(children)
+            self._release_if_done(parent)
+            for child in children:
+                self._release_if_done(child)
 
     def _release_if_done(self, seq: Sequence) -> None:
         if seq.close_requested and not seq.closed and not seq.pinned:

@@ -11,9 +11,10 @@ from backend.state_cache import StateCache
 
 
 class ModelRunner:
-    def __init__(self, model: KimiLinearForCausalLM, cache: StateCache):
+    def __init__(self, model: KimiLinearForCausalLM, cache: StateCache, *, shared_prefix_attention: bool = True):
         self.model = model
         self.cache = cache
+        self.shared_prefix_attention = shared_prefix_attention
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence], num_tokens: int) -> None:
@@ -30,7 +31,7 @@ class ModelRunner:
         """Feed each session's last pending token; fp32 next-token logits [N, vocab] on the CPU."""
         ids = torch.tensor([[s.token_ids[s.num_cached]] for s in seqs])
         ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs],
-                           [s.num_cached for s in seqs], 1)
+                           [s.num_cached for s in seqs], 1, shared_prefix=self.shared_prefix_attention)
         logits = self.model(ids, ctx, last_only=True)[:, 0]
         for s in seqs:
             s.num_cached += 1

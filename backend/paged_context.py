@@ -16,7 +16,7 @@ from backend.state_cache import StateCache
 
 class PagedContext:
     def __init__(self, cache: StateCache, slots: list[int], block_tables: list[list[int]],
-                 starts: list[int], num_new: int):
+                 starts: list[int], num_new: int, *, shared_prefix: bool = True):
         device = cache.latent[0].device if cache.latent else cache.recurrent[0].device
         self.cache = cache
         self.num_new = num_new
@@ -29,7 +29,7 @@ class PagedContext:
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(num_new, device=device)
         pages = self.block_tables.long().gather(1, positions // cache.page_size)
         self.write_rows = (pages * cache.page_size + positions % cache.page_size).reshape(-1)
-        self.shared_pages = self._shared_prefix_pages(block_tables, starts) if num_new == 1 else 0
+        self.shared_pages = self._shared_prefix_pages(block_tables, starts) if num_new == 1 and shared_prefix else 0
 
     def _shared_prefix_pages(self, block_tables: list[list[int]], starts: list[int]) -> int:
         """Leading full pages that every sequence of a decode batch holds (forks of one session)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from backend.config import KimiLinearConfig
@@ -56,7 +57,7 @@ class StateCache:
                        for _ in range(n_mla)]
         self.free_slots = list(range(max_sessions - 1, -1, -1))
         self.free_pages = list(range(num_pages - 1, -1, -1))
-        self.page_refs = [0] * num_pages
+        self.page_refs = np.zeros(num_pages, dtype=np.int64)
 
     @classmethod
     def from_budget(cls, config: KimiLinearConfig, *, memory_bytes: int, max_sessions: int, page_size: int,
@@ -86,22 +87,32 @@ class StateCache:
     def free_slot(self, slot: int) -> None:
         self.free_slots.append(slot)
 
-    def copy_slot(self, src: int, dst: int) -> None:
+    def copy_slot(self, src: int, dsts: list[int]) -> None:
+        """Copy one slot into many with one indexed write per pool, whatever the number of copies."""
+        index = torch.tensor(dsts, device=self.recurrent[0].device if self.recurrent else "cpu")
         for pool in (*self.recurrent, *self.conv):
-            pool[dst].copy_(pool[src])
+            pool.index_copy_(0, index, pool[src].unsqueeze(0).expand(len(dsts), *pool.shape[1:]))
+
+    def fresh_slots(self, count: int) -> list[int]:
+        """Slots for forks: taken from the free list, not zeroed (they are overwritten by copy_slot)."""
+        return [self.free_slots.pop() for _ in range(count)]
 
     def alloc_page(self) -> int:
         page = self.free_pages.pop()
         self.page_refs[page] = 1
         return page
 
-    def share_page(self, page: int) -> None:
-        self.page_refs[page] += 1
+    def share_pages(self, pages: list[int], times: int = 1) -> None:
+        """One more holder (`times` more) for each of `pages`, which are distinct."""
+        if pages:
+            self.page_refs[np.asarray(pages)] += times
 
-    def release_page(self, page: int) -> None:
-        self.page_refs[page] -= 1
-        if self.page_refs[page] == 0:
-            self.free_pages.append(page)
+    def release_pages(self, pages: list[int]) -> None:
+        """Drop one holder of each of `pages` (distinct); pages nobody holds go back to the free list."""
+        if pages:
+            index = np.asarray(pages)
+            self.page_refs[index] -= 1
+            self.free_pages.extend(index[self.page_refs[index] == 0].tolist())
 
     def writable_page(self, page: int) -> int:
         """The page itself if only one table holds it, else a private copy (copy-on-write)."""
@@ -110,7 +121,7 @@ class StateCache:
         copy = self.alloc_page()
         for pool in self.latent:
             pool[copy].copy_(pool[page])
-        self.release_page(page)
+        self.release_pages([page])
         return copy
 
     @property
