@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from http.server import BaseHTTPRequestHandler
@@ -74,6 +75,9 @@ ROUTES = {
     "/slow": slow_body,
     "/huge-declared": huge_declared,
     "/endless": endless_body,
+    "/gzip-bomb": lambda request: respond(
+        request, gzip.compress(b"a" * 5_000_000), "text/plain", headers={"Content-Encoding": "gzip"}
+    ),
     "/image.png": page(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8, "image/png"),
     "/cp1251-says-utf8": page(
         f"<html><body><article><p>{CYRILLIC}</p></article></body></html>".encode("cp1251"), "text/html; charset=utf-8"
@@ -141,6 +145,11 @@ async def test_huge_declared_length_is_refused_before_download(web, site):
 async def test_endless_stream_is_stopped_at_the_cap(web, site):
     with pytest.raises(ToolError, match="larger than the 2000000-byte limit"):
         await web.fetch(site.url("/endless"))
+
+
+async def test_compression_bomb_is_stopped_at_the_decoded_size(web, site):
+    with pytest.raises(ToolError, match="larger than the 2000000-byte limit"):
+        await web.fetch(site.url("/gzip-bomb"))
 
 
 async def test_binary_content_is_an_error_not_garbage(web, site):

@@ -131,7 +131,7 @@ class HostPolicy:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise ToolError(f"Could not resolve host {host!r}: {exc}. Check the spelling of the URL.") from None
-        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos))
         if not addresses:
             raise ToolError(f"Host {host!r} has no address.")
         return addresses

@@ -117,17 +117,17 @@ class BrowserPool:
         return BrowsedPage(page.url, title or await page.title(), text, log, screenshots)
 
     async def _perform(self, page: Page, action: BrowseAction, screenshots: list[str]) -> str:
-        needs_selector = action.action in ("click", "fill", "wait_for")
-        if needs_selector and not action.selector:
+        if action.action in ("click", "fill", "wait_for") and not action.selector:
             raise ToolError(f"The {action.action} action needs a selector.")
+        selector = action.selector or ""
         try:
             if action.action == "click":
-                await page.click(action.selector)
+                await page.click(selector)
                 await page.wait_for_load_state("load")
-                return f"clicked {action.selector}"
+                return f"clicked {selector}"
             if action.action == "fill":
-                await page.fill(action.selector, action.text or "")
-                return f"filled {action.selector}"
+                await page.fill(selector, action.text or "")
+                return f"filled {selector}"
             if action.action == "press":
                 await page.press(action.selector or "body", action.text or "Enter")
                 await page.wait_for_load_state("load")
@@ -136,8 +136,8 @@ class BrowserPool:
                 await page.mouse.wheel(0, action.amount or 2000)
                 return f"scrolled {action.amount or 2000} px"
             if action.action == "wait_for":
-                await page.wait_for_selector(action.selector)
-                return f"{action.selector} appeared"
+                await page.wait_for_selector(selector)
+                return f"{selector} appeared"
             if action.action == "wait":
                 wait_ms = min(action.amount or 1000, _MAX_WAIT_MS)
                 await page.wait_for_timeout(wait_ms)
