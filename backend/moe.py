@@ -30,7 +30,7 @@ class StackedExperts(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
 
     def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """x [M, D]; expert_ids, weights [M, k] -> fp32 [M, D]. Tokens are grouped by expert."""
+        """x [M, D]; expert_ids, weights [M, k] -> fp32 [M, D] (fp64 for fp64 x). Tokens are grouped by expert."""
         if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
             return self._grouped(x, expert_ids, weights)
         return self._per_expert(x, expert_ids, weights)
@@ -50,13 +50,15 @@ class StackedExperts(nn.Module):
         return torch.zeros(m, x.shape[-1], dtype=torch.float32, device=x.device).index_add_(0, token_of, y)
 
     def _per_expert(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """The CPU path: each expert with tokens runs one GEMM over them."""
+        """The CPU path (and the float64 oracle in tests): each expert with tokens runs one GEMM over them."""
         m, k = expert_ids.shape
+        acc = torch.promote_types(x.dtype, torch.float32)
         flat_ids = expert_ids.reshape(-1)
         order = flat_ids.argsort(stable=True)
         counts = torch.bincount(flat_ids, minlength=self.w1.shape[0]).tolist()
         token_of = order // k
-        out = torch.zeros(m, x.shape[-1], dtype=torch.float32, device=x.device)
+        out = torch.zeros(m, x.shape[-1], dtype=acc, device=x.device)
+        flat_weights = weights.reshape(-1).to(acc)
         start = 0
         for expert, count in enumerate(counts):
             if count == 0:
@@ -66,7 +68,7 @@ class StackedExperts(nn.Module):
             start += count
             h = x.index_select(0, tokens)
             h = F.silu(h @ self.w1[expert].T) * (h @ self.w3[expert].T)
-            y = (h @ self.w2[expert].T).float() * weights.reshape(-1)[rows, None]
+            y = (h @ self.w2[expert].T).to(acc) * flat_weights[rows, None]
             out.index_add_(0, tokens, y)
         return out
 
