@@ -4,9 +4,10 @@ from swarm.budget import Limits
 from swarm.events import Event, read_trace
 from swarm.orchestrator import RunStream, Swarm
 from swarm.result import AgentRecord, Citation, RunResult, ToolCallRecord, Usage
+from swarm.tape import ToolTape
 from swarm.tool import Tool, TransientToolError, as_tool, tool
 
 __all__ = [
     "AgentRecord", "Citation", "Event", "Limits", "RunResult", "RunStream", "Swarm", "Tool", "ToolCallRecord",
-    "TransientToolError", "Usage", "as_tool", "read_trace", "tool",
+    "ToolTape", "TransientToolError", "Usage", "as_tool", "read_trace", "tool",
 ]

@@ -17,10 +17,12 @@ import httpx
 
 from backend.conversation import Conversation
 from backend.messages import Message, ToolCall
+from backend.replay import ReplayMismatch
 from swarm import prompts
 from swarm.events import ToolCallFinished, ToolCallStarted
 from swarm.result import AgentRecord, ToolCallRecord
 from swarm.state import RunState
+from swarm.tape import ToolOutcome, ToolTapeMismatch
 from swarm.tool import Tool, ToolArgumentsError, TransientToolError, render_output
 
 SpawnHandler = Callable[[Conversation, ToolCall], Awaitable[tuple[Message, str | None]]]
@@ -29,6 +31,8 @@ SpawnHandler = Callable[[Conversation, ToolCall], Awaitable[tuple[Message, str |
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TransientToolError, TimeoutError, ConnectionError, httpx.TimeoutException, httpx.NetworkError,
 )
+REPLAY_DIVERGENCE = (ReplayMismatch, ToolTapeMismatch)
+"""A replay asked for something its recording does not have: the whole run stops and raises it."""
 RETRY_BASE_SECONDS = 0.2
 PROMPT_CHARS_PER_TOKEN = 3
 
@@ -79,7 +83,7 @@ async def run_agent(state: RunState, record: AgentRecord, conversation: Conversa
                 record.result = reply.content
                 record.status = "budget" if refused_for_budget else "done"
                 return
-            if refused_for_budget and state.budget.tool_calls_left <= 0:
+            if refused_for_budget:
                 raise AgentStopped("budget", reply.content or "(stopped: the tool-call budget is spent)")
             results, problems, refused = await _run_calls(state, record, conversation, reply.tool_calls, spawn)
             refused_for_budget |= refused
@@ -97,6 +101,8 @@ async def run_agent(state: RunState, record: AgentRecord, conversation: Conversa
         record.status = "failed"
         record.error = f"{type(error).__name__}: {error}"
         record.result = record.result or f"(failed: {record.error})"
+        if isinstance(error, REPLAY_DIVERGENCE):
+            state.abort_replay(error)
 
 
 def _token_reservation(state: RunState, conversation: Conversation) -> int:
@@ -119,11 +125,16 @@ def _count_correction(state: RunState, corrections: int, problems: list[str]) ->
 
 async def _run_calls(state: RunState, record: AgentRecord, conversation: Conversation, calls: list[ToolCall],
                      spawn: SpawnHandler | None) -> tuple[list[Message], list[str], bool]:
-    """Answer every call of one assistant turn, in order. Spawn calls go last: the fork happens after
-    the other calls are answered, so each child's transcript is complete."""
+    """Answer every call of one assistant turn, in order (the agent's record lists them in call order,
+    however they finish). Spawn calls go last: the fork happens after the other calls are answered, so
+    each child's transcript is complete."""
     spawn_calls = [c for c in calls if c.name == prompts.SPAWN_TOOL_NAME]
     other_calls = [c for c in calls if c.name != prompts.SPAWN_TOOL_NAME]
-    outcomes = await asyncio.gather(*(_run_call(state, record, call) for call in other_calls))
+    first_record = len(record.tool_calls)
+    outcomes = await asyncio.gather(*(_run_call(state, record, call, position)
+                                      for position, call in enumerate(other_calls)))
+    order = {call.id: position for position, call in enumerate(other_calls)}
+    record.tool_calls[first_record:] = sorted(record.tool_calls[first_record:], key=lambda r: order[r.call_id])
     answers = {call.id: message for call, (message, _, _) in zip(other_calls, outcomes)}
     problems = [problem for _, problem, _ in outcomes if problem]
     refused = any(refused for _, _, refused in outcomes)
@@ -144,7 +155,8 @@ async def _run_calls(state: RunState, record: AgentRecord, conversation: Convers
     return [answers[c.id] for c in calls], problems, refused
 
 
-async def _run_call(state: RunState, record: AgentRecord, call: ToolCall) -> tuple[Message, str | None, bool]:
+async def _run_call(state: RunState, record: AgentRecord, call: ToolCall,
+                    position: int) -> tuple[Message, str | None, bool]:
     """(tool result message, malformed-call problem or None, refused for budget)."""
     tool = state.tools.get(call.name)
     if tool is None:
@@ -156,21 +168,49 @@ async def _run_call(state: RunState, record: AgentRecord, call: ToolCall) -> tup
     except ToolArgumentsError as error:
         problem = f"bad arguments for {call.name}: {error}"
         return _not_executed(state, record, call, f"Error: {problem}."), problem, False
-    if not state.budget.try_tool_call():
-        text = prompts.budget_spent_text(state.limits.max_tool_calls)
-        return _not_executed(state, record, call, text), None, True
-    state.emit(ToolCallStarted(t=state.now(), agent_id=record.id, call_id=call.id, tool=call.name,
-                               arguments=call.arguments))
-    state.emit_budget()
-    started = time.perf_counter()
-    async with state.tool_slots[tool.name]:
-        ok, text, attempts = await _invoke_with_retries(state, tool, arguments)
-    seconds = time.perf_counter() - started
-    record.tool_calls.append(ToolCallRecord(call_id=call.id, tool=call.name, arguments=call.arguments,
-                                            executed=True, ok=ok, output=text, attempts=attempts, seconds=seconds))
-    state.emit(ToolCallFinished(t=state.now(), agent_id=record.id, call_id=call.id, tool=call.name, ok=ok,
-                                executed=True, attempts=attempts, seconds=seconds, error=None if ok else text))
-    return prompts.tool_result_message(call.id, text), None, False
+    outcome = await _outcome_of(state, record, call, tool, arguments, position)
+    if not outcome.executed:
+        return _not_executed(state, record, call, outcome.output), None, True
+    if outcome.evidence is not None:
+        state.evidence.add(outcome.evidence, source_url=outcome.source_url)
+    return prompts.tool_result_message(call.id, outcome.output), None, False
+
+
+async def _outcome_of(state: RunState, record: AgentRecord, call: ToolCall, tool: Tool, arguments: dict,
+                      position: int) -> ToolOutcome:
+    """Take the budget and run the call, or, replaying a tool tape, take both from the recording."""
+    tape = state.tool_tape
+    place = dict(agent_id=record.id, step=record.steps, position=position, tool=tool.name, arguments=call.arguments)
+    if tape is not None and tape.replaying:
+        replayed: ToolOutcome | None = tape.take(**place)
+        allowed = replayed.executed
+        state.budget.book_tool_call(allowed)
+    else:
+        replayed = None
+        allowed = state.budget.try_tool_call()
+    if not allowed:
+        outcome = replayed or ToolOutcome(**place, executed=False, ok=False,
+                                          output=prompts.budget_spent_text(state.limits.max_tool_calls))
+    else:
+        state.emit(ToolCallStarted(t=state.now(), agent_id=record.id, call_id=call.id, tool=call.name,
+                                   arguments=call.arguments))
+        state.emit_budget()
+        started = time.perf_counter()
+        if replayed is not None:
+            outcome = replayed
+        else:
+            async with state.tool_slots[tool.name]:
+                outcome = await _invoke_with_retries(state, tool, arguments, place)
+        seconds = time.perf_counter() - started
+        record.tool_calls.append(ToolCallRecord(call_id=call.id, tool=call.name, arguments=call.arguments,
+                                                executed=True, ok=outcome.ok, output=outcome.output,
+                                                attempts=outcome.attempts, seconds=seconds))
+        state.emit(ToolCallFinished(t=state.now(), agent_id=record.id, call_id=call.id, tool=call.name,
+                                    ok=outcome.ok, executed=True, attempts=outcome.attempts, seconds=seconds,
+                                    error=None if outcome.ok else outcome.output))
+    if tape is not None and not tape.replaying:
+        tape.write(outcome)
+    return outcome
 
 
 def _not_executed(state: RunState, record: AgentRecord, call: ToolCall, text: str) -> Message:
@@ -181,8 +221,9 @@ def _not_executed(state: RunState, record: AgentRecord, call: ToolCall, text: st
     return prompts.tool_result_message(call.id, text)
 
 
-async def _invoke_with_retries(state: RunState, tool: Tool, arguments: dict) -> tuple[bool, str, int]:
-    """(ok, text for the model, attempts). Transient failures are retried with exponential backoff."""
+async def _invoke_with_retries(state: RunState, tool: Tool, arguments: dict, place: dict) -> ToolOutcome:
+    """Run the tool; transient failures are retried with exponential backoff. Errors become outcomes.
+    `place` says where in the run the call is (the tool tape's key)."""
     timeout = tool.timeout or state.limits.tool_timeout
     retries = state.limits.tool_retries if tool.retries is None else tool.retries
     refusal = _web_tool_error_type()
@@ -201,12 +242,13 @@ async def _invoke_with_retries(state: RunState, tool: Tool, arguments: dict) -> 
             reason = f"timed out after {timeout:g} s" if isinstance(error, TimeoutError) and not str(error) else (
                 f"{type(error).__name__}: {error}")
             tried = f" (after {attempt} attempts)" if attempt > 1 else ""
-            return False, f"Error from {tool.name}{tried}: {reason}", attempt
+            return ToolOutcome(**place, executed=True, ok=False, output=f"Error from {tool.name}{tried}: {reason}",
+                               attempts=attempt)
         text = render_output(value)
-        state.evidence.add(text, source_url=_source_url(value))
-        if tool.untrusted:
-            text = _wrap_untrusted(text, _source_url(value) or tool.name)
-        return True, text, attempt
+        source_url = _source_url(value)
+        output = _wrap_untrusted(text, source_url or tool.name) if tool.untrusted else text
+        return ToolOutcome(**place, executed=True, ok=True, output=output, attempts=attempt, evidence=text,
+                           source_url=source_url)
 
 
 def _source_url(value: object) -> str | None:

@@ -54,6 +54,10 @@ class Budget:
         self.tool_calls += 1
         return True
 
+    def book_tool_call(self, executed: bool) -> None:
+        """Replay: take exactly the decision the recorded run took."""
+        self.tool_calls += executed
+
     def take_agents(self, wanted: int) -> int:
         """How many of `wanted` new sub-agents may start (the rest are refused)."""
         granted = max(0, min(wanted, self.agents_left))

@@ -26,6 +26,7 @@ from swarm.display import LivePanel, LogLines
 from swarm.orchestrator import Swarm
 from swarm.report import markdown_report
 from swarm.result import RunResult
+from swarm.tape import ToolTape, tool_tape_path
 from swarm.tool import Tool
 
 EXIT_OK = 0
@@ -92,9 +93,11 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Write a Markdown report (answer, sources, agents, usage).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the RunResult as JSON on stdout.")] = False,
     trace: Annotated[Path | None, typer.Option(help="Write every event of the run as JSONL.")] = None,
-    record: Annotated[Path | None, typer.Option(help="Record every model exchange to this JSONL tape.")] = None,
+    record: Annotated[Path | None, typer.Option(
+        help="Record every model exchange to this JSONL tape, and every tool outcome to TAPE.tools.jsonl.")] = None,
     replay: Annotated[Path | None, typer.Option(
-        exists=True, dir_okay=False, help="Replay a recorded tape instead of calling a model.")] = None,
+        exists=True, dir_okay=False, help="Replay a recorded tape instead of calling a model; with its "
+                                          ".tools.jsonl beside it, tools are replayed too (no web needed).")] = None,
 ) -> None:
     """Run a research swarm on TASK and print its answer with sources."""
     console = Console(stderr=True)
@@ -157,11 +160,17 @@ async def _run(task: str, documents: list[str], console: Console, settings: dict
         if web_mode is not WebMode.none and web_tools:
             web = await stack.enter_async_context(_web(web_mode))
             run_tools = [getattr(web, name) for name in web_tools] + run_tools
+        tool_tape = None
         if record:
             from backend.replay import RecordingBackend
 
             backend = RecordingBackend(backend, record)
-        swarm = Swarm(backend, run_tools, **settings)
+            tool_tape = ToolTape.record(tool_tape_path(record))
+        elif replay and tool_tape_path(replay).is_file():
+            tool_tape = ToolTape.replay(tool_tape_path(replay))
+        if tool_tape is not None:
+            stack.callback(tool_tape.close)
+        swarm = Swarm(backend, run_tools, tool_tape=tool_tape, **settings)
         display = LivePanel(console, swarm.limits, task) if live else LogLines(console, swarm.limits)
         swarm.add_listener(display)
         interrupts = _InterruptHandler(swarm)

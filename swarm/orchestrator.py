@@ -24,6 +24,7 @@ from swarm.citations import extract_citations
 from swarm.events import AgentFinished, AgentStarted, Event, RunFinished, RunStarted
 from swarm.result import COMPLETE_STATUSES, AgentRecord, RunResult, Usage
 from swarm.state import RunState
+from swarm.tape import ToolTape
 from swarm.tool import Tool, as_tool
 
 
@@ -33,6 +34,9 @@ class Swarm:
     Every limit is checked before anything is spent: a tool call over `max_tool_calls` is answered
     "budget spent" instead of being executed, tasks over `max_agents` are refused in the spawn result,
     and the deadline or `cancel()` stops every agent and still returns the partial result.
+    With `tool_tape=ToolTape.record(path)` every tool outcome is recorded; `ToolTape.replay(path)` plays
+    them back (with backend.replay.ReplayBackend for the model) to reproduce a run exactly, and a replay
+    that departs from its recording stops and raises ToolTapeMismatch or ReplayMismatch.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class Swarm:
         max_corrections: int = 3,
         reply_options: ReplyOptions | None = None,
         trace_path: str | Path | None = None,
+        tool_tape: ToolTape | None = None,
     ) -> None:
         self.backend = backend
         self.tools = _tools_by_name(tools)
@@ -64,6 +69,7 @@ class Swarm:
         )
         self.reply_options = reply_options or ReplyOptions()
         self.trace_path = Path(trace_path) if trace_path else None
+        self.tool_tape = tool_tape
         self._cancel_events: set[asyncio.Event] = set()
         self._listeners: list[Callable[[Event], None]] = []
 
@@ -91,33 +97,35 @@ class Swarm:
             raise ValueError("the task is empty")
         if isinstance(context, str):
             context = [context]
-        cancel_requested = asyncio.Event()
-        self._cancel_events.add(cancel_requested)
         trace_file = self.trace_path.open("w", encoding="utf-8") if self.trace_path else None
-        state = RunState(task, self.tools, self.limits, self.reply_options, trace_file, list(self._listeners))
+        state = RunState(task, self.tools, self.limits, self.reply_options, trace_file, list(self._listeners),
+                         self.tool_tape)
+        self._cancel_events.add(state.cancel_requested)
         try:
             state.emit(RunStarted(t=0.0, task=task, limits=self.limits.model_dump()))
             try:
-                await self._run_until_stopped(state, context, cancel_requested)
+                await self._run_until_stopped(state, context)
             except asyncio.CancelledError:
                 _finish(state)  # the caller cancelled us: the trace still ends with the partial result
                 raise
-            return _finish(state)
+            result = _finish(state)
+            if state.replay_divergence is not None:
+                raise state.replay_divergence
+            return result
         finally:
-            self._cancel_events.discard(cancel_requested)
+            self._cancel_events.discard(state.cancel_requested)
             if trace_file is not None:
                 trace_file.close()
 
-    async def _run_until_stopped(self, state: RunState, context: Sequence[str] | None,
-                                 cancel_requested: asyncio.Event) -> None:
-        """Run the orchestrator; on the deadline or cancel(), cancel it (and with it every sub-agent)."""
+    async def _run_until_stopped(self, state: RunState, context: Sequence[str] | None) -> None:
+        """Run the orchestrator; on the deadline or a cancel request, cancel it (and with it every sub-agent)."""
         main = asyncio.create_task(self._orchestrate(state, context))
-        cancel_wait = asyncio.create_task(cancel_requested.wait())
+        cancel_wait = asyncio.create_task(state.cancel_requested.wait())
         try:
             done, _ = await asyncio.wait({main, cancel_wait}, timeout=self.limits.deadline,
                                          return_when=asyncio.FIRST_COMPLETED)
             if main not in done:
-                state.stop_reason = "cancelled" if cancel_wait in done else "deadline"
+                state.stop_reason = state.stop_reason or ("cancelled" if cancel_wait in done else "deadline")
                 main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await main

@@ -12,14 +12,17 @@ from swarm.budget import Budget, Limits
 from swarm.citations import EvidenceStore
 from swarm.events import BudgetLeft, Event, Tokens, _Event
 from swarm.result import AgentRecord
+from swarm.tape import ToolTape
 from swarm.tool import Tool
 
 
 class RunState:
     def __init__(self, task: str, tools: dict[str, Tool], limits: Limits, options: ReplyOptions,
-                 trace_file: IO[str] | None, listeners: list[Callable[[Event], None]]) -> None:
+                 trace_file: IO[str] | None, listeners: list[Callable[[Event], None]],
+                 tool_tape: ToolTape | None = None) -> None:
         self.task = task
         self.tools = tools
+        self.tool_tape = tool_tape
         self.limits = limits
         self.options = options
         self.budget = Budget(limits)
@@ -32,6 +35,8 @@ class RunState:
         self.agents: list[AgentRecord] = []
         self.events: list[Event] = []
         self.stop_reason: str | None = None
+        self.cancel_requested = asyncio.Event()
+        self.replay_divergence: LookupError | None = None
         self.waves = 0
         self.critical_steps = 0
         self.prompt_tokens = 0
@@ -39,6 +44,14 @@ class RunState:
         self.model_calls = 0
         self._trace_file = trace_file
         self._listeners = listeners
+
+    def abort_replay(self, error: LookupError) -> None:
+        """A replay departed from its recording, so the rest of it would be made up: stop every agent;
+        `Swarm.run` raises `error` once they have stopped."""
+        if self.replay_divergence is None:
+            self.replay_divergence = error
+            self.stop_reason = "replay_mismatch"
+        self.cancel_requested.set()
 
     def now(self) -> float:
         return time.perf_counter() - self.started
