@@ -13,20 +13,22 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
-from enum import Enum
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from backend.conversation import ChatBackend, ReplyOptions
+from backend.conversation import ReplyOptions
+from backend.replay import RecordingBackend, ReplayMismatch
 from swarm.display import LivePanel, LogLines
+from swarm.launch import LIVE_SEARCH_PROVIDERS, LaunchError, WebMode, import_or_fail, open_backend, open_web, \
+    resolve_web_mode
 from swarm.orchestrator import Swarm
 from swarm.report import markdown_report
 from swarm.result import RunResult
-from swarm.tape import ToolTape, tool_tape_path
+from swarm.tape import ToolTape, ToolTapeMismatch, tool_tape_path
 from swarm.tool import Tool
 
 EXIT_OK = 0
@@ -35,9 +37,10 @@ EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 the run finished within every limit; 1 error (bad option, model or server failure); "
-    "2 usage error; 3 partial result (a budget, cap, deadline or failed agent cut part of the run short); "
-    "130 interrupted by Ctrl-C (the partial result is still printed and saved)."
+    "Exit codes: 0 the run finished within every limit; 1 error (a model, server or checkpoint failure, or a "
+    "replay that departs from its tape); 2 usage error (a bad option or argument); 3 partial result (a budget, "
+    "cap, deadline or failed agent cut part of the run short); 130 interrupted by Ctrl-C (the partial result is "
+    "still printed and saved)."
 )
 
 WEB_TOOLS = ("search", "fetch", "browse")
@@ -48,26 +51,15 @@ app = typer.Typer(
 )
 
 
-class WebMode(str, Enum):
-    auto = "auto"
-    offline = "offline"
-    live = "live"
-    none = "none"
-
-
-class CliError(Exception):
-    """A problem the user can fix; printed without a traceback, exit code 1."""
-
-
 @app.command(epilog=EXIT_CODES_HELP)
 def run(
     task: Annotated[str, typer.Argument(help="The research task; '-' reads it from stdin.")],
     model: Annotated[str | None, typer.Option(
-        help="With --base-url: the served model name. Alone: a local Kimi Linear checkpoint directory. "
+        metavar="NAME|PATH", help="With --base-url: the served model name. Alone: a local Kimi Linear checkpoint directory. "
              "Neither: the embedded default model.")] = None,
     base_url: Annotated[list[str] | None, typer.Option(
-        "--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1. Repeat to spread runs.")] = None,
-    api_key: Annotated[str | None, typer.Option(envvar="OPENAI_API_KEY", help="Bearer key for --base-url.")] = None,
+        "--base-url", metavar="URL", help="OpenAI-compatible server, e.g. http://localhost:8000/v1. Repeat to spread runs.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="OPENAI_API_KEY", metavar="KEY", help="Bearer key for --base-url.")] = None,
     stream: Annotated[bool, typer.Option(help="Stream replies from --base-url (server-sent events).")] = False,
     max_agents: Annotated[int, typer.Option(min=1, help="Sub-agents over the whole run.")] = 100,
     max_tool_calls: Annotated[int, typer.Option(min=0, help="Executed tool calls of all agents.")] = 1500,
@@ -84,19 +76,22 @@ def run(
         help="Where the web tools go: 'offline' (the generated offline web on loopback), 'live' (the internet), "
              "'none' (no web tools), 'auto' (offline for the embedded default model, live otherwise).")
     ] = WebMode.auto,
+    search: Annotated[str | None, typer.Option(
+        metavar="PROVIDER", help=f"Search provider on the live web: {', '.join(LIVE_SEARCH_PROVIDERS)} (keys and URLs "
+                                 "from BRAVE_API_KEY, TAVILY_API_KEY, SEARXNG_URL). Default: duckduckgo.")] = None,
     tools_from: Annotated[list[str] | None, typer.Option(
-        "--tools-from", help="Extra tools, 'module:attribute' naming a tool, a typed callable, or a list of them. "
+        "--tools-from", metavar="MODULE:ATTR", help="Extra tools, 'module:attribute' naming a tool, a typed callable, or a list of them. "
                              "Repeatable.")] = None,
     context: Annotated[list[Path] | None, typer.Option(
-        "--context", exists=True, dir_okay=False, help="A shared context document for the orchestrator. "
+        "--context", exists=True, dir_okay=False, metavar="FILE", help="A shared context document for the orchestrator. "
                                                        "Repeatable.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write a Markdown report (answer, sources, agents, usage).")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write a Markdown report (answer, sources, agents, usage).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the RunResult as JSON on stdout.")] = False,
-    trace: Annotated[Path | None, typer.Option(help="Write every event of the run as JSONL.")] = None,
+    trace: Annotated[Path | None, typer.Option(metavar="FILE", help="Write every event of the run as JSONL.")] = None,
     record: Annotated[Path | None, typer.Option(
-        help="Record every model exchange to this JSONL tape, and every tool outcome to TAPE.tools.jsonl.")] = None,
+        metavar="FILE", help="Record every model exchange to this JSONL tape, and every tool outcome to TAPE.tools.jsonl.")] = None,
     replay: Annotated[Path | None, typer.Option(
-        exists=True, dir_okay=False, help="Replay a recorded tape instead of calling a model; with its "
+        exists=True, dir_okay=False, metavar="FILE", help="Replay a recorded tape instead of calling a model; with its "
                                           ".tools.jsonl beside it, tools are replayed too (no web needed).")] = None,
 ) -> None:
     """Run a research swarm on TASK and print its answer with sources."""
@@ -110,6 +105,9 @@ def run(
     if unknown:
         raise typer.BadParameter(f"unknown tool(s) {', '.join(unknown)}; choose from {', '.join(WEB_TOOLS)}",
                                  param_hint="--tools")
+    if search is not None and search not in LIVE_SEARCH_PROVIDERS:
+        raise typer.BadParameter(f"unknown search provider {search!r}; choose from {', '.join(LIVE_SEARCH_PROVIDERS)}",
+                                 param_hint="--search")
     if base_url and not model and not replay:
         raise typer.BadParameter("--base-url needs --model NAME (the model name the server serves)",
                                  param_hint="--model")
@@ -120,15 +118,17 @@ def run(
         trace_path=trace,
     )
     documents = [path.read_text(encoding="utf-8") for path in context or []]
-    web_mode = web if web is not WebMode.auto else (
-        WebMode.offline if not (base_url or model or replay) else WebMode.live)
+    web_mode = resolve_web_mode(web, uses_default_model=not (base_url or model or replay))
+    if search and web_mode is not WebMode.live:
+        raise typer.BadParameter(f"--search is for the live web (--web live), not --web {web_mode.value}",
+                                 param_hint="--search")
     try:
         result, interrupted = asyncio.run(_run(
             task, documents, console, settings, model=model, base_urls=base_url or [], api_key=api_key,
-            stream=stream, web_mode=web_mode, web_tools=selected, tools_from=tools_from or [], record=record,
-            replay=replay, live=console.is_terminal and not json_output,
+            stream=stream, web_mode=web_mode, search=search, web_tools=selected, tools_from=tools_from or [],
+            record=record, replay=replay, live=console.is_terminal and not json_output,
         ))
-    except CliError as error:
+    except (LaunchError, ReplayMismatch, ToolTapeMismatch) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(EXIT_ERROR) from None
     _print_result(result, console, json_output, out, max_tool_calls)
@@ -145,25 +145,27 @@ def serve_web(
     seed: Annotated[int, typer.Option(help="Which generated offline web to serve.")] = 0,
 ) -> None:
     """Serve the generated offline web (pages and search corpus) on loopback until Ctrl-C."""
-    offline_web = _import_or_fail("swarm.offline_web", "the offline web")
-    offline_web.serve_forever(port=port, seed=seed)
+    try:
+        offline_web = import_or_fail("swarm.offline_web", "the offline web")
+        offline_web.serve_forever(port=port, seed=seed)
+    except (LaunchError, OSError) as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}")
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 async def _run(task: str, documents: list[str], console: Console, settings: dict[str, Any], *, model: str | None,
-               base_urls: list[str], api_key: str | None, stream: bool, web_mode: WebMode, web_tools: list[str],
-               tools_from: list[str], record: Path | None, replay: Path | None,
+               base_urls: list[str], api_key: str | None, stream: bool, web_mode: WebMode, search: str | None,
+               web_tools: list[str], tools_from: list[str], record: Path | None, replay: Path | None,
                live: bool) -> tuple[RunResult, bool]:
     async with contextlib.AsyncExitStack() as stack:
         run_tools: list[Tool | Callable[..., Any]] = [t for spec in tools_from for t in _load_tools(spec)]
-        backend = _backend(model, base_urls, api_key, stream, replay)
+        backend = open_backend(model, base_urls, api_key, stream=stream, replay=replay)
         stack.push_async_callback(backend.aclose)
         if web_mode is not WebMode.none and web_tools:
-            web = await stack.enter_async_context(_web(web_mode))
+            web = await stack.enter_async_context(open_web(web_mode, search))
             run_tools = [getattr(web, name) for name in web_tools] + run_tools
         tool_tape = None
         if record:
-            from backend.replay import RecordingBackend
-
             backend = RecordingBackend(backend, record)
             tool_tape = ToolTape.record(tool_tape_path(record))
         elif replay and tool_tape_path(replay).is_file():
@@ -206,75 +208,18 @@ class _InterruptHandler:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
 
 
-def _backend(model: str | None, base_urls: list[str], api_key: str | None, stream: bool,
-             replay: Path | None) -> ChatBackend:
-    if replay:
-        from backend.replay import ReplayBackend
-
-        return ReplayBackend(replay)
-    if base_urls:
-        from backend.openai_backend import OpenAIBackend
-
-        try:
-            return OpenAIBackend(base_urls, model or "", api_key, stream=stream)
-        except ValueError as error:
-            raise CliError(str(error)) from None
-    if model:
-        checkpoint = Path(model)
-        if not checkpoint.is_dir():
-            raise CliError(f"--model {model!r} is not a checkpoint directory; to use a served model name, "
-                           "also pass --base-url")
-        return _engine_backend(checkpoint)
-    default_model = _import_or_fail("backend.default_model", "the embedded default model")
-    try:
-        return _engine_backend(default_model.default_model_path())
-    except FileNotFoundError as error:
-        raise CliError(str(error)) from None
-
-
-def _engine_backend(path: Path) -> ChatBackend:
-    engine_backend = _import_or_fail("backend.engine_backend", "the in-process engine")
-    try:
-        return engine_backend.EngineBackend.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as error:
-        raise CliError(f"cannot load the checkpoint at {path}: {error}") from None
-
-
-@contextlib.asynccontextmanager
-async def _web(mode: WebMode) -> AsyncIterator[Any]:
-    """The web tools' `Web`: over the offline web (served for the run's length) or the live internet."""
-    web_tools = _import_or_fail("tools", "the web tools")
-    if mode is WebMode.live:
-        async with web_tools.Web() as web:
-            yield web
-        return
-    offline_web = _import_or_fail("swarm.offline_web", "the offline web")
-    with offline_web.OfflineWeb.start() as site:
-        config = web_tools.WebConfig(search_provider="local", corpus_dir=site.site_dir,
-                                     corpus_base_url=site.base_url, allowed_hosts=[site.host_port])
-        async with web_tools.Web(config) as web:
-            yield web
-
-
 def _load_tools(spec: str) -> list[Tool | Callable[..., Any]]:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise CliError(f"--tools-from {spec!r}: write it as 'package.module:attribute'")
+        raise LaunchError(f"--tools-from {spec!r}: write it as 'package.module:attribute'")
     try:
         value = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise CliError(f"--tools-from {spec!r}: {error}") from None
+        raise LaunchError(f"--tools-from {spec!r}: {error}") from None
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not all(isinstance(item, Tool) or callable(item) for item in items):
-        raise CliError(f"--tools-from {spec!r}: not a tool, a callable or a list of them")
+        raise LaunchError(f"--tools-from {spec!r}: not a tool, a callable or a list of them")
     return items
-
-
-def _import_or_fail(module: str, what: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise CliError(f"{what} is not available in this installation ({module}: {error})") from None
 
 
 def _print_result(result: RunResult, console: Console, json_output: bool, out: Path | None,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -39,11 +41,15 @@ def cli(server: FakeOpenAI, *args: str):
 def test_help_documents_every_option_and_the_exit_codes():
     result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--base-url", "--model", "--max-agents", "--max-tool-calls", "--deadline", "--tools",
-                   "--tools-from", "--out", "--json", "--trace", "--record", "--replay", "--web"):
+    for option in ("--base-url", "--model", "--api-key", "--stream", "--max-agents", "--max-tool-calls",
+                   "--max-agent-steps", "--max-orchestrator-steps", "--concurrency", "--deadline", "--token-budget",
+                   "--max-tokens", "--temperature", "--tools", "--web", "--search", "--tools-from", "--context",
+                   "--out", "--json", "--trace", "--record", "--replay"):
         assert option in result.output
-    assert "130 interrupted" in result.output and "3 partial" in result.output
+    for code in ("0 the run finished", "1 error", "2 usage error", "3 partial", "130 interrupted"):
+        assert code in result.output
     assert "serve-web" in runner.invoke(app, ["--help"]).output
+    assert "--port" in runner.invoke(app, ["serve-web", "--help"]).output
 
 
 def test_run_prints_json_and_writes_trace_and_report(tmp_path):
@@ -81,18 +87,30 @@ def test_a_cut_short_run_exits_3_and_bad_options_are_named():
     assert missing.exit_code == 1 and "not a checkpoint directory" in missing.stderr
     bad_import = runner.invoke(app, ["run", "x", "--replay", __file__, "--tools-from", "nowhere"])
     assert bad_import.exit_code == 1 and "package.module:attribute" in bad_import.stderr
+    bad_search = runner.invoke(app, ["run", "x", "--search", "bing", "--base-url", "http://h/v1", "--model", "m"])
+    assert bad_search.exit_code == 2 and "unknown search provider 'bing'" in bad_search.output
+    offline_search = runner.invoke(app, ["run", "x", "--search", "brave", "--web", "offline"])
+    assert offline_search.exit_code == 2 and "--search is for the live web" in offline_search.output
 
 
-def test_record_then_replay_without_a_server(tmp_path):
+def test_record_then_replay_without_a_server_or_tools(tmp_path):
     tape = tmp_path / "tape.jsonl"
     with FakeOpenAI(swarm_script([["alpha"]], answering_subagent, answer=ANSWER)) as server:
         recorded = cli(server, "--json", "--record", str(tape))
     assert recorded.exit_code == 0, recorded.output
+    assert len((tmp_path / "tape.jsonl.tools.jsonl").read_text().splitlines()) == 1
 
-    replayed = runner.invoke(app, ["run", "Find the facts.", "--replay", str(tape), "--web", "none",
-                                   "--tools-from", "tests.fake_openai:CLI_TOOLS", "--json"])
+    calls_before = CLI_COUNTER.calls
+    replay = ["--replay", str(tape), "--web", "none", "--tools-from", "tests.fake_openai:CLI_TOOLS", "--json"]
+    replayed = runner.invoke(app, ["run", "Find the facts.", *replay])
     assert replayed.exit_code == 0, replayed.output
+    assert CLI_COUNTER.calls == calls_before
     assert json.loads(replayed.stdout)["answer"] == json.loads(recorded.stdout)["answer"] == ANSWER
+    assert json.loads(replayed.stdout)["citations"] == json.loads(recorded.stdout)["citations"]
+
+    departed = runner.invoke(app, ["run", "Find other facts.", *replay])
+    assert departed.exit_code == 1 and "no recorded reply for this request" in departed.stderr
+    assert departed.stdout == ""
 
 
 def test_ctrl_c_stops_the_run_and_still_saves_the_partial_result(tmp_path):
@@ -136,3 +154,20 @@ def test_live_panel_shows_agents_tool_budget_and_tokens():
     assert "1 running, 1 done (cap 4)" in screen
     assert "1 / 10" in screen and "40 in, 12 out" in screen and "tok/s" in screen
     assert "agent 1 done after 2 steps" in screen
+
+
+def test_serve_web_serves_the_offline_web_until_ctrl_c():
+    process = subprocess.Popen([sys.executable, "-c", "from swarm.cli import app; app()", "serve-web", "--port", "0"],
+                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        banner = process.stdout.readline()
+        base_url = re.search(r"at (http://127\.0\.0\.1:\d+/)", banner).group(1)
+        pages = int(re.search(r"(\d+) pages", banner).group(1))
+        home = httpx.get(base_url, timeout=10)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert pages >= 2000
+    assert home.status_code == 200 and "<a href=" in home.text
+    assert process.returncode == 0, stderr
