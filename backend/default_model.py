@@ -10,7 +10,9 @@ from pathlib import Path
 
 import backend.checkpoints
 
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
+CHECKPOINT_FILES = ("config.json", "tokenizer_config.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+"""Either one weights file or the index of its shards, as in official checkpoints."""
 
 
 class DefaultModelMissing(FileNotFoundError):
@@ -21,6 +23,8 @@ def default_model_path() -> Path:
     """The shipped checkpoint directory; raises DefaultModelMissing naming what is absent."""
     directory = Path(backend.checkpoints.__file__).resolve().parent
     missing = [name for name in CHECKPOINT_FILES if not (directory / name).is_file()]
+    if not any((directory / name).is_file() for name in WEIGHT_FILES):
+        missing.append(" or ".join(WEIGHT_FILES))
     if missing:
         raise DefaultModelMissing(
             f"the embedded default model is not in this installation: {', '.join(missing)} missing from "

@@ -36,6 +36,7 @@ from backend.chat_format import IM_USER  # noqa: E402
 from backend.tokenizer import ByteTokenizer  # noqa: E402
 from kernels.kda_reference import l2norm  # noqa: E402
 
+PROCESS_START = time.time()  # the training budget counts from here, so data loading is inside it
 BYTE_VOCAB = ByteTokenizer().vocab_size
 MAX_SHARD_BYTES = 15 * 1024 * 1024  # the device returns files of at most 16 MiB
 USER_TURN = IM_USER + "user"
@@ -359,9 +360,9 @@ def train(args: argparse.Namespace) -> None:
                 if (p.dim() < 2 or "conv1d" in n) and not n.endswith("e_score_correction_bias")]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-    budget = args.minutes * 60
+    budget = args.minutes * 60 - (time.time() - PROCESS_START)
     start = time.time()
-    step, epoch, last_save, skipped = 0, 0, start, 0
+    step, epoch, last_save, skipped, tokens = 0, 0, start, 0, 0
     pad = tokenizer.special_ids["[PAD]"]
     tokens_per_batch = args.tokens_per_batch
     done = False
@@ -390,14 +391,17 @@ def train(args: argparse.Namespace) -> None:
                 break  # rebuild the batches with the smaller budget
             imbalance = balancer.step()
             step += 1
+            tokens += ids.numel()
             if step % args.log_every == 0 or step == 1:
-                print(f"step {step} epoch {epoch} t={elapsed:.0f}s loss {loss:.4f} lr {lr:.2e} "
+                print(f"step {step} epoch {epoch} t={elapsed:.0f}s {tokens / max(elapsed, 1e-9):,.0f} tok/s "
+                      f"loss {loss:.4f} lr {lr:.2e} "
                       f"grad {grad_norm:.2f} batch {tuple(ids.shape)} max-load/mean {imbalance:.2f}", flush=True)
             if time.time() - last_save > args.save_every:
                 save_checkpoint(model, config_dict, Path(args.out))
                 last_save = time.time()
     save_checkpoint(model, config_dict, Path(args.out))
-    print(f"done: {step} steps, {epoch} epochs, {skipped} batches skipped, {time.time() - start:.0f}s; "
+    print(f"done: {step} steps, {epoch} epochs, {tokens:,} padded tokens, {skipped} batches skipped, "
+          f"{time.time() - start:.0f}s of training, {time.time() - PROCESS_START:.0f}s in all; "
           f"checkpoint in {args.out}", flush=True)
 
 
@@ -420,7 +424,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, nargs="+",
                         help="trajectory files (.jsonl.xz) written by swarm.offline_web.trajectories")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
-    parser.add_argument("--minutes", type=float, default=6.5, help="wall-clock training budget")
+    parser.add_argument("--minutes", type=float, default=6.5, help="wall-clock budget from process start, data loading included")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=12)

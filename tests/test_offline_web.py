@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from swarm.offline_web import OfflineWeb, generate_site, load_manifest
 from swarm.offline_web.site import MANIFEST_NAME
+from swarm.offline_web.tasks import compare_task
 
 HREF = re.compile(r'href="([^"]+)"')
 TAGS = re.compile(r"<[^>]+>")
@@ -106,3 +108,16 @@ def test_server_serves_the_site_and_reuses_the_cache(tmp_path):
         httpx.get(f"http://{port}/index.html")
     with OfflineWeb.start(seed=0, cache_dir=tmp_path) as again:
         assert again.site_dir == first_dir and marker.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("phrase, pick", [("earliest", min), ("most recently", max), ("largest", max),
+                                          ("smallest", min), ("most", max), ("fewest", min)])
+def test_comparison_answers_follow_the_wording(site, phrase, pick):
+    _, manifest = site
+    rng = random.Random(0)
+    tasks = [compare_task(manifest, "train", rng, 3) for _ in range(200)]
+    matching = [t for t in tasks if re.search(rf"\b{phrase}\b", t.prompt)]
+    assert matching
+    for task in matching:
+        numbers = {lk.entity: manifest.by_path(lk.url_path).number(task.attribute) for lk in task.waves[0]}
+        assert task.answer == pick(numbers, key=numbers.get), task.prompt

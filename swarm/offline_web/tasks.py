@@ -24,16 +24,15 @@ COLUMN_TITLES = {"country": "Country", "city": "City", "company": "Company", "pe
 
 COMPARISONS: dict[tuple[Kind, str], tuple[str, str]] = {
     ("city", "Population"): ("has the largest population", "has the smallest population"),
-    ("city", "Founding year"): ("was founded earliest", "was founded most recently"),
+    ("city", "Founding year"): ("was founded most recently", "was founded earliest"),
     ("city", "Elevation"): ("has the highest elevation", "has the lowest elevation"),
     ("country", "Population"): ("has the largest population", "has the smallest population"),
     ("country", "Area"): ("has the largest area", "has the smallest area"),
     ("company", "Employees"): ("has the most employees", "has the fewest employees"),
-    ("company", "Founding year"): ("was founded earliest", "was founded most recently"),
-    ("person", "Birth year"): ("was born earliest", "was born most recently"),
+    ("company", "Founding year"): ("was founded most recently", "was founded earliest"),
+    ("person", "Birth year"): ("was born most recently", "was born earliest"),
 }
-"""(kind, numeric attribute) -> (phrase for the maximum, phrase for the minimum)."""
-EARLIEST_IS_SMALLEST = {"Founding year", "Birth year"}
+"""(kind, numeric attribute) -> (phrase for the maximum, phrase for the minimum); the largest year is the latest."""
 
 TABLE_ATTRIBUTES: dict[Kind, tuple[str, ...]] = {
     "country": ("Capital", "Population", "Area", "Currency", "Continent"),
