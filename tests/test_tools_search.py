@@ -240,6 +240,12 @@ def test_index_of_two_thousand_pages_builds_fast_and_is_cached_by_content(tmp_pa
     assert time.process_time() - started < build_s / 4
     assert cached.num_docs == 2000 and len(list(index_root.iterdir())) == 1
 
+    started = time.process_time()  # served at a new address (the offline web's port changes every run)
+    served = LocalIndex.for_folder(corpus, index_root, "http://127.0.0.1:8123/")
+    assert time.process_time() - started < build_s / 4 and len(list(index_root.iterdir())) == 1
+    assert served.search("unique1234 marker", 1)[0].url == "http://127.0.0.1:8123/page1234.html"
+    assert cached.search("unique1234 marker", 1)[0].url == (corpus / "page1234.html").resolve().as_uri()
+
 
 def test_changed_corpus_gets_a_new_index(tmp_path):
     corpus, index_root = tmp_path / "site", tmp_path / "index"

@@ -64,13 +64,19 @@ def read_entry(path: Path, url: str) -> Entry:
     return Entry(url=url, title=title or path.stem.replace("_", " ").replace("-", " "), text=text)
 
 
-def file_url(corpus_dir: Path, path: Path, base_url: str | None) -> str:
-    """Where an agent can open the file: under `base_url` when the folder is served, else a file:// URL."""
+def relative_url(corpus_dir: Path, path: Path) -> str:
+    """The file's URL relative to the folder; the index stores these, so one index serves the folder at
+    any address (the offline web gets a new port every run)."""
+    return quote(path.relative_to(corpus_dir).as_posix())
+
+
+def folder_url(corpus_dir: Path, base_url: str | None) -> str:
+    """Where an agent can open the folder's files: `base_url` when the folder is served, else file://."""
     if base_url is None:
-        return path.resolve().as_uri()
-    relative = quote(path.relative_to(corpus_dir).as_posix())
-    return base_url.rstrip("/") + "/" + relative
+        return corpus_dir.resolve().as_uri() + "/"
+    return base_url.rstrip("/") + "/"
 
 
-def read_corpus(corpus_dir: Path, files: list[Path], base_url: str | None) -> list[Entry]:
-    return [read_entry(path, file_url(corpus_dir, path, base_url)) for path in files]
+def read_corpus(corpus_dir: Path, files: list[Path]) -> list[Entry]:
+    """Entries with URLs relative to `corpus_dir`."""
+    return [read_entry(path, relative_url(corpus_dir, path)) for path in files]

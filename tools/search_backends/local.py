@@ -16,9 +16,9 @@ from collections.abc import Callable
 import tantivy
 
 from tools.models import SearchResult
-from tools.search_backends.corpus import Entry, content_digest, corpus_files, read_corpus
+from tools.search_backends.corpus import Entry, content_digest, corpus_files, folder_url, read_corpus
 
-INDEX_FORMAT = "v2"  # bump when the schema or the extraction changes, so old cached indexes are not reused
+INDEX_FORMAT = "v3"  # bump when the schema or the extraction changes, so old cached indexes are not reused
 TITLE_BOOST = 2.0
 SNIPPET_CHARS = 300
 _WRITER_HEAP = 64 * 1024 * 1024
@@ -35,9 +35,10 @@ def _schema() -> tantivy.Schema:
 
 
 class LocalIndex:
-    def __init__(self, index: tantivy.Index, schema: tantivy.Schema) -> None:
+    def __init__(self, index: tantivy.Index, schema: tantivy.Schema, url_prefix: str = "") -> None:
         self._index = index
         self._schema = schema
+        self._url_prefix = url_prefix
         self._searcher = index.searcher()
 
     @property
@@ -45,8 +46,10 @@ class LocalIndex:
         return self._searcher.num_docs
 
     @classmethod
-    def open_or_build(cls, index_root: Path, key: str, entries: Callable[[], list[Entry]]) -> LocalIndex:
-        """Opens the cached index for `key`, or builds it from `entries()` and caches it atomically."""
+    def open_or_build(cls, index_root: Path, key: str, entries: Callable[[], list[Entry]],
+                      url_prefix: str = "") -> LocalIndex:
+        """Opens the cached index for `key`, or builds it from `entries()` and caches it atomically.
+        Result URLs are `url_prefix` + the entry's URL."""
         schema = _schema()
         path = index_root / key
         if not (path / _COMPLETE_MARK).exists():
@@ -63,13 +66,15 @@ class LocalIndex:
                 shutil.rmtree(staging, ignore_errors=True)
         index = tantivy.Index(schema, path=str(path))
         index.reload()
-        return cls(index, schema)
+        return cls(index, schema, url_prefix)
 
     @classmethod
     def for_folder(cls, corpus_dir: Path, index_root: Path, base_url: str | None) -> LocalIndex:
+        """The folder's index, keyed by content alone: the same files share one index at any address."""
         files = corpus_files(corpus_dir)
-        key = content_digest(corpus_dir, files, f"{INDEX_FORMAT}|{base_url}|{corpus_dir.resolve()}")
-        return cls.open_or_build(index_root, key, lambda: read_corpus(corpus_dir, files, base_url))
+        key = content_digest(corpus_dir, files, f"{INDEX_FORMAT}|folder")
+        return cls.open_or_build(index_root, key, lambda: read_corpus(corpus_dir, files),
+                                 folder_url(corpus_dir, base_url))
 
     @classmethod
     def for_entries(cls, entries: list[Entry], index_root: Path) -> LocalIndex:
@@ -100,5 +105,6 @@ class LocalIndex:
             doc = self._searcher.doc(address)
             fragment = snippets.snippet_from_doc(doc).fragment()
             snippet = " ".join(fragment.split()) or " ".join(doc["body"][0][:SNIPPET_CHARS].split())
-            results.append(SearchResult(title=doc["title"][0], url=doc["url"][0], snippet=snippet, provider="local"))
+            url = self._url_prefix + doc["url"][0]
+            results.append(SearchResult(title=doc["title"][0], url=url, snippet=snippet, provider="local"))
         return results
