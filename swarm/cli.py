@@ -68,7 +68,8 @@ def run(
     concurrency: Annotated[int, typer.Option(min=1, help="Sub-agents running at once.")] = 100,
     deadline: Annotated[float | None, typer.Option(min=0.001, help="Wall-clock seconds for the whole run.")] = None,
     token_budget: Annotated[int | None, typer.Option(min=1, help="Prompt + completion tokens of the run.")] = None,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Completion tokens per model turn.")] = 1024,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Completion tokens per model turn (a 25-row table "
+                                                         "takes the default model about 2,000).")] = 4096,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 0.0,
     tools: Annotated[str, typer.Option(
         help=f"Comma-separated web tools to give the sub-agents, from: {', '.join(WEB_TOOLS)}.")] = "search,fetch,browse",

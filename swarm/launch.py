@@ -87,10 +87,9 @@ async def open_web(mode: WebMode, search_provider: str | None = None) -> AsyncIt
     if search_provider is not None:
         raise LaunchError("a search provider is for the live web; the offline web has its own local search")
     offline_web = import_or_fail("swarm.offline_web", "the offline web")
+    trajectories = import_or_fail("swarm.offline_web.trajectories", "the offline web")
     with offline_web.OfflineWeb.start() as site:
-        config = web_tools.WebConfig(search_provider="local", corpus_dir=site.site_dir,
-                                     corpus_base_url=site.base_url, allowed_hosts=[site.host_port])
-        async with web_tools.Web(config) as web:
+        async with trajectories.offline_web_tools(site) as web:  # the tools the default model was trained with
             yield web
 
 

@@ -17,7 +17,11 @@ from typing import Any
 
 import h11
 
+from backend.messages import Message, ToolCall
 from swarm import prompts, tool
+from swarm.offline_web.site import SiteManifest
+from swarm.offline_web.tasks import ResearchTask
+from swarm.offline_web.teacher import Teacher
 
 
 @dataclass
@@ -291,3 +295,24 @@ CLI_TOOLS = [counting_lookup(CLI_COUNTER)]
 
 SLOW_TOOLS = [counting_lookup(Counter(), seconds=60)]
 """A tool that never finishes in a test's time: for deadline and Ctrl-C tests of the CLI."""
+
+
+def request_messages(request: dict[str, Any]) -> list[Message]:
+    """The request's chat messages as the project's Message type."""
+    return [Message(role=m["role"], content=m.get("content") or "", tool_call_id=m.get("tool_call_id"),
+                    tool_calls=[ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"])
+                                for c in m.get("tool_calls") or []])
+            for m in request["messages"]]
+
+
+def teacher_script(task: ResearchTask, manifest: SiteManifest) -> Script:
+    """The offline web's programmatic teacher as the model: it plans `task`, searches and fetches with the
+    real tools and cites what they returned. The offline web's address is read from the tool results."""
+
+    def script(request: dict[str, Any]) -> FakeReply:
+        seen = re.search(r"http://127\.0\.0\.1:\d+/", json.dumps(request["messages"]))
+        teacher = Teacher(task, manifest, seen.group(0) if seen else "")
+        reply = teacher.next_turn(request_messages(request))
+        return FakeReply(content=reply.content, tool_calls=[(c.name, c.arguments) for c in reply.tool_calls])
+
+    return script

@@ -1,0 +1,38 @@
+"""Two-hop research: a first wave finds the entity the question hinges on (a founder, a headquarters,
+a capital), a second wave looks up the asked fact about it, and the answer cites both pages.
+
+    python examples/two_hop.py                           # a held-out two-hop question on the offline web
+    python examples/two_hop.py --seed 5
+    python examples/two_hop.py --base-url http://localhost:8000/v1 --model moonshotai/Kimi-Linear-48B-A3B-Instruct \\
+        --question "In which year was the founder of Patagonia born?"
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import offline_task, parser, print_result, research_swarm, run_main, web_mode
+from swarm.launch import WebMode
+
+
+async def main(options: argparse.Namespace) -> None:
+    expected = None
+    if options.question:
+        prompt = options.question
+    elif web_mode(options) is WebMode.offline:
+        task = offline_task(options, "two_hop")
+        prompt, expected = task.prompt, task.answer
+    else:
+        raise SystemExit("error: on the live web, ask a question with --question")
+    print(f"Task: {prompt}\n")
+    async with research_swarm(options) as swarm:
+        result = await swarm.run(prompt)
+    print_result(result)
+    if expected is not None:
+        print(f"Expected (the offline web's facts): {expected}")
+
+
+if __name__ == "__main__":
+    options = parser(__doc__)
+    options.add_argument("--question", help="a two-hop question (default: a held-out offline-web question)")
+    run_main(main(options.parse_args()))
