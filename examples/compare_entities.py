@@ -3,8 +3,9 @@ compares them and answers with citations.
 
     python examples/compare_entities.py                  # held-out entities of the offline web, default model
     python examples/compare_entities.py --count 4 --seed 7
-    python examples/compare_entities.py --base-url http://localhost:8000/v1 --model moonshotai/Kimi-Linear-48B-A3B-Instruct \\
-        --search brave --kind city --attribute population --entities "Lyon, Porto, Gdansk"
+    python examples/compare_entities.py --base-url http://localhost:8000/v1 \\
+        --model moonshotai/Kimi-Linear-48B-A3B-Instruct --search brave \\
+        --kind city --attribute population --entities "Lyon, Porto, Gdansk"
 """
 
 from __future__ import annotations

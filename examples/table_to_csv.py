@@ -3,7 +3,8 @@ Markdown table, and this script writes it to CSV (one row per entity asked for, 
 
     python examples/table_to_csv.py --out table.csv      # 20 held-out entities of the offline web
     python examples/table_to_csv.py --rows 30 --seed 3 --out wide.csv
-    python examples/table_to_csv.py --base-url http://localhost:8000/v1 --model moonshotai/Kimi-Linear-48B-A3B-Instruct \\
+    python examples/table_to_csv.py --base-url http://localhost:8000/v1 \\
+        --model moonshotai/Kimi-Linear-48B-A3B-Instruct --search brave \\
         --kind country --attribute capital --entities "Peru, Kenya, Norway, Japan" --out capitals.csv
 """
 

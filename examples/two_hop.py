@@ -3,7 +3,8 @@ a capital), a second wave looks up the asked fact about it, and the answer cites
 
     python examples/two_hop.py                           # a held-out two-hop question on the offline web
     python examples/two_hop.py --seed 5
-    python examples/two_hop.py --base-url http://localhost:8000/v1 --model moonshotai/Kimi-Linear-48B-A3B-Instruct \\
+    python examples/two_hop.py --base-url http://localhost:8000/v1 \\
+        --model moonshotai/Kimi-Linear-48B-A3B-Instruct --search brave \\
         --question "In which year was the founder of Patagonia born?"
 """
 

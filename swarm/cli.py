@@ -55,11 +55,13 @@ app = typer.Typer(
 def run(
     task: Annotated[str, typer.Argument(help="The research task; '-' reads it from stdin.")],
     model: Annotated[str | None, typer.Option(
-        metavar="NAME|PATH", help="With --base-url: the served model name. Alone: a local Kimi Linear checkpoint directory. "
-             "Neither: the embedded default model.")] = None,
+        metavar="NAME|PATH", help="With --base-url: the served model name. Alone: a local Kimi Linear checkpoint "
+                                  "directory. Neither: the embedded default model.")] = None,
     base_url: Annotated[list[str] | None, typer.Option(
-        "--base-url", metavar="URL", help="OpenAI-compatible server, e.g. http://localhost:8000/v1. Repeat to spread runs.")] = None,
-    api_key: Annotated[str | None, typer.Option(envvar="OPENAI_API_KEY", metavar="KEY", help="Bearer key for --base-url.")] = None,
+        "--base-url", metavar="URL",
+        help="OpenAI-compatible server, e.g. http://localhost:8000/v1. Repeat to spread runs.")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="OPENAI_API_KEY", metavar="KEY", help="Bearer key for --base-url.")] = None,
     stream: Annotated[bool, typer.Option(help="Stream replies from --base-url (server-sent events).")] = False,
     max_agents: Annotated[int, typer.Option(min=1, help="Sub-agents over the whole run.")] = 100,
     max_tool_calls: Annotated[int, typer.Option(min=0, help="Executed tool calls of all agents.")] = 1500,
@@ -72,28 +74,33 @@ def run(
                                                          "takes the default model about 2,000).")] = 4096,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 0.0,
     tools: Annotated[str, typer.Option(
-        help=f"Comma-separated web tools to give the sub-agents, from: {', '.join(WEB_TOOLS)}.")] = "search,fetch,browse",
+        help=f"Comma-separated web tools to give the sub-agents, from: {', '.join(WEB_TOOLS)}.")
+    ] = "search,fetch,browse",
     web: Annotated[WebMode, typer.Option(
         help="Where the web tools go: 'offline' (the generated offline web on loopback), 'live' (the internet), "
              "'none' (no web tools), 'auto' (offline for the embedded default model, live otherwise).")
     ] = WebMode.auto,
     search: Annotated[str | None, typer.Option(
-        metavar="PROVIDER", help=f"Search provider on the live web: {', '.join(LIVE_SEARCH_PROVIDERS)} (keys and URLs "
-                                 "from BRAVE_API_KEY, TAVILY_API_KEY, SEARXNG_URL). Default: duckduckgo.")] = None,
+        metavar="PROVIDER", help=f"Search provider on the live web: {', '.join(LIVE_SEARCH_PROVIDERS)} (keys and "
+                                 "URLs from BRAVE_API_KEY, TAVILY_API_KEY, SEARXNG_URL). Default: duckduckgo.")] = None,
     tools_from: Annotated[list[str] | None, typer.Option(
-        "--tools-from", metavar="MODULE:ATTR", help="Extra tools, 'module:attribute' naming a tool, a typed callable, or a list of them. "
-                             "Repeatable.")] = None,
+        "--tools-from", metavar="MODULE:ATTR",
+        help="Extra tools, 'module:attribute' naming a tool, a typed callable, or a list of them. Repeatable.")
+    ] = None,
     context: Annotated[list[Path] | None, typer.Option(
-        "--context", exists=True, dir_okay=False, metavar="FILE", help="A shared context document for the orchestrator. "
-                                                       "Repeatable.")] = None,
-    out: Annotated[Path | None, typer.Option(metavar="FILE", help="Write a Markdown report (answer, sources, agents, usage).")] = None,
+        "--context", exists=True, dir_okay=False, metavar="FILE",
+        help="A shared context document for the orchestrator. Repeatable.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="Write a Markdown report (answer, sources, agents, usage).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the RunResult as JSON on stdout.")] = False,
     trace: Annotated[Path | None, typer.Option(metavar="FILE", help="Write every event of the run as JSONL.")] = None,
     record: Annotated[Path | None, typer.Option(
-        metavar="FILE", help="Record every model exchange to this JSONL tape, and every tool outcome to TAPE.tools.jsonl.")] = None,
+        metavar="FILE",
+        help="Record every model exchange to this JSONL tape, and every tool outcome to TAPE.tools.jsonl.")] = None,
     replay: Annotated[Path | None, typer.Option(
-        exists=True, dir_okay=False, metavar="FILE", help="Replay a recorded tape instead of calling a model; with its "
-                                          ".tools.jsonl beside it, tools are replayed too (no web needed).")] = None,
+        exists=True, dir_okay=False, metavar="FILE",
+        help="Replay a recorded tape instead of calling a model; with its .tools.jsonl beside it, tools are "
+             "replayed too (no web needed).")] = None,
 ) -> None:
     """Run a research swarm on TASK and print its answer with sources."""
     console = Console(stderr=True)

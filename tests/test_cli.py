@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -20,7 +21,9 @@ from swarm.budget import Limits
 from swarm.cli import app
 from swarm.display import LivePanel
 from swarm.events import AgentFinished, AgentStarted, Tokens, ToolCallStarted, read_trace
-from tests.fake_openai import CLI_COUNTER, FakeOpenAI, FakeReply, swarm_script
+from swarm.offline_web import ensure_site
+from swarm.offline_web.tasks import sample_task
+from tests.fake_openai import CLI_COUNTER, FakeOpenAI, FakeReply, swarm_script, teacher_script
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -171,3 +174,25 @@ def test_serve_web_serves_the_offline_web_until_ctrl_c():
     assert pages >= 2000
     assert home.status_code == 200 and "<a href=" in home.text
     assert process.returncode == 0, stderr
+
+
+def test_offline_web_run_records_and_replays_with_no_model_and_no_web(tmp_path):
+    manifest = ensure_site()[1]
+    task = sample_task(manifest, "compare", "heldout", random.Random(3), 3)
+    tape = tmp_path / "run.jsonl"
+    with FakeOpenAI(teacher_script(task, manifest)) as server:
+        recorded = runner.invoke(app, ["run", task.prompt, "--base-url", server.base_url, "--model", "teacher",
+                                       "--web", "offline", "--tools", "search,fetch", "--json", "--record", str(tape)])
+    assert recorded.exit_code == 0, recorded.output
+    data = json.loads(recorded.stdout)
+    assert re.search(rf"^Answer: {task.answer}, with .* \[http://127\.0\.0\.1:\d+{task.answer_url_path}\]\.$",
+                     data["answer"], re.MULTILINE)
+    assert sorted(c["url"].split("/", 3)[3] for c in data["citations"]) == sorted(
+        lookup.url_path.lstrip("/") for lookup in task.waves[0])
+    assert data["usage"]["tool_calls"] == 6 and data["usage"]["agents"] == 3
+
+    replayed = runner.invoke(app, ["run", task.prompt, "--replay", str(tape), "--tools", "search,fetch", "--json"])
+    assert replayed.exit_code == 0, replayed.output
+    again = json.loads(replayed.stdout)
+    assert (again["answer"], again["citations"]) == (data["answer"], data["citations"])
+    assert again["usage"] | {"wall_seconds": 0} == data["usage"] | {"wall_seconds": 0}
