@@ -97,6 +97,8 @@ class Swarm:
             raise ValueError("the task is empty")
         if isinstance(context, str):
             context = [context]
+        if self.tool_tape is not None:
+            self.tool_tape.begin_run()
         trace_file = self.trace_path.open("w", encoding="utf-8") if self.trace_path else None
         state = RunState(task, self.tools, self.limits, self.reply_options, trace_file, list(self._listeners),
                          self.tool_tape)

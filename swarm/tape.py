@@ -36,12 +36,14 @@ class ToolOutcome(BaseModel):
 
 
 class ToolTape:
-    """Open with `ToolTape.record(path)` or `ToolTape.replay(path)` and pass to `Swarm(tool_tape=...)`."""
+    """Open with `ToolTape.record(path)` or `ToolTape.replay(path)` and pass to `Swarm(tool_tape=...)`;
+    one tape holds one run."""
 
     def __init__(self, path: str | Path, replaying: bool) -> None:
         self.path = Path(path)
         self.replaying = replaying
         self._outcomes: dict[tuple[int, int, int], ToolOutcome] = {}
+        self._started = False
         self._file: IO[str] | None = None
         if replaying:
             with self.path.open(encoding="utf-8") as handle:
@@ -51,7 +53,11 @@ class ToolTape:
                             outcome = ToolOutcome.model_validate_json(line)
                         except ValueError as error:
                             raise ValueError(f"{self.path}:{number}: not a tool outcome ({error})") from error
-                        self._outcomes[(outcome.agent_id, outcome.step, outcome.position)] = outcome
+                        key = (outcome.agent_id, outcome.step, outcome.position)
+                        if key in self._outcomes:
+                            raise ValueError(f"{self.path}:{number}: a second outcome for agent {key[0]}, turn "
+                                             f"{key[1]}, call {key[2] + 1}: a tool tape holds one run")
+                        self._outcomes[key] = outcome
         else:
             self._file = self.path.open("w", encoding="utf-8")
 
@@ -62,6 +68,12 @@ class ToolTape:
     @classmethod
     def replay(cls, path: str | Path) -> ToolTape:
         return cls(path, replaying=True)
+
+    def begin_run(self) -> None:
+        """Called by Swarm.run: a tape records or replays exactly one run."""
+        if self._started:
+            raise ValueError(f"the tool tape {self.path} was already used for a run; open a new tape for each run")
+        self._started = True
 
     def write(self, outcome: ToolOutcome) -> None:
         if self._file is None:

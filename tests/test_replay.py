@@ -169,7 +169,10 @@ async def test_a_replay_that_departs_from_the_tool_tape_raises(tmp_path):
     with FakeOpenAI(swarm_script([["France", "Peru"]], subagent, answer=ANSWER)) as server:
         backend = OpenAIBackend(server.base_url, "m")
         with ToolTape.record(tape_file) as tape:
-            await Swarm(backend, [capital], tool_tape=tape).run("Two capitals.")
+            swarm = Swarm(backend, [capital], tool_tape=tape)
+            await swarm.run("Two capitals.")
+            with pytest.raises(ValueError, match="already used for a run; open a new tape for each run"):
+                await swarm.run("Two capitals again.")
         await backend.aclose()
     assert len(tape_file.read_text().splitlines()) == 2
 
@@ -185,6 +188,9 @@ async def test_a_replay_that_departs_from_the_tool_tape_raises(tmp_path):
 
     with pytest.raises(ToolTapeMismatch, match="no recorded tool call for agent 3"):
         ToolTape.replay(tape_file).take(3, 1, 0, "capital", "{}")
+    (tmp_path / "two_runs.jsonl").write_text(tape_file.read_text() * 2)
+    with pytest.raises(ValueError, match="two_runs.jsonl:3: a second outcome for agent 1, turn 1, call 1"):
+        ToolTape.replay(tmp_path / "two_runs.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"agent_id": 1}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1: not a tool outcome"):
         ToolTape.replay(tmp_path / "bad.jsonl")
