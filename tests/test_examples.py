@@ -85,12 +85,8 @@ def test_two_hop_research_runs_two_waves_and_cites_both_pages():
     assert "Usage: complete; 2 sub-agents in 2 wave(s), 4 tool calls" in done.stdout
 
 
-def test_live_web_needs_named_entities_and_a_bad_model_option_is_named():
-    no_entities = subprocess.run([sys.executable, str(REPO / "examples" / "compare_entities.py"), "--base-url",
-                                  "http://127.0.0.1:9/v1", "--model", "m"], cwd=REPO, capture_output=True, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
-    assert no_entities.returncode == 1 and "name what to compare with --entities" in no_entities.stderr
-    no_checkpoint = subprocess.run([sys.executable, str(REPO / "examples" / "two_hop.py"), "--model", "/nowhere",
-                                    "--question", "Who?"], cwd=REPO, capture_output=True, text=True,
-                                   env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
-    assert no_checkpoint.returncode == 1 and "'/nowhere' is not a checkpoint directory" in no_checkpoint.stderr
+def test_live_web_needs_named_entities():
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "compare_entities.py"), "--base-url",
+                           "http://127.0.0.1:9/v1", "--model", "m"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert done.returncode == 1 and "name what to compare with --entities" in done.stderr
