@@ -168,7 +168,7 @@ async def _run_call(state: RunState, record: AgentRecord, call: ToolCall,
     except ToolArgumentsError as error:
         problem = f"bad arguments for {call.name}: {error}"
         return _not_executed(state, record, call, f"Error: {problem}."), problem, False
-    outcome = await _outcome_of(state, record, call, tool, arguments, position)
+    outcome = await _execute(state, record, call, tool, arguments, position)
     if not outcome.executed:
         return _not_executed(state, record, call, outcome.output), None, True
     if outcome.evidence is not None:
@@ -176,9 +176,10 @@ async def _run_call(state: RunState, record: AgentRecord, call: ToolCall,
     return prompts.tool_result_message(call.id, outcome.output), None, False
 
 
-async def _outcome_of(state: RunState, record: AgentRecord, call: ToolCall, tool: Tool, arguments: dict,
-                      position: int) -> ToolOutcome:
-    """Take the budget and run the call, or, replaying a tool tape, take both from the recording."""
+async def _execute(state: RunState, record: AgentRecord, call: ToolCall, tool: Tool, arguments: dict,
+                   position: int) -> ToolOutcome:
+    """Take the budget and run the call (its record and events included); a refused call comes back not
+    executed. Replaying a tool tape, the budget decision and the outcome both come from the recording."""
     tape = state.tool_tape
     place = dict(agent_id=record.id, step=record.steps, position=position, tool=tool.name, arguments=call.arguments)
     if tape is not None and tape.replaying:
