@@ -25,9 +25,13 @@ class BlockManager:
         """Make the pages that the next `num_tokens` cached tokens land in exist and be private."""
         cache = self.cache
         if seq.num_cached % cache.page_size:
-            seq.block_table[-1] = cache.writable_page(seq.block_table[-1])
+            page = cache.writable_page(seq.block_table[-1])
+            if page != seq.block_table[-1]:
+                seq.block_table[-1] = page
+                cache.set_table_entry(seq.slot, len(seq.block_table) - 1, page)
         while len(seq.block_table) < cache.pages_for(seq.num_cached + num_tokens):
             seq.block_table.append(cache.alloc_page())
+            cache.set_table_entry(seq.slot, len(seq.block_table) - 1, seq.block_table[-1])
 
     def admit(self, seq: Sequence) -> None:
         seq.slot = self.cache.alloc_slot()
@@ -40,6 +44,7 @@ class BlockManager:
         """
         slots = self.cache.fresh_slots(len(children))
         self.cache.copy_slot(parent.slot, slots)
+        self.cache.copy_table(parent.slot, slots)
         self.cache.share_pages(parent.block_table, times=len(children))
         for child, slot in zip(children, slots):
             child.slot = slot

@@ -41,6 +41,10 @@ class SessionClosedError(RuntimeError):
     """An operation on a session that has been closed."""
 
 
+class EngineCrashedError(RuntimeError):
+    """The engine's worker thread died on an unexpected error; every request fails with it, none hangs."""
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -86,6 +90,7 @@ class Engine:
         """(batch size, seconds) of recent decode steps, for benchmarks and live displays."""
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._crash: EngineCrashedError | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -183,6 +188,8 @@ class Engine:
 
     def _send(self, command: tuple) -> None:
         with self._cond:
+            if self._crash is not None:
+                raise self._crash
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="kimi-engine", daemon=True)
                 self._thread.start()
@@ -190,6 +197,26 @@ class Engine:
             self._cond.notify()
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as error:  # a bug in the worker must fail every waiter, not leave them hanging
+            self._fail_everything(error)
+            raise
+
+    def _fail_everything(self, error: BaseException) -> None:
+        crash = EngineCrashedError(f"the engine worker stopped: {type(error).__name__}: {error}")
+        crash.__cause__ = error
+        with self._cond:
+            self._crash = crash
+            commands, self._commands = list(self._commands), deque()
+        waiters = [c[1] for c in commands if c[0] == "barrier"] + self._barriers
+        jobs = [c[2] for c in commands if c[0] == "open"] + [c[1] for c in commands if c[0] == "job"]
+        for job in [*jobs, *self.scheduler.prefilling, *self.scheduler.decoding]:
+            job.waiter.fail(crash)
+        for waiter in waiters:
+            waiter.fail(crash)
+
+    def _serve(self) -> None:
         idle = True
         while True:
             with self._cond:
@@ -297,15 +324,16 @@ class Engine:
         try:
             for job in batch:
                 self.blocks.prepare_append(job.seq, 1)
-            logits = self.runner.decode([job.seq for job in batch])
+            logits = self.runner.decode([job.seq for job in batch])[:, :self.vocab_limit]
+            greedy = logits.argmax(-1).tolist()
             self.decode_steps.append((len(batch), time.perf_counter() - started))
         except Exception as error:  # a failed forward fails its requests, not the engine
             for job in batch:
                 self._fail(job, error)
             return
-        for job, row in zip(batch, logits):
+        for job, row, greedy_token in zip(batch, logits, greedy):
             generation = job.generation
-            token = generation.sample(row[:self.vocab_limit])
+            token = greedy_token if generation.greedy else generation.sample(row)
             generation.accept(token)
             job.seq.token_ids.append(token)
             job.waiter.push(generation.take_delta())

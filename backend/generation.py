@@ -23,6 +23,11 @@ class Generation:
         self.finish_reason: FinishReason | None = None
         self._hold = max((len(s) for s in params.stop), default=1) - 1
 
+    @property
+    def greedy(self) -> bool:
+        """Greedy rows take the batch's argmax, computed on the device; only sampled rows need their logits."""
+        return self.params.temperature == 0.0
+
     def sample(self, logits: torch.Tensor) -> int:
         return sample_row(logits, self.params, self.generator)
 

@@ -28,11 +28,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Feed each session's last pending token; fp32 next-token logits [N, vocab] on the CPU."""
+        """Feed each session's last pending token; fp32 next-token logits [N, vocab], left on the device."""
         ids = torch.tensor([[s.token_ids[s.num_cached]] for s in seqs])
         ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs],
                            [s.num_cached for s in seqs], 1, shared_prefix=self.shared_prefix_attention)
         logits = self.model(ids, ctx, last_only=True)[:, 0]
         for s in seqs:
             s.num_cached += 1
-        return logits.cpu()
+        return logits

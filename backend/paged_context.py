@@ -22,9 +22,7 @@ class PagedContext:
         self.num_new = num_new
         self.starts = starts
         self.slots = torch.tensor(slots, device=device, dtype=torch.long)
-        width = max(len(t) for t in block_tables)
-        self.block_tables = torch.tensor([t + [0] * (width - len(t)) for t in block_tables],
-                                         device=device, dtype=torch.int32)
+        self.block_tables = cache.table_rows(self.slots, max(len(t) for t in block_tables))
         self.seq_lens = torch.tensor([s + num_new for s in starts], device=device, dtype=torch.int32)
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(num_new, device=device)
         pages = self.block_tables.long().gather(1, positions // cache.page_size)

@@ -4,7 +4,8 @@ A session holds one slot (per KDA layer: the fp32 recurrent state [H, K, V] and 
 window) whose size does not depend on its length, plus a block table of latent-cache pages (per
 MLA layer: page_size tokens x (kv_lora_rank + qk_rope_head_dim) values). Pages carry reference
 counts so that forks share their parent's pages; a shared page is copied before it is written.
-Everything is allocated once, up front, from a byte budget.
+Everything is allocated once, up front, from a byte budget. The block tables are mirrored on the
+device, one row per slot, updated entry by entry, so a decode step never rebuilds them from the host.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class StateCache:
         self.free_slots = list(range(max_sessions - 1, -1, -1))
         self.free_pages = list(range(num_pages - 1, -1, -1))
         self.page_refs = np.zeros(num_pages, dtype=np.int64)
+        self.tables = torch.zeros(max_sessions, min(num_pages, 256), device=device, dtype=torch.int32)
+        self._table_writes: list[tuple[int, int, int]] = []
 
     @classmethod
     def from_budget(cls, config: KimiLinearConfig, *, memory_bytes: int, max_sessions: int, page_size: int,
@@ -91,7 +94,36 @@ class StateCache:
         """Copy one slot into many with one indexed write per pool, whatever the number of copies."""
         index = torch.tensor(dsts, device=self.recurrent[0].device if self.recurrent else "cpu")
         for pool in (*self.recurrent, *self.conv):
-            pool.index_copy_(0, index, pool[src].unsqueeze(0).expand(len(dsts), *pool.shape[1:]))
+            pool.index_copy_(0, index, pool[src].clone().expand(len(dsts), *pool.shape[1:]))
+
+    def set_table_entry(self, slot: int, index: int, page: int) -> None:
+        """Block-table entry `index` of `slot` is `page` (written to the device at the next flush)."""
+        if index >= self.tables.shape[1]:
+            self._grow_tables(index + 1)
+        self._table_writes.append((slot, index, page))
+
+    def copy_table(self, src: int, dsts: list[int]) -> None:
+        """Forks start with their parent's block table."""
+        self.flush_tables()
+        index = torch.tensor(dsts, device=self.tables.device)
+        self.tables.index_copy_(0, index, self.tables[src].clone().expand(len(dsts), -1))
+
+    def table_rows(self, slots: torch.Tensor, width: int) -> torch.Tensor:
+        """The device block tables [len(slots), width] of a batch (entries past a table's end are stale)."""
+        self.flush_tables()
+        return self.tables[slots, :width]
+
+    def flush_tables(self) -> None:
+        if self._table_writes:
+            writes = torch.tensor(self._table_writes, dtype=torch.int64).to(self.tables.device)
+            self.tables[writes[:, 0], writes[:, 1]] = writes[:, 2].to(torch.int32)
+            self._table_writes.clear()
+
+    def _grow_tables(self, width: int) -> None:
+        grown = torch.zeros(self.max_sessions, min(self.num_pages, max(width, 2 * self.tables.shape[1])),
+                            device=self.tables.device, dtype=torch.int32)
+        grown[:, :self.tables.shape[1]] = self.tables
+        self.tables = grown
 
     def fresh_slots(self, count: int) -> list[int]:
         """Slots for forks: taken from the free list, not zeroed (they are overwritten by copy_slot)."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from backend import Engine, SamplingParams
+from backend.engine import EngineCrashedError
 from backend.state_cache import CacheCapacityError, CacheLayout
 from backend.tokenizer import ByteTokenizer
 from tests.model_support import write_tiny_checkpoint
@@ -185,3 +186,17 @@ async def test_bad_input_is_named(engine):
     session.close()
     with pytest.raises(RuntimeError, match="closed"):
         await session.generate()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_crashed_worker_fails_every_request_instead_of_hanging(engine, monkeypatch):
+    session = await engine.session([1, 2, 3])
+
+    def broken_step() -> bool:
+        raise RuntimeError("injected worker bug")
+
+    monkeypatch.setattr(engine, "_step", broken_step)
+    with pytest.raises(EngineCrashedError, match="injected worker bug"):
+        await asyncio.wait_for(session.generate(GREEDY), timeout=30)
+    with pytest.raises(EngineCrashedError):
+        await engine.session([4, 5])

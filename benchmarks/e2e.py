@@ -1,0 +1,276 @@
+"""Full-size run: the exact Kimi-Linear-48B-A3B configuration (random bf16 weights on the GPU) serving
+100 forked agents over one long shared context, against the roofline and transformers + fla.
+
+    python -m benchmarks.e2e                                    # H200: 128K context, 100 agents
+    python -m benchmarks.e2e --context 32768 --agents 32        # smaller, e.g. to fit an H100
+    python -m benchmarks.e2e --transformers                     # also transformers' KimiLinearForCausalLM
+
+Phases (ours): prefill of the shared context; fork into N agents; each agent's distinct private
+suffix and its first token; decode of every agent together (ms/step p50/p99, aggregate tok/s);
+the same decode without shared-prefix attention; batch-1 decode after 8K; peak memory and its
+parts. Floors use the copy bandwidth and matmul rate measured at the start of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import time
+
+import torch
+
+from backend import Engine, SamplingParams
+from backend.state_cache import CacheLayout
+from benchmarks.common import preset_config, random_model, sync
+
+PAGE = 64
+
+
+def measure_copy_bandwidth(device: torch.device) -> float:
+    """Bytes/s of a device-to-device copy, counting bytes read and written."""
+    size = (2 << 30) if device.type == "cuda" else (64 << 20)
+    src = torch.empty(size, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(10):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    del src, dst
+    return 2 * size / statistics.median(times)
+
+
+def measure_matmul_rate(device: torch.device) -> float:
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def ids(n: int, vocab: int, seed: int) -> list[int]:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+class Footprint:
+    """Bytes and FLOPs of the model that the floors are computed from."""
+
+    def __init__(self, model, config):
+        self.config = config
+        expert = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".experts." in n)
+        self.weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        moe_layers = config.num_hidden_layers - config.first_k_dense_replace
+        self.expert_bytes = expert / (config.num_experts * moe_layers)  # one expert of one layer
+        embed = config.vocab_size * config.hidden_size * 2
+        self.dense_bytes = self.weights - expert - embed  # read every step (lm_head included)
+        self.active_params = (self.dense_bytes + moe_layers * config.num_experts_per_token * self.expert_bytes) / 2
+        self.moe_layers = moe_layers
+
+    def decode_bytes(self, batch: int, layout: CacheLayout, shared_latent_tokens: int, private_tokens: int,
+                     shared_attention: bool) -> float:
+        c = self.config
+        unique = c.num_experts * (1 - (1 - c.num_experts_per_token / c.num_experts) ** batch)
+        experts = self.moe_layers * unique * self.expert_bytes
+        states = 2 * batch * layout.slot_bytes
+        per_token = layout.page_bytes / PAGE
+        latent_reads = shared_latent_tokens * (1 if shared_attention else batch) + batch * private_tokens
+        return self.dense_bytes + experts + states + latent_reads * per_token
+
+    def prefill_flops(self, tokens: int) -> float:
+        c = self.config
+        dense = 2 * self.active_params * tokens
+        mla = len(c.mla_layer_ids) * 2 * (tokens**2 / 2) * c.num_attention_heads * (c.latent_dim + c.kv_lora_rank)
+        d, chunk = c.kda_head_dim, 64
+        kda = len(c.kda_layer_ids) * c.kda_heads * (6 * tokens * d * d + 3 * tokens * chunk * d + tokens * chunk**2)
+        return dense + mla + kda
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def ours(args, device, config, rows, floors) -> None:
+    model = random_model(config, device, torch.bfloat16)
+    foot = Footprint(model, config)
+    layout = CacheLayout.for_config(config, torch.bfloat16, PAGE)
+    sessions = args.agents + 2
+    private_tokens = args.suffix + args.decode + 64
+    pages = -(-args.context // PAGE) + sessions * -(-private_tokens // PAGE) + sessions
+    budget = int(1.05 * (sessions * layout.slot_bytes + pages * layout.page_bytes))
+    engine = Engine(model, None, max_sessions=sessions, memory=budget, page_size=PAGE,
+                    prefill_chunk=args.chunk, max_batch=256)
+    vocab = config.vocab_size
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    warm = await engine.session(ids(2048, vocab, 99))
+    await warm.generate(SamplingParams(max_tokens=4, stop_token_ids=[]))
+    warm.close()
+    await engine.drain()
+
+    sync(device)
+    start = time.perf_counter()
+    root = await engine.session(ids(args.context, vocab, 0))
+    sync(device)
+    prefill_s = time.perf_counter() - start
+    flops = foot.prefill_flops(args.context)
+    rows.append((f"ours: prefill {args.context // 1024}K", f"{prefill_s:.2f} s ({args.context / prefill_s:,.0f} tok/s)",
+                 f"{flops / floors['matmul']:.2f} s compute floor"))
+
+    start = time.perf_counter()
+    agents = root.fork(args.agents)
+    await engine.drain()
+    sync(device)
+    fork_ms = (time.perf_counter() - start) * 1e3
+    rows.append((f"ours: fork {args.agents} agents", f"{fork_ms:.1f} ms", "state copy only"))
+
+    first = SamplingParams(max_tokens=1, stop_token_ids=[])
+    start = time.perf_counter()
+
+    async def suffix_then_first(i, agent):
+        await agent.extend(ids(args.suffix, vocab, 1000 + i))
+        await agent.generate(first)
+
+    await asyncio.gather(*(suffix_then_first(i, a) for i, a in enumerate(agents)))
+    sync(device)
+    suffix_s = time.perf_counter() - start
+    total = prefill_s + fork_ms / 1e3 + suffix_s
+    rows.append((f"ours: {args.suffix}-token suffix + first token, all agents", f"{suffix_s:.2f} s",
+                 f"context->first token of all: {total:.2f} s = {total / prefill_s:.2f}x one prefill"))
+
+    for shared in (True, False):
+        engine.runner.shared_prefix_attention = shared
+        steps = args.decode if shared else min(args.decode, 16)
+        engine.decode_steps.clear()
+        start = time.perf_counter()
+        await asyncio.gather(*(a.generate(SamplingParams(max_tokens=steps, stop_token_ids=[])) for a in agents))
+        wall = time.perf_counter() - start
+        step_ms = [t * 1e3 for b, t in engine.decode_steps if b == args.agents]
+        private = args.suffix + (args.decode if not shared else args.decode // 2)
+        floor_s = foot.decode_bytes(args.agents, layout, args.context, private, shared) / floors["copy"]
+        label = "shared-prefix attention" if shared else "NO shared-prefix attention"
+        p50 = statistics.median(step_ms)
+        rows.append((f"ours: decode {args.agents} agents, {label}",
+                     f"p50 {p50:.1f} ms/step, p99 {percentile(step_ms, 0.99):.1f} ms, "
+                     f"{args.agents * steps / wall:,.0f} tok/s",
+                     f"floor {floor_s * 1e3:.1f} ms/step -> {p50 / (floor_s * 1e3):.2f}x floor"))
+
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
+    stats = engine.stats()
+    states = stats["used_slots"] * layout.slot_bytes
+    latent = stats["used_pages"] * layout.page_bytes
+    shared_latent = -(-args.context // PAGE) * layout.page_bytes
+    target = 1.1 * (foot.weights + shared_latent + args.agents * (layout.slot_bytes + private_tokens / PAGE * layout.page_bytes))
+    rows.append(("ours: peak GPU memory", f"{peak / 2**30:.1f} GiB ({peak / target:.2f}x the target bound)",
+                 f"weights {foot.weights / 2**30:.1f} + KDA states {states / 2**30:.2f} + latent in use "
+                 f"{latent / 2**30:.2f} GiB; pool reserved up front {budget / 2**30:.1f} GiB; target bound "
+                 f"{target / 2**30:.1f} GiB"))
+    for a in [root, *agents]:
+        a.close()
+    await engine.drain()
+
+    single = await engine.session(ids(args.single_context, vocab, 7))
+    engine.decode_steps.clear()
+    await single.generate(SamplingParams(max_tokens=64, stop_token_ids=[]))
+    step = statistics.median(t for b, t in engine.decode_steps if b == 1) * 1e3
+    floor = foot.decode_bytes(1, layout, args.single_context, 0, True) / floors["copy"] * 1e3
+    rows.append((f"ours: decode batch 1 after {args.single_context // 1024}K", f"{step:.2f} ms/token", f"floor {floor:.2f} ms -> {step / floor:.1f}x"))
+    single.close()
+    rows.append(("ours: no-fork alternative", f"{args.agents} x {prefill_s:.2f} s = {args.agents * prefill_s:.0f} s",
+                 "each agent prefills the context itself (projected from the measured prefill)"))
+    engine.shutdown()
+    del engine, model, single, root, agents
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@torch.inference_mode()
+def theirs(args, device, config, rows) -> None:
+    """transformers' KimiLinearForCausalLM (fla kernels) with the same random initialisation."""
+    from transformers import KimiLinearConfig as HFConfig
+    from transformers import KimiLinearForCausalLM as HFModel
+
+    from benchmarks.common import PRESETS
+
+    hf_config = HFConfig(**{k: v for k, v in PRESETS[args.preset].items() if k != "model_type"})
+    with torch.device("meta"):
+        model = HFModel(hf_config)
+    model = model.to(torch.bfloat16).to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    for name, p in model.named_parameters():
+        if name.endswith("A_log"):
+            p.uniform_(0.0, 2.0, generator=gen)
+        elif name.endswith(("dt_bias", "e_score_correction_bias")):
+            p.normal_(0.0, 0.5, generator=gen)
+        elif p.dim() == 1:
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
+    model.eval()
+    vocab = config.vocab_size
+    x = torch.tensor([ids(args.context, vocab, 0)], device=device)
+    model(x[:, :2048], logits_to_keep=1)
+    sync(device)
+    start = time.perf_counter()
+    model(x, logits_to_keep=1, use_cache=True)
+    sync(device)
+    prefill_s = time.perf_counter() - start
+    rows.append((f"transformers+fla: prefill {args.context // 1024}K", f"{prefill_s:.2f} s "
+                 f"({args.context / prefill_s:,.0f} tok/s)", ""))
+    out = model(x[:, :args.single_context], logits_to_keep=1, use_cache=True)
+    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    times = []
+    for _ in range(16):
+        sync(device)
+        start = time.perf_counter()
+        out = model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        sync(device)
+        times.append(time.perf_counter() - start)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    rows.append((f"transformers+fla: decode batch 1 after {args.single_context // 1024}K", f"{statistics.median(times) * 1e3:.1f} ms/token", ""))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--context", type=int, default=131072)
+    parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--suffix", type=int, default=512)
+    parser.add_argument("--decode", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=16384, help="prefill chunk (tokens per forward)")
+    parser.add_argument("--transformers", action="store_true", help="also run transformers' model (fla kernels)")
+    parser.add_argument("--single-context", type=int, default=8192, help="context before the batch-1 decode")
+    parser.add_argument("--preset", default="48b", help="model preset of benchmarks.common (small: a smoke run)")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    config = preset_config(args.preset)
+    floors = {"copy": measure_copy_bandwidth(device), "matmul": measure_matmul_rate(device)}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"# e2e: {args.preset} preset on {name}, copy {floors['copy'] / 1e12:.2f} TB/s, "
+          f"bf16 matmul {floors['matmul'] / 1e12:.0f} TFLOP/s", flush=True)
+    rows: list[tuple[str, str, str]] = []
+    try:
+        await ours(args, device, config, rows, floors)
+        if args.transformers:
+            theirs(args, device, config, rows)
+    finally:
+        print("\n| phase | measured | floor / note |\n|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
