@@ -41,7 +41,9 @@ class StackedExperts(nn.Module):
         flat_ids = expert_ids.reshape(-1)
         order = flat_ids.argsort(stable=True)
         token_of = order // k
-        offsets = torch.bincount(flat_ids, minlength=self.w1.shape[0]).cumsum(0).to(torch.int32)
+        counts = torch.zeros(self.w1.shape[0], dtype=torch.int32, device=x.device)
+        counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=torch.int32))  # bincount syncs on CUDA
+        offsets = counts.cumsum(0, dtype=torch.int32)
         h = x.index_select(0, token_of)
         gate = torch._grouped_mm(h, self.w1.transpose(1, 2), offs=offsets)
         up = torch._grouped_mm(h, self.w3.transpose(1, 2), offs=offsets)

@@ -12,6 +12,7 @@ import torch
 
 import kernels
 from backend.state_cache import StateCache
+from kernels.mla_reference import gather_tokens
 
 
 class PagedContext:
@@ -40,11 +41,24 @@ class PagedContext:
     def kda_state(self, kda_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.cache.recurrent[kda_index], self.cache.conv[kda_index], self.slots
 
-    def mla_attend(self, mla_index: int, q_latent: torch.Tensor, q_pe: torch.Tensor,
-                   latent_new: torch.Tensor, scale: float) -> torch.Tensor:
+    def _store(self, mla_index: int, latent_new: torch.Tensor) -> torch.Tensor:
         pool = self.cache.latent[mla_index]
         pool.view(-1, pool.shape[-1]).index_copy_(0, self.write_rows,
                                                   latent_new.reshape(-1, pool.shape[-1]).to(pool.dtype))
+        return pool
+
+    def mla_cached_keys(self, mla_index: int, latent_new: torch.Tensor) -> list[torch.Tensor] | None:
+        """A prefill chunk: store latent_new, return each sequence's whole cached latent [start + T, R+P]
+        for the expanded form. None for a decode step, which attends in the absorbed form (mla_attend)."""
+        if self.num_new == 1:
+            return None
+        pool = self._store(mla_index, latent_new)
+        return [gather_tokens(pool, self.block_tables[i], 0, start + self.num_new)
+                for i, start in enumerate(self.starts)]
+
+    def mla_attend(self, mla_index: int, q_latent: torch.Tensor, q_pe: torch.Tensor,
+                   latent_new: torch.Tensor, scale: float) -> torch.Tensor:
+        pool = self._store(mla_index, latent_new)
         if self.num_new == 1 and self.shared_pages:
             out = kernels.mla_decode_shared(q_latent[:, 0], q_pe[:, 0], pool, self.block_tables[0, :self.shared_pages],
                                             self.shared_pages * self.cache.page_size, self.block_tables,

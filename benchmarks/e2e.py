@@ -97,6 +97,16 @@ class Footprint:
         return dense + mla + kda
 
 
+async def print_decode_profile(engine, agents, steps: int = 4) -> None:
+    """GPU kernels of a few decode steps of every agent, by total GPU time (where a step's time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine.runner.shared_prefix_attention = True
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        await asyncio.gather(*(a.generate(SamplingParams(max_tokens=steps, stop_token_ids=[])) for a in agents))
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -115,7 +125,7 @@ async def ours(args, device, config, rows, floors) -> None:
     vocab = config.vocab_size
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    warm = await engine.session(ids(2048, vocab, 99))
+    warm = await engine.session(ids(min(2048, args.context), vocab, 99))
     await warm.generate(SamplingParams(max_tokens=4, stop_token_ids=[]))
     warm.close()
     await engine.drain()
@@ -167,6 +177,8 @@ async def ours(args, device, config, rows, floors) -> None:
                      f"{args.agents * steps / wall:,.0f} tok/s",
                      f"floor {floor_s * 1e3:.1f} ms/step -> {p50 / (floor_s * 1e3):.2f}x floor"))
 
+    if args.profile:
+        await print_decode_profile(engine, agents)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
     stats = engine.stats()
     states = stats["used_slots"] * layout.slot_bytes
@@ -252,6 +264,7 @@ async def main() -> None:
     parser.add_argument("--chunk", type=int, default=16384, help="prefill chunk (tokens per forward)")
     parser.add_argument("--transformers", action="store_true", help="also run transformers' model (fla kernels)")
     parser.add_argument("--single-context", type=int, default=8192, help="context before the batch-1 decode")
+    parser.add_argument("--profile", action="store_true", help="print the GPU kernels of a few decode steps")
     parser.add_argument("--preset", default="48b", help="model preset of benchmarks.common (small: a smoke run)")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()

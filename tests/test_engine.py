@@ -200,3 +200,20 @@ async def test_a_crashed_worker_fails_every_request_instead_of_hanging(engine, m
         await asyncio.wait_for(session.generate(GREEDY), timeout=30)
     with pytest.raises(EngineCrashedError):
         await engine.session([4, 5])
+
+
+def test_paged_prefill_in_expanded_form_matches_the_dense_absorbed_form(engine):
+    """Prefill chunks attend with decompressed keys (SDPA), decode and DenseContext in the absorbed form."""
+    from backend.context import DenseContext
+    from backend.paged_context import PagedContext
+
+    model, cache = engine.model, engine.cache
+    ids = torch.tensor([random_ids(random.Random(5), 40)])
+    dense = model(ids, DenseContext(model.config, 1))
+    slot, pages = cache.alloc_slot(), [cache.alloc_page() for _ in range(cache.pages_for(40))]
+    for index, page in enumerate(pages):
+        cache.set_table_entry(slot, index, page)
+    first = model(ids[:, :24], PagedContext(cache, [slot], [pages[:2]], [0], 24))
+    rest = model(ids[:, 24:], PagedContext(cache, [slot], [pages], [24], 16))
+    paged = torch.cat([first, rest], dim=1)
+    assert torch.allclose(paged, dense, atol=1e-4, rtol=1e-4), (paged - dense).abs().max()
