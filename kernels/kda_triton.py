@@ -1,17 +1,19 @@
 """Triton kernels for Kimi Delta Attention: chunked prefill and the pooled one-token decode step.
 
 Chunked prefill is two launches:
-  1. `_kda_intra_kernel`, one program per (64-token chunk, head), all chunks in parallel: l2norm, the
-     gate's in-chunk cumsum G, the decay-weighted products A_qk and A_kk, the UT transform
-     T = (I + A_kk)^-1 and from it w = T (beta k e^G), u = T (beta v); plus q e^G, k e^(G_last - G).
+  1. `_kda_intra_kernel`, one program per (64-token chunk, head), all chunks in parallel. It streams the
+     chunk as four 16-token blocks; block i needs only blocks j < i. Per block: l2norm, the gate's
+     cumsum G, the decay-weighted products A_qk and A_kk against blocks j <= i, the block row of the UT
+     transform T = (I + beta A_kk)^-1, and from it w = T (beta k e^G), u = T (beta v); plus q e^G and
+     k e^(G_last - G) for the second launch.
   2. `_kda_inter_kernel`, one program per (sequence, head, V block), walks its chunks in order and
      carries the fp32 state S [K, BV]:  v' = u - w S;  o = (q e^G) S + A_qk v';
      S <- e^(G_last) S + (k e^(G_last - G))^T v'. The output is written here, so the per-chunk states
      never leave the chip.
-The decay products need exp(G_i - G_j) per key channel. They are factored through a reference point
-r per 16-row block, exp(G_i - G_r) exp(G_r - G_j), which is exact while the in-block decay stays under
-MAX_BLOCK_DECAY; chunks whose gates decay faster take an exact (slower) per-channel path instead.
-Same maths and layouts as kernels/kda_reference.py.
+The decay products need exp(G_r - G_c) per key channel without overflow. Between blocks they factor
+through the end of the earlier block, all factors <= 1. Inside a block they factor through the block
+start, exact while the block decays by at most MAX_BLOCK_DECAY; faster-decaying blocks (rare) take an
+exact row-by-row form. Same maths and layouts as kernels/kda_reference.py.
 """
 
 from __future__ import annotations
@@ -36,28 +38,8 @@ def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tenso
 
 
 @triton.jit
-def _load_block(q, k, v, g, beta, tok, valid, gref, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, i_h):
-    """One 16-token block: l2-normed, scaled q and k, v, beta, and G = gref + in-block cumsum of g."""
-    ck = tl.arange(0, BK)
-    cv = tl.arange(0, BV)
-    mask_k = valid[:, None] & (ck[None, :] < K)
-    offs_k = (tok[:, None] * H + i_h) * K + ck[None, :]
-    b_q = tl.load(q + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    b_k = tl.load(k + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    b_g = tl.load(g + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    b_v = tl.load(v + (tok[:, None] * H + i_h) * V + cv[None, :], mask=valid[:, None] & (cv[None, :] < V),
-                  other=0.0).to(tl.float32)
-    b_beta = tl.load(beta + tok * H + i_h, mask=valid, other=0.0).to(tl.float32)
-    if L2NORM:
-        b_q = b_q / tl.sqrt(tl.sum(b_q * b_q, axis=1) + 1e-6)[:, None]
-        b_k = b_k / tl.sqrt(tl.sum(b_k * b_k, axis=1) + 1e-6)[:, None]
-    return b_q * scale, b_k, b_v, b_beta, gref[None, :] + tl.cumsum(b_g, axis=0)
-
-
-@triton.jit
 def _diag_products(b_q, b_k, b_G, gref, BC: tl.constexpr, MAX_DECAY: tl.constexpr, DOT_PREC: tl.constexpr):
-    """A_qk (lower incl. diagonal) and A_kk (strictly lower) inside one block.
+    """A_qk (lower incl. diagonal) and A_kk (strictly lower) inside one 16-token block.
 
     exp(G_i - G_j) = exp(G_i - gref) exp(gref - G_j): exact while the block decays by at most MAX_DECAY
     (the second factor is <= e^MAX_DECAY); faster-decaying blocks take the exact row-by-row form.
@@ -84,14 +66,70 @@ def _diag_products(b_q, b_k, b_G, gref, BC: tl.constexpr, MAX_DECAY: tl.constexp
 
 
 @triton.jit
-def _off_products(q_up, k_up, gref_i, k_end, gend_j, DOT_PREC: tl.constexpr):
-    """A_qk and A_kk between row block i and an earlier column block j, through the end of block j.
+def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, aqk, akk, kb, qd, kd, glast, scale,
+                         H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
+                         L2NORM: tl.constexpr, DOT_PREC: tl.constexpr, MAX_DECAY: tl.constexpr):
+    """Block row i (16 tokens) of one chunk: A_qk[i, :], beta A_kk[i, :], and the decayed q / k rows.
 
-    exp(G_r - G_c) = [exp(G_r - gref_i)] exp(gref_i - gend_j) [exp(gend_j - G_c)]: every factor <= 1.
+    Against earlier blocks, exp(G_r - G_c) = exp(G_r - gref) exp(gref - G_c) with gref = G just before
+    block i: both factors <= 1, so one matrix product covers all earlier blocks.
     """
-    bridge = tl.exp(gref_i - gend_j)[None, :]
-    return (tl.dot(q_up * bridge, k_end, input_precision=DOT_PREC),
-            tl.dot(k_up * bridge, k_end, input_precision=DOT_PREC))
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_b = tl.program_id(2)
+    start = tl.load(chunk_starts + i_c).to(tl.int64)
+    end = tl.load(chunk_ends + i_c).to(tl.int64)
+    rows = tl.arange(0, C)
+    cc = tl.arange(0, BC)
+    ck = tl.arange(0, BK)
+    tok = start + rows
+    mask = (tok < end)[:, None] & (ck[None, :] < K)
+    offs = (tok[:, None] * H + i_h) * K + ck[None, :]
+    b_g = tl.load(g + offs, mask=mask, other=0.0).to(tl.float32)
+    G_last = tl.sum(b_g, axis=0)
+    gref = tl.sum(tl.where(rows[:, None] < i_b * BC, b_g, 0.0), axis=0)
+    earlier = rows[:, None] < i_b * BC
+    b_G = tl.cumsum(tl.where(earlier, b_g, 0.0), axis=0)
+    b_k = tl.load(k + offs, mask=mask & earlier, other=0.0).to(tl.float32)
+    if L2NORM:
+        b_k = b_k / tl.sqrt(tl.sum(b_k * b_k, axis=1) + 1e-6)[:, None]
+    k_cols = tl.trans(b_k * tl.exp(tl.where(earlier, gref[None, :] - b_G, float("-inf"))))
+
+    tok_i = start + i_b * BC + cc
+    ok_i = tok_i < end
+    mask_i = ok_i[:, None] & (ck[None, :] < K)
+    offs_i = (tok_i[:, None] * H + i_h) * K + ck[None, :]
+    q_i = tl.load(q + offs_i, mask=mask_i, other=0.0).to(tl.float32)
+    k_i = tl.load(k + offs_i, mask=mask_i, other=0.0).to(tl.float32)
+    g_i = tl.load(g + offs_i, mask=mask_i, other=0.0).to(tl.float32)
+    G_i = gref[None, :] + tl.cumsum(g_i, axis=0)
+    # G_last - G_i as a sum over the later tokens only: a difference of two long prefix sums would cancel
+    # (the last token's exponent must be exactly 0, not the rounding error of the whole chunk's sum)
+    tail = tl.sum(tl.where(rows[:, None] >= (i_b + 1) * BC, b_g, 0.0), axis=0)
+    after_i = tail[None, :] + (tl.cumsum(g_i, axis=0, reverse=True) - g_i)
+    beta_i = tl.load(beta + tok_i * H + i_h, mask=ok_i, other=0.0).to(tl.float32)
+    if L2NORM:
+        q_i = q_i / tl.sqrt(tl.sum(q_i * q_i, axis=1) + 1e-6)[:, None]
+        k_i = k_i / tl.sqrt(tl.sum(k_i * k_i, axis=1) + 1e-6)[:, None]
+    q_i = q_i * scale
+    up = tl.exp(G_i - gref[None, :])
+    a_qk = tl.dot(q_i * up, k_cols, input_precision=DOT_PREC)
+    a_kk = tl.dot(k_i * up, k_cols, input_precision=DOT_PREC) * beta_i[:, None]
+    d_qk, d_kk = _diag_products(q_i, k_i, G_i, gref, BC, MAX_DECAY, DOT_PREC)
+
+    ty = qd.dtype.element_ty
+    row_a = (tok_i[:, None] * H + i_h) * C
+    before = ok_i[:, None] & (rows[None, :] < i_b * BC)
+    tl.store(aqk + row_a + rows[None, :], a_qk.to(ty), mask=before)
+    tl.store(akk + row_a + rows[None, :], a_kk, mask=before)
+    tl.store(aqk + row_a + i_b * BC + cc[None, :], d_qk.to(ty), mask=ok_i[:, None])
+    tl.store(akk + row_a + i_b * BC + cc[None, :], d_kk * beta_i[:, None], mask=ok_i[:, None])
+    decay = tl.exp(G_i)
+    tl.store(kb + offs_i, (k_i * decay * beta_i[:, None]).to(ty), mask=mask_i)
+    tl.store(qd + offs_i, (q_i * decay).to(ty), mask=mask_i)
+    tl.store(kd + offs_i, (k_i * tl.exp(after_i)).to(ty), mask=mask_i)
+    if i_b == 0:
+        tl.store(glast + (i_c * H + i_h) * BK + ck, tl.exp(G_last))
 
 
 @triton.jit
@@ -107,138 +145,89 @@ def _invert_unit_lower(a, BC: tl.constexpr, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
-def _store_block(w, u, qd, kd, aqk, tok, valid, i_h, b_w, b_u, b_q, b_k, b_G, G_last,
-                 a0, a1, a2, a3, N_COLS: tl.constexpr,
-                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 BC: tl.constexpr, C: tl.constexpr):
-    ck = tl.arange(0, BK)
-    cv = tl.arange(0, BV)
+def _tile(ptr, start, end, i_h, r: tl.constexpr, c: tl.constexpr, H: tl.constexpr, C: tl.constexpr,
+          BC: tl.constexpr):
+    """Block (r, c) of one chunk's [C, C] matrix stored per token."""
     cc = tl.arange(0, BC)
-    ty = w.dtype.element_ty
-    mask_k = valid[:, None] & (ck[None, :] < K)
-    offs_k = (tok[:, None] * H + i_h) * K + ck[None, :]
-    tl.store(w + offs_k, b_w.to(ty), mask=mask_k)
-    tl.store(qd + offs_k, (b_q * tl.exp(b_G)).to(ty), mask=mask_k)
-    tl.store(kd + offs_k, (b_k * tl.exp(G_last[None, :] - b_G)).to(ty), mask=mask_k)
-    tl.store(u + (tok[:, None] * H + i_h) * V + cv[None, :], b_u.to(ty), mask=valid[:, None] & (cv[None, :] < V))
-    p_a = aqk + (tok[:, None] * H + i_h) * C + cc[None, :]
-    tl.store(p_a, a0.to(ty), mask=valid[:, None])
-    if N_COLS > 1:
-        tl.store(p_a + BC, a1.to(ty), mask=valid[:, None])
-    if N_COLS > 2:
-        tl.store(p_a + 2 * BC, a2.to(ty), mask=valid[:, None])
-    if N_COLS > 3:
-        tl.store(p_a + 3 * BC, a3.to(ty), mask=valid[:, None])
+    tok = start + r * BC + cc
+    return tl.load(ptr + (tok[:, None] * H + i_h) * C + c * BC + cc[None, :], mask=(tok < end)[:, None], other=0.0)
 
 
 @triton.jit
-def _kda_intra_kernel(q, k, v, g, beta, chunk_starts, chunk_ends, w, u, qd, kd, aqk, glast, scale,
+def _rows(ptr, start, end, i_h, r: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, H: tl.constexpr,
+          BC: tl.constexpr):
+    """Rows of block r of a per-token [*, H, D] tensor, as fp32 [BC, BD]."""
+    cc = tl.arange(0, BC)
+    cd = tl.arange(0, BD)
+    tok = start + r * BC + cc
+    return tl.load(ptr + (tok[:, None] * H + i_h) * D + cd[None, :], mask=(tok < end)[:, None] & (cd[None, :] < D),
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_rows(ptr, x, start, end, i_h, r: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, H: tl.constexpr,
+                BC: tl.constexpr):
+    cc = tl.arange(0, BC)
+    cd = tl.arange(0, BD)
+    tok = start + r * BC + cc
+    tl.store(ptr + (tok[:, None] * H + i_h) * D + cd[None, :], x.to(ptr.dtype.element_ty),
+             mask=(tok < end)[:, None] & (cd[None, :] < D))
+
+
+@triton.jit
+def _kda_solve_kernel(akk, kb, v, beta, chunk_starts, chunk_ends, w, u,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      C: tl.constexpr, BC: tl.constexpr, L2NORM: tl.constexpr, DOT_PREC: tl.constexpr,
-                      MAX_DECAY: tl.constexpr):
-    """The chunk as four 16-token blocks, streamed in order: block i needs only blocks j < i."""
-    tl.static_assert(C == 4 * BC)
+                      C: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr):
+    """T = (I + beta A_kk)^-1 by 16x16 blocks, then w = T (beta k e^G) and u = T (beta v)."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
     start = tl.load(chunk_starts + i_c).to(tl.int64)
     end = tl.load(chunk_ends + i_c).to(tl.int64)
-    cc = tl.arange(0, BC)
-    ck = tl.arange(0, BK)
-
-    # G_last first: kd = k exp(G_last - G) is written block by block.
-    G_last = tl.zeros([BK], dtype=tl.float32)
-    for i_b in tl.static_range(4):
-        tok = start + i_b * BC + cc
-        m = (tok < end)[:, None] & (ck[None, :] < K)
-        G_last += tl.sum(tl.load(g + (tok[:, None] * H + i_h) * K + ck[None, :], mask=m, other=0.0).to(tl.float32),
-                         axis=0)
-    tl.store(glast + (i_c * H + i_h) * BK + ck, tl.exp(G_last))
-    zero = tl.zeros([BC, BC], dtype=tl.float32)
-
-    # block 0
-    tok0 = start + cc
-    ok0 = tok0 < end
-    gref0 = tl.zeros([BK], dtype=tl.float32)
-    q0, k0, v0, b0, G0 = _load_block(q, k, v, g, beta, tok0, ok0, gref0, scale, H, K, V, BK, BV, L2NORM, i_h)
-    gend0 = tl.sum(tl.where(cc[:, None] == BC - 1, G0, 0.0), axis=0)
-    aq00, ak00 = _diag_products(q0, k0, G0, gref0, BC, MAX_DECAY, DOT_PREC)
-    t00 = _invert_unit_lower(ak00 * b0[:, None], BC, DOT_PREC)
-    kb0 = k0 * tl.exp(G0) * b0[:, None]
-    vb0 = v0 * b0[:, None]
-    _store_block(w, u, qd, kd, aqk, tok0, ok0, i_h,
-                 tl.dot(t00, kb0, input_precision=DOT_PREC), tl.dot(t00, vb0, input_precision=DOT_PREC),
-                 q0, k0, G0, G_last, aq00, zero, zero, zero, 1, H, K, V, BK, BV, BC, C)
-    kend0 = tl.trans(k0 * tl.exp(gend0[None, :] - G0))
-
-    # block 1
-    tok1 = start + BC + cc
-    ok1 = tok1 < end
-    q1, k1, v1, b1, G1 = _load_block(q, k, v, g, beta, tok1, ok1, gend0, scale, H, K, V, BK, BV, L2NORM, i_h)
-    gend1 = tl.sum(tl.where(cc[:, None] == BC - 1, G1, 0.0), axis=0)
-    up1 = tl.exp(G1 - gend0[None, :])
-    aq11, ak11 = _diag_products(q1, k1, G1, gend0, BC, MAX_DECAY, DOT_PREC)
-    aq10, ak10 = _off_products(q1 * up1, k1 * up1, gend0, kend0, gend0, DOT_PREC)
-    t11 = _invert_unit_lower(ak11 * b1[:, None], BC, DOT_PREC)
-    t10 = -tl.dot(t11, tl.dot(ak10 * b1[:, None], t00, input_precision=DOT_PREC), input_precision=DOT_PREC)
-    kb1 = k1 * tl.exp(G1) * b1[:, None]
-    vb1 = v1 * b1[:, None]
-    w1 = tl.dot(t10, kb0, input_precision=DOT_PREC) + tl.dot(t11, kb1, input_precision=DOT_PREC)
-    u1 = tl.dot(t10, vb0, input_precision=DOT_PREC) + tl.dot(t11, vb1, input_precision=DOT_PREC)
-    _store_block(w, u, qd, kd, aqk, tok1, ok1, i_h, w1, u1, q1, k1, G1, G_last, aq10, aq11, zero, zero, 2,
-                 H, K, V, BK, BV, BC, C)
-    kend1 = tl.trans(k1 * tl.exp(gend1[None, :] - G1))
-
-    # block 2
-    tok2 = start + 2 * BC + cc
-    ok2 = tok2 < end
-    q2, k2, v2, b2, G2 = _load_block(q, k, v, g, beta, tok2, ok2, gend1, scale, H, K, V, BK, BV, L2NORM, i_h)
-    gend2 = tl.sum(tl.where(cc[:, None] == BC - 1, G2, 0.0), axis=0)
-    up2 = tl.exp(G2 - gend1[None, :])
-    aq22, ak22 = _diag_products(q2, k2, G2, gend1, BC, MAX_DECAY, DOT_PREC)
-    aq20, ak20 = _off_products(q2 * up2, k2 * up2, gend1, kend0, gend0, DOT_PREC)
-    aq21, ak21 = _off_products(q2 * up2, k2 * up2, gend1, kend1, gend1, DOT_PREC)
-    t22 = _invert_unit_lower(ak22 * b2[:, None], BC, DOT_PREC)
-    l20 = ak20 * b2[:, None]
-    l21 = ak21 * b2[:, None]
+    t00 = _invert_unit_lower(_tile(akk, start, end, i_h, 0, 0, H, C, BC), BC, DOT_PREC)
+    t11 = _invert_unit_lower(_tile(akk, start, end, i_h, 1, 1, H, C, BC), BC, DOT_PREC)
+    t22 = _invert_unit_lower(_tile(akk, start, end, i_h, 2, 2, H, C, BC), BC, DOT_PREC)
+    t33 = _invert_unit_lower(_tile(akk, start, end, i_h, 3, 3, H, C, BC), BC, DOT_PREC)
+    l10 = _tile(akk, start, end, i_h, 1, 0, H, C, BC)
+    l20 = _tile(akk, start, end, i_h, 2, 0, H, C, BC)
+    l21 = _tile(akk, start, end, i_h, 2, 1, H, C, BC)
+    l30 = _tile(akk, start, end, i_h, 3, 0, H, C, BC)
+    l31 = _tile(akk, start, end, i_h, 3, 1, H, C, BC)
+    l32 = _tile(akk, start, end, i_h, 3, 2, H, C, BC)
+    # T_ij = -T_ii sum_{j <= m < i} L_im T_mj
+    t10 = -tl.dot(t11, tl.dot(l10, t00, input_precision=DOT_PREC), input_precision=DOT_PREC)
     t21 = -tl.dot(t22, tl.dot(l21, t11, input_precision=DOT_PREC), input_precision=DOT_PREC)
+    t32 = -tl.dot(t33, tl.dot(l32, t22, input_precision=DOT_PREC), input_precision=DOT_PREC)
     t20 = -tl.dot(t22, tl.dot(l20, t00, input_precision=DOT_PREC) + tl.dot(l21, t10, input_precision=DOT_PREC),
                   input_precision=DOT_PREC)
-    kb2 = k2 * tl.exp(G2) * b2[:, None]
-    vb2 = v2 * b2[:, None]
-    w2 = (tl.dot(t20, kb0, input_precision=DOT_PREC) + tl.dot(t21, kb1, input_precision=DOT_PREC)
-          + tl.dot(t22, kb2, input_precision=DOT_PREC))
-    u2 = (tl.dot(t20, vb0, input_precision=DOT_PREC) + tl.dot(t21, vb1, input_precision=DOT_PREC)
-          + tl.dot(t22, vb2, input_precision=DOT_PREC))
-    _store_block(w, u, qd, kd, aqk, tok2, ok2, i_h, w2, u2, q2, k2, G2, G_last, aq20, aq21, aq22, zero, 3,
-                 H, K, V, BK, BV, BC, C)
-    kend2 = tl.trans(k2 * tl.exp(gend2[None, :] - G2))
-
-    # block 3
-    tok3 = start + 3 * BC + cc
-    ok3 = tok3 < end
-    q3, k3, v3, b3, G3 = _load_block(q, k, v, g, beta, tok3, ok3, gend2, scale, H, K, V, BK, BV, L2NORM, i_h)
-    up3 = tl.exp(G3 - gend2[None, :])
-    aq33, ak33 = _diag_products(q3, k3, G3, gend2, BC, MAX_DECAY, DOT_PREC)
-    aq30, ak30 = _off_products(q3 * up3, k3 * up3, gend2, kend0, gend0, DOT_PREC)
-    aq31, ak31 = _off_products(q3 * up3, k3 * up3, gend2, kend1, gend1, DOT_PREC)
-    aq32, ak32 = _off_products(q3 * up3, k3 * up3, gend2, kend2, gend2, DOT_PREC)
-    t33 = _invert_unit_lower(ak33 * b3[:, None], BC, DOT_PREC)
-    l30 = ak30 * b3[:, None]
-    l31 = ak31 * b3[:, None]
-    l32 = ak32 * b3[:, None]
-    t32 = -tl.dot(t33, tl.dot(l32, t22, input_precision=DOT_PREC), input_precision=DOT_PREC)
     t31 = -tl.dot(t33, tl.dot(l31, t11, input_precision=DOT_PREC) + tl.dot(l32, t21, input_precision=DOT_PREC),
                   input_precision=DOT_PREC)
     t30 = -tl.dot(t33, tl.dot(l30, t00, input_precision=DOT_PREC) + tl.dot(l31, t10, input_precision=DOT_PREC)
                   + tl.dot(l32, t20, input_precision=DOT_PREC), input_precision=DOT_PREC)
-    kb3 = k3 * tl.exp(G3) * b3[:, None]
-    vb3 = v3 * b3[:, None]
-    w3 = (tl.dot(t30, kb0, input_precision=DOT_PREC) + tl.dot(t31, kb1, input_precision=DOT_PREC)
-          + tl.dot(t32, kb2, input_precision=DOT_PREC) + tl.dot(t33, kb3, input_precision=DOT_PREC))
-    u3 = (tl.dot(t30, vb0, input_precision=DOT_PREC) + tl.dot(t31, vb1, input_precision=DOT_PREC)
-          + tl.dot(t32, vb2, input_precision=DOT_PREC) + tl.dot(t33, vb3, input_precision=DOT_PREC))
-    _store_block(w, u, qd, kd, aqk, tok3, ok3, i_h, w3, u3, q3, k3, G3, G_last, aq30, aq31, aq32, aq33, 4,
-                 H, K, V, BK, BV, BC, C)
+
+    kb0 = _rows(kb, start, end, i_h, 0, K, BK, H, BC)
+    kb1 = _rows(kb, start, end, i_h, 1, K, BK, H, BC)
+    kb2 = _rows(kb, start, end, i_h, 2, K, BK, H, BC)
+    kb3 = _rows(kb, start, end, i_h, 3, K, BK, H, BC)
+    _store_rows(w, tl.dot(t00, kb0, input_precision=DOT_PREC), start, end, i_h, 0, K, BK, H, BC)
+    _store_rows(w, tl.dot(t10, kb0, input_precision=DOT_PREC) + tl.dot(t11, kb1, input_precision=DOT_PREC),
+                start, end, i_h, 1, K, BK, H, BC)
+    _store_rows(w, tl.dot(t20, kb0, input_precision=DOT_PREC) + tl.dot(t21, kb1, input_precision=DOT_PREC)
+                + tl.dot(t22, kb2, input_precision=DOT_PREC), start, end, i_h, 2, K, BK, H, BC)
+    _store_rows(w, tl.dot(t30, kb0, input_precision=DOT_PREC) + tl.dot(t31, kb1, input_precision=DOT_PREC)
+                + tl.dot(t32, kb2, input_precision=DOT_PREC) + tl.dot(t33, kb3, input_precision=DOT_PREC),
+                start, end, i_h, 3, K, BK, H, BC)
+    vb0 = _rows(v, start, end, i_h, 0, V, BV, H, BC) * _rows(beta, start, end, i_h, 0, 1, 1, H, BC)
+    vb1 = _rows(v, start, end, i_h, 1, V, BV, H, BC) * _rows(beta, start, end, i_h, 1, 1, 1, H, BC)
+    vb2 = _rows(v, start, end, i_h, 2, V, BV, H, BC) * _rows(beta, start, end, i_h, 2, 1, 1, H, BC)
+    vb3 = _rows(v, start, end, i_h, 3, V, BV, H, BC) * _rows(beta, start, end, i_h, 3, 1, 1, H, BC)
+    _store_rows(u, tl.dot(t00, vb0, input_precision=DOT_PREC), start, end, i_h, 0, V, BV, H, BC)
+    _store_rows(u, tl.dot(t10, vb0, input_precision=DOT_PREC) + tl.dot(t11, vb1, input_precision=DOT_PREC),
+                start, end, i_h, 1, V, BV, H, BC)
+    _store_rows(u, tl.dot(t20, vb0, input_precision=DOT_PREC) + tl.dot(t21, vb1, input_precision=DOT_PREC)
+                + tl.dot(t22, vb2, input_precision=DOT_PREC), start, end, i_h, 2, V, BV, H, BC)
+    _store_rows(u, tl.dot(t30, vb0, input_precision=DOT_PREC) + tl.dot(t31, vb1, input_precision=DOT_PREC)
+                + tl.dot(t32, vb2, input_precision=DOT_PREC) + tl.dot(t33, vb3, input_precision=DOT_PREC),
+                start, end, i_h, 3, V, BV, H, BC)
 
 
 @triton.jit
@@ -344,8 +333,12 @@ def _chunk_table(cu_seqlens: torch.Tensor, total_tokens: int):
 
 
 def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
-                     cu_seqlens=None, use_qk_l2norm=False, block_v=None, intra_warps=4):
-    """Same contract as kernels.kda_reference.chunk_kda_reference, on CUDA (or the Triton interpreter)."""
+                     cu_seqlens=None, use_qk_l2norm=False, block_v=None, intra_warps=4, solve_warps=4, inter_warps=4,
+                     inter_stages=2):
+    """Same contract as kernels.kda_reference.chunk_kda_reference, on CUDA (or the Triton interpreter).
+
+    block_v and the *_warps / inter_stages knobs are launch shapes only (benchmarks/kernels.py sweeps them).
+    """
     _check_kda_inputs(q, k, v, g, beta)
     b, t, h, kd = q.shape
     vd = v.shape[-1]
@@ -367,23 +360,27 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
     starts, ends, first = _chunk_table(cu, b * t)
     n_chunks = len(starts)
     ty = q.dtype
-    w, qd, kdec = (_empty(b * t, h, kd, device=q.device, dtype=ty) for _ in range(3))
+    w, kb, qd, kdec = (_empty(b * t, h, kd, device=q.device, dtype=ty) for _ in range(4))
     u = _empty(b * t, h, vd, device=q.device, dtype=ty)
     aqk = _empty(b * t, h, CHUNK, device=q.device, dtype=ty)
+    akk = _empty(b * t, h, CHUNK, device=q.device, dtype=torch.float32)
     glast = _empty(n_chunks, h, bk, device=q.device, dtype=torch.float32)
     prec = _dot_precision(ty)
     if n_chunks:
-        _kda_intra_kernel[(n_chunks, h)](
-            q, k, v, g, beta, starts, ends, w, u, qd, kdec, aqk, glast, scale,
-            H=h, K=kd, V=vd, BK=bk, BV=bv, C=CHUNK, BC=SUB, L2NORM=use_qk_l2norm, DOT_PREC=prec,
-            MAX_DECAY=MAX_BLOCK_DECAY, num_warps=intra_warps)
+        _kda_blockrow_kernel[(n_chunks, h, CHUNK // SUB)](
+            q, k, g, beta, starts, ends, aqk, akk, kb, qd, kdec, glast, scale,
+            H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, L2NORM=use_qk_l2norm, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY,
+            num_warps=intra_warps)
+        _kda_solve_kernel[(n_chunks, h)](
+            akk, kb, v, beta, starts, ends, w, u,
+            H=h, K=kd, V=vd, BK=bk, BV=bv, C=CHUNK, BC=SUB, DOT_PREC=prec, num_warps=solve_warps)
     o = _empty(b, t, h, vd, device=q.device, dtype=ty)
     final = _empty(n, h, kd, vd, device=q.device, dtype=torch.float32) if output_final_state else None
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else None
     _kda_inter_kernel[(triton.cdiv(vd, block_v), n * h)](
         w, u, qd, kdec, aqk, glast, cu, first, h0, final, o,
         H=h, K=kd, V=vd, BK=bk, BV=block_v, C=CHUNK, BC=SUB, HAS_H0=h0 is not None, STORE_HT=final is not None,
-        DOT_PREC=prec, num_warps=4, num_stages=2)
+        DOT_PREC=prec, num_warps=inter_warps, num_stages=inter_stages)
     return o, final
 
 

@@ -67,6 +67,17 @@ def test_chunk_kda_matches_naive_recurrence(gate_scale):
     assert rel_err(final, ref_final) <= FP32_TOL
 
 
+def test_chunk_kda_final_state_keeps_fp32_precision_under_fast_decay():
+    """One chunk with strong gates: the last tokens' decay to the chunk end must not be a difference of two
+    long sums (that cancellation once cost the final state three digits)."""
+    q, k, v, g, beta = kda_inputs(1, 64, 2, 16, 16, gate_scale=30.0)
+    o, final = kda_triton.chunk_kda_triton(q, k, v, g, beta, output_final_state=True, use_qk_l2norm=True)
+    ref_o, ref_final = kda_reference.naive_recurrent_kda(*float64(q, k, v, g, beta), output_final_state=True,
+                                                         use_qk_l2norm=True)
+    assert rel_err(o, ref_o) <= 1e-5
+    assert rel_err(final, ref_final) <= 1e-5
+
+
 def test_chunk_kda_varlen_and_single_tokens():
     """cu_seqlens with a T=1 sequence, an exact 64-token chunk and a ragged tail; custom scale, no l2norm."""
     q, k, v, g, beta = kda_inputs(1, 150, 1, 32, 16)
