@@ -1,17 +1,17 @@
 """Triton kernels for Kimi Delta Attention: chunked prefill and the pooled one-token decode step.
 
-Chunked prefill is two launches:
-  1. `_kda_intra_kernel`, one program per (64-token chunk, head), all chunks in parallel. It streams the
-     chunk as four 16-token blocks; block i needs only blocks j < i. Per block: l2norm, the gate's
-     cumsum G, the decay-weighted products A_qk and A_kk against blocks j <= i, the block row of the UT
-     transform T = (I + beta A_kk)^-1, and from it w = T (beta k e^G), u = T (beta v); plus q e^G and
-     k e^(G_last - G) for the second launch.
-  2. `_kda_inter_kernel`, one program per (sequence, head, V block), walks its chunks in order and
+Chunked prefill is three launches:
+  1. `_kda_blockrow_kernel`, one program per (64-token chunk, head, 16-token block row), all in parallel:
+     l2norm, the gate's cumsum G, the decay-weighted products A_qk and beta A_kk of block row i against
+     blocks j <= i, and the decayed rows q e^G, beta k e^G and k e^(G_last - G) for the later launches.
+  2. `_kda_solve_kernel`, one program per (chunk, head): the UT transform T = (I + beta A_kk)^-1 by 16x16
+     blocks, then w = T (beta k e^G) and u = T (beta v).
+  3. `_kda_inter_kernel`, one program per (sequence, head, V block), walks its chunks in order and
      carries the fp32 state S [K, BV]:  v' = u - w S;  o = (q e^G) S + A_qk v';
      S <- e^(G_last) S + (k e^(G_last - G))^T v'. The output is written here, so the per-chunk states
      never leave the chip.
-The decay products need exp(G_r - G_c) per key channel without overflow. Between blocks they factor
-through the end of the earlier block, all factors <= 1. Inside a block they factor through the block
+The decay products need exp(G_r - G_c) per key channel without overflow. Against earlier blocks they
+factor through the start of block i, both factors <= 1. Inside a block they factor through the block
 start, exact while the block decays by at most MAX_BLOCK_DECAY; faster-decaying blocks (rare) take an
 exact row-by-row form. Same maths and layouts as kernels/kda_reference.py.
 """
