@@ -88,6 +88,7 @@ def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, aqk, akk, kb, 
     b_g = tl.load(g + offs, mask=mask, other=0.0).to(tl.float32)
     G_last = tl.sum(b_g, axis=0)
     gref = tl.sum(tl.where(rows[:, None] < i_b * BC, b_g, 0.0), axis=0)
+    tail = tl.sum(tl.where(rows[:, None] >= (i_b + 1) * BC, b_g, 0.0), axis=0)
     earlier = rows[:, None] < i_b * BC
     b_G = tl.cumsum(tl.where(earlier, b_g, 0.0), axis=0)
     b_k = tl.load(k + offs, mask=mask & earlier, other=0.0).to(tl.float32)
@@ -105,7 +106,6 @@ def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, aqk, akk, kb, 
     G_i = gref[None, :] + tl.cumsum(g_i, axis=0)
     # G_last - G_i as a sum over the later tokens only: a difference of two long prefix sums would cancel
     # (the last token's exponent must be exactly 0, not the rounding error of the whole chunk's sum)
-    tail = tl.sum(tl.where(rows[:, None] >= (i_b + 1) * BC, b_g, 0.0), axis=0)
     after_i = tail[None, :] + (tl.cumsum(g_i, axis=0, reverse=True) - g_i)
     beta_i = tl.load(beta + tok_i * H + i_h, mask=ok_i, other=0.0).to(tl.float32)
     if L2NORM:
