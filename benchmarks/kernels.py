@@ -1,23 +1,32 @@
 """Kernel benchmark on the GPU: our Triton kernels vs fla-core vs the PyTorch references, one table.
 
-    python benchmarks/kernels.py            # all sections (needs CUDA; fla-core 0.6.0 optional)
-    python benchmarks/kernels.py --only kda_chunk mla
+    python benchmarks/kernels.py                       # all sections (needs CUDA; fla-core 0.6.0 optional)
+    python benchmarks/kernels.py --only check kda_chunk --kda-alt old/kda_triton.py --json out.json
 
-Each section first checks correctness in bf16 (against a float64 reference, or against fla where the
-reference would take too long), then times with triton.testing.do_bench (median). Percentages are of the
-ceilings measured in the same run: device-to-device copy bandwidth (bytes read + written) and an
-8192^3 bf16 matmul. The last thing printed is the table; --json writes every row too.
+First every kernel is checked in bf16 (and fp32 for KDA prefill) against a float64 reference on fresh
+random inputs, with every buffer the kernels allocate poisoned (NaN) so an unwritten element fails.
+Then timings: triton.testing.do_bench medians (CUDA events, the L2 flushed before every run by do_bench),
+or the median of a few event-timed runs for the slow PyTorch references. Percentages are of the ceilings
+measured in the same run: device-to-device copy bandwidth (bytes read + written) and an 8192^3 bf16
+matmul on random data. --kda-alt times a second version of kernels/kda_triton.py beside the current one.
+The last thing printed is the table, then the issue's targets with their verdicts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import inspect
 import json
 import math
+import statistics
 import sys
+import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +42,26 @@ try:
 except ImportError:
     fla_chunk_kda = fla_recurrent_fwd = None
 
+DEVICE = "cuda"
 H, DK, DV = 32, 128, 128
 R, P = 512, 64
+CHUNK_LENGTHS = (16384, 65536, 131072)
+DECODE_COUNTS = (1, 16, 100, 256)
+# launch shapes swept per KDA implementation; keys a version does not take are dropped for it
+CHUNK_CONFIGS = (
+    dict(block_v=32),
+    dict(block_v=16),
+    dict(block_v=64),
+    dict(block_v=32, intra_warps=8, solve_warps=8),
+    dict(block_v=16, intra_warps=8, solve_warps=8),
+    dict(block_v=32, intra_warps=8, solve_warps=8, inter_warps=8),
+    dict(block_v=32, intra_warps=8, solve_warps=8, inter_stages=3),
+    dict(block_v=16, intra_warps=8, solve_warps=8, inter_stages=3),
+)
+
+
+class OutOfTime(Exception):
+    """The --deadline passed: skip the remaining timings and print what we have."""
 
 
 @dataclass
@@ -45,21 +72,45 @@ class Row:
     ms: float
     rate: str = ""
     pct: str = ""
-    vs_fla: str = ""
+    speedup: str = ""
     check: str = ""
     extra: dict = field(default_factory=dict)
 
 
 ROWS: list[Row] = []
 CEIL = {"copy_gbs": float("nan"), "mm_tfs": float("nan")}
+DEADLINE = [math.inf]
+BEST: dict[str, float] = {}
 
 
-def bench(fn, rep=100) -> float:
+def bench(fn, rep=200) -> float:
+    if time.monotonic() > DEADLINE[0]:
+        raise OutOfTime
     return do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def time_slow(fn, runs=3) -> float:
+    """Median of a few event-timed runs after one warm-up: for references too slow for do_bench."""
+    if time.monotonic() > DEADLINE[0]:
+        raise OutOfTime
+    fn()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def verdict(err: float, tol: float) -> str:
+    return f"{'ok' if err <= tol else 'FAIL'} {err:.1e}"  # NaN (an unwritten element) fails
 
 
 def gbs(nbytes: float, ms: float) -> tuple[str, str]:
@@ -72,54 +123,149 @@ def tfs(flops: float, ms: float) -> tuple[str, str]:
     return f"{rate:.0f} TF/s", f"{100 * rate / CEIL['mm_tfs']:.0f}% mm"
 
 
+def ratio(base: float | None, ms: float) -> str:
+    return f"{base / ms:.2f}x" if base else ""
+
+
+@contextlib.contextmanager
+def poisoned(*modules: ModuleType):
+    """Every buffer the kernels allocate starts as NaN, so an element they forget to write fails the check."""
+    saved = [m._empty for m in modules]
+
+    def nan_empty(*shape, device, dtype):
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+
+    for m in modules:
+        m._empty = nan_empty
+    try:
+        yield
+    finally:
+        for m, original in zip(modules, saved):
+            m._empty = original
+
+
+def accepted(fn, config: dict) -> dict:
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in config.items() if k in params}
+
+
+def label(config: dict) -> str:
+    short = {"block_v": "BV", "intra_warps": "iw", "solve_warps": "sw", "inter_warps": "xw", "inter_stages": "xs"}
+    return " ".join(f"{short[k]}={v}" for k, v in config.items())
+
+
 def ceilings() -> None:
-    src = torch.randn(2 ** 28, device="cuda")
+    src = torch.randn(2 ** 28, device=DEVICE)
     dst = torch.empty_like(src)
     ms = bench(lambda: dst.copy_(src))
     CEIL["copy_gbs"] = 2 * src.numel() * 4 / ms / 1e6
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    ROWS.append(Row("ceiling", "2^28 fp32 copy (r+w)", "torch", ms, f"{CEIL['copy_gbs']:.0f} GB/s"))
+    a, b = (torch.randn(8192, 8192, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
     ms = bench(lambda: a @ b)
     CEIL["mm_tfs"] = 2 * 8192 ** 3 / ms / 1e9
-    ROWS.append(Row("ceiling", "2^28 fp32 copy", "torch", 0.0, f"{CEIL['copy_gbs']:.0f} GB/s"))
-    ROWS.append(Row("ceiling", "8192^3 bf16", "torch", ms, f"{CEIL['mm_tfs']:.0f} TF/s"))
+    ROWS.append(Row("ceiling", "8192^3 bf16 matmul", "torch", ms, f"{CEIL['mm_tfs']:.0f} TF/s"))
 
 
-def kda_inputs(b, t, h, dtype, gate_scale=1.0, device="cuda"):
-    q, k, v = (torch.randn(b, t, h, d, device=device, dtype=dtype) for d in (DK, DK, DV))
-    g = F.logsigmoid(torch.randn(b, t, h, DK, device=device)) * gate_scale
-    beta = torch.rand(b, t, h, device=device).sigmoid()
+def kda_inputs(b, t, h, dtype, gate_scale=1.0):
+    q, k, v = (torch.randn(b, t, h, d, device=DEVICE, dtype=dtype) for d in (DK, DK, DV))
+    g = F.logsigmoid(torch.randn(b, t, h, DK, device=DEVICE)) * gate_scale
+    beta = torch.rand(b, t, h, device=DEVICE, dtype=dtype)
     return q, k, v, g, beta
 
 
-def kda_checks() -> None:
-    """bf16 and fp32 on the GPU vs a float64 reference, both decay paths, varlen."""
-    for dtype, tol in ((torch.bfloat16, 1e-2), (torch.float32, 1e-4)):
-        for gate_scale in (1.0, 30.0):
-            q, k, v, g, beta = kda_inputs(1, 700, 4, dtype, gate_scale)
-            h0 = torch.randn(3, 4, DK, DV, device="cuda")
-            cu = torch.tensor([0, 1, 320, 700], device="cuda")
-            o, ht = kda_triton.chunk_kda_triton(q, k, v, g, beta, initial_state=h0, output_final_state=True,
-                                                cu_seqlens=cu, use_qk_l2norm=True)
-            ro, rh = kda_reference.chunk_kda_reference(*(x.double() for x in (q, k, v, g, beta)),
-                                                       initial_state=h0.double(), output_final_state=True,
-                                                       cu_seqlens=cu, use_qk_l2norm=True)
-            err = max(rel(o, ro), rel(ht, rh))
-            verdict = "ok" if err <= tol else "FAIL"
-            ROWS.append(Row("kda_check", f"varlen T=700 H=4 gates x{gate_scale:g}", f"chunk {str(dtype)[6:]}", 0.0,
-                            check=f"{verdict} rel {err:.1e}"))
+def float64(*xs):
+    return [x.double() for x in xs]
+
+
+def check_chunk(name: str, module: ModuleType) -> None:
+    """bf16 and fp32 vs float64: both decay paths on a small varlen batch, then the issue's H and K=V."""
+    cases = [(dtype, tol, 700, 4, scale, (0, 1, 320, 700)) for dtype, tol in ((torch.bfloat16, 1e-2),
+                                                                              (torch.float32, 1e-4))
+             for scale in (1.0, 30.0)]
+    cases.append((torch.bfloat16, 1e-2, 4096, H, 1.0, (0, 1000, 1001, 4096)))
+    for dtype, tol, t, h, gate_scale, bounds in cases:
+        q, k, v, g, beta = kda_inputs(1, t, h, dtype, gate_scale)
+        cu = torch.tensor(bounds, device=DEVICE)
+        h0 = torch.randn(len(bounds) - 1, h, DK, DV, device=DEVICE)
+        with poisoned(module):
+            o, ht = module.chunk_kda_triton(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                            cu_seqlens=cu, use_qk_l2norm=True)
+        ro, rh = kda_reference.chunk_kda_reference(*float64(q, k, v, g, beta), initial_state=h0.double(),
+                                                   output_final_state=True, cu_seqlens=cu, use_qk_l2norm=True)
+        shape = f"varlen T={t} H={h} gates x{gate_scale:g}"
+        ROWS.append(Row("check", shape, f"{name} chunk {str(dtype)[6:]}", 0.0,
+                        check=f"o {verdict(rel(o, ro), tol)}, S {verdict(rel(ht, rh), tol)}"))
+        if fla_chunk_kda is not None and h == H and dtype == torch.bfloat16 and name == "ours":
+            fo, fh = fla_chunk_kda(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                   use_qk_l2norm_in_kernel=True, safe_gate=False, cu_seqlens=cu)
+            ROWS.append(Row("check", shape, "fla chunk bf16 (its own error)", 0.0,
+                            check=f"o {verdict(rel(fo, ro), tol)}, S {verdict(rel(fh, rh), tol)}"))
+
+
+def check_decode(name: str, module: ModuleType) -> None:
     q, k, v, g, beta = kda_inputs(100, 1, H, torch.bfloat16)
-    pool = torch.randn(300, H, DK, DV, device="cuda")
-    slots = torch.randperm(300, device="cuda")[:100]
+    pool = torch.randn(300, H, DK, DV, device=DEVICE)
+    slots = torch.randperm(300, device=DEVICE)[:100]
     ref_pool = pool.double()
-    ro = kda_reference.recurrent_kda_reference(*(x.double() for x in (q, k, v, g, beta)), ref_pool, slots,
-                                               use_qk_l2norm=True)
-    o = kda_triton.recurrent_kda_triton(q, k, v, g, beta, pool, slots, use_qk_l2norm=True)
-    err = max(rel(o, ro), rel(pool, ref_pool))
-    ROWS.append(Row("kda_check", "N=100 pooled decode", "recurrent bf16", 0.0,
-                    check=f"{'ok' if err <= 1e-2 else 'FAIL'} rel {err:.1e}"))
+    ro = kda_reference.recurrent_kda_reference(*float64(q, k, v, g, beta), ref_pool, slots, use_qk_l2norm=True)
+    before = pool.clone()
+    with poisoned(module):
+        o = module.recurrent_kda_triton(q, k, v, g, beta, pool, slots, use_qk_l2norm=True)
+    others = torch.ones(300, dtype=torch.bool, device=DEVICE)
+    others[slots] = False
+    untouched = "others untouched" if torch.equal(pool[others], before[others]) else "FAIL: other rows written"
+    ROWS.append(Row("check", "N=100 pooled decode", f"{name} recurrent bf16", 0.0,
+                    check=f"o {verdict(rel(o, ro), 1e-2)}, S {verdict(rel(pool, ref_pool), 1e-2)}, {untouched}"))
 
 
-def kernel_breakdown(label: str, fn, runs: int = 3) -> None:
+def mla_cache(n, prefix_len, suffix_lens, page_size, distinct_prefix):
+    """Paged cache in shuffled pages; without distinct_prefix all sequences share the prefix pages."""
+    pre_pages = prefix_len // page_size
+    suf_pages = [math.ceil(s / page_size) for s in suffix_lens]
+    copies = n if distinct_prefix else 1
+    num_pages = copies * pre_pages + sum(suf_pages)
+    kv = torch.randn(num_pages, page_size, R + P, device=DEVICE, dtype=torch.bfloat16)
+    order = torch.randperm(num_pages, device=DEVICE).to(torch.int32)
+    tables = torch.zeros(n, pre_pages + max(suf_pages), device=DEVICE, dtype=torch.int32)
+    used = copies * pre_pages
+    for i in range(n):
+        base = (i if distinct_prefix else 0) * pre_pages
+        tables[i, :pre_pages] = order[base:base + pre_pages]
+        tables[i, pre_pages:pre_pages + suf_pages[i]] = order[used:used + suf_pages[i]]
+        used += suf_pages[i]
+    lens = torch.tensor([prefix_len + s for s in suffix_lens], device=DEVICE, dtype=torch.int32)
+    return kv, tables, lens
+
+
+def check_mla() -> None:
+    """bf16 vs float64 on ragged lengths: decode, shared prefix (partial last page) and causal prefill."""
+    scale = (128 + 64) ** -0.5
+    n, prefix = 12, 2048
+    suffixes = [0, 1, 63, 64, 65, 200, 300, 511, 7, 100, 256, 129]
+    kv, tables, lens = mla_cache(n, prefix, suffixes, 64, distinct_prefix=False)
+    ql = torch.randn(n, H, R, device=DEVICE, dtype=torch.bfloat16)
+    qp = torch.randn(n, H, P, device=DEVICE, dtype=torch.bfloat16)
+    ref = mla_reference.mla_decode_reference(*float64(ql, qp), kv, tables, lens, scale)
+    with poisoned(mla_triton):
+        out = mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale)
+    ROWS.append(Row("check", f"N={n} L={prefix}+0..511", "ours mla_decode bf16", 0.0,
+                    check=verdict(rel(out, ref), 1e-2)))
+    shared_len = prefix - 40  # a shared partial page
+    with poisoned(mla_triton):
+        out = mla_triton.mla_decode_shared_triton(ql, qp, kv, tables[0, :prefix // 64].contiguous(), shared_len,
+                                                  tables, lens, scale)
+    ROWS.append(Row("check", f"N={n} shared {shared_len}", "ours mla_decode_shared bf16", 0.0,
+                    check=verdict(rel(out, ref), 1e-2)))
+    t, start = 300, 1700
+    qlt = torch.randn(t, H, R, device=DEVICE, dtype=torch.bfloat16)
+    qpt = torch.randn(t, H, P, device=DEVICE, dtype=torch.bfloat16)
+    ref = mla_reference.mla_prefill_reference(*float64(qlt, qpt), kv, tables[6], start, scale)
+    with poisoned(mla_triton):
+        out = mla_triton.mla_prefill_triton(qlt, qpt, kv, tables[6], start, scale)
+    ROWS.append(Row("check", f"T={t} at {start}", "ours mla_prefill bf16", 0.0, check=verdict(rel(out, ref), 1e-2)))
+
+
+def kernel_breakdown(label_: str, fn, runs: int = 3) -> None:
     """Per-kernel GPU time of fn (torch.profiler), to see which launch dominates."""
     fn()
     torch.cuda.synchronize()
@@ -130,14 +276,16 @@ def kernel_breakdown(label: str, fn, runs: int = 3) -> None:
     for event in prof.key_averages():
         total = getattr(event, "device_time_total", getattr(event, "cuda_time_total", 0))
         if total > 0:
-            print(f"[breakdown] {label}: {event.key[:60]} {total / runs / 1e3:.3f} ms x{event.count // runs}")
+            print(f"[breakdown] {label_}: {event.key[:70]} {total / runs / 1e3:.3f} ms x{event.count // runs}")
 
 
-def kda_chunk_section(lengths) -> None:
-    for t in lengths:
+def kda_chunk_section(impls: dict[str, ModuleType]) -> None:
+    """B=1, H=32, K=V=128, bf16 q/k/v/beta, fp32 g and state, l2norm in kernel, final state out."""
+    best_call = {}
+    for t in CHUNK_LENGTHS:
         q, k, v, g, beta = kda_inputs(1, t, H, torch.bfloat16)
-        h0 = torch.randn(1, H, DK, DV, device="cuda")
-        nbytes = t * H * (2 * DK * 2 + DV * 2 + DK * 4 + 4 + DV * 2) + 2 * h0.numel() * 4
+        h0 = torch.randn(1, H, DK, DV, device=DEVICE)
+        nbytes = t * H * (2 * DK * 2 + DV * 2 + DK * 4 + 2 + DV * 2) + 2 * h0.numel() * 4
         flops = t * H * (6 * DK * DV + 3 * 64 * DK + 64 * 64)
         fla_ms, fla_out = None, None
         if fla_chunk_kda is not None:
@@ -146,121 +294,115 @@ def kda_chunk_section(lengths) -> None:
                                      use_qk_l2norm_in_kernel=True, safe_gate=False)
             fla_out = run_fla()
             fla_ms = bench(run_fla)
-            rate, pct = gbs(nbytes, fla_ms)
-            ROWS.append(Row("kda_chunk", f"T={t}", "fla chunk_kda", fla_ms, rate, pct, "1.00x",
+            ROWS.append(Row("kda_chunk", f"T={t}", "fla chunk_kda", fla_ms, *gbs(nbytes, fla_ms), "1.00x",
                             extra={"tflops": flops / fla_ms / 1e9}))
-        for block_v, warps in ((32, 4), (16, 4), (32, 8), (64, 4)):
-            def run_ours():
-                return kda_triton.chunk_kda_triton(q, k, v, g, beta, initial_state=h0, output_final_state=True,
-                                                   use_qk_l2norm=True, block_v=block_v, intra_warps=warps)
-            out = run_ours()
-            ms = bench(run_ours)
-            rate, pct = gbs(nbytes, ms)
-            check = ""
-            if fla_out is not None:
-                check = f"vs fla o {rel(out[0], fla_out[0]):.1e} S {rel(out[1], fla_out[1]):.1e}"
-            ROWS.append(Row("kda_chunk", f"T={t}", f"ours BV={block_v} intra w={warps}",
-                            ms, rate, pct,
-                            f"{fla_ms / ms:.2f}x" if fla_ms else "", check,
-                            extra={"tflops": flops / ms / 1e9}))
-        if t == max(lengths):
-            kernel_breakdown(f"ours T={t}", lambda: kda_triton.chunk_kda_triton(
-                q, k, v, g, beta, initial_state=h0, output_final_state=True, use_qk_l2norm=True))
+            BEST[f"fla_chunk_{t}"] = fla_ms
+        for name, module in impls.items():
+            for config in CHUNK_CONFIGS:
+                kwargs = accepted(module.chunk_kda_triton, config)
+                if kwargs != config:
+                    continue
+
+                def run_ours(module=module, kwargs=kwargs):
+                    return module.chunk_kda_triton(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                                   use_qk_l2norm=True, **kwargs)
+                out = run_ours()
+                ms = bench(run_ours)
+                check = f"vs fla o {rel(out[0], fla_out[0]):.1e} S {rel(out[1], fla_out[1]):.1e}" if fla_out else ""
+                ROWS.append(Row("kda_chunk", f"T={t}", f"{name} {label(config)}", ms, *gbs(nbytes, ms),
+                                ratio(fla_ms, ms), check, extra={"tflops": flops / ms / 1e9, "config": config}))
+                key = f"{name}_chunk_{t}"
+                if ms < BEST.get(key, math.inf):
+                    BEST[key] = ms
+                    best_call[name] = run_ours
+        if fla_ms is not None:
+            again = bench(run_fla)
+            print(f"[noise] fla chunk_kda T={t}: {fla_ms:.3f} ms then {again:.3f} ms")
+        if t == CHUNK_LENGTHS[0]:
+            ms = time_slow(lambda: kda_reference.chunk_kda_reference(q, k, v, g, beta, initial_state=h0,
+                                                                     output_final_state=True, use_qk_l2norm=True))
+            ROWS.append(Row("kda_chunk", f"T={t}", "torch reference", ms, *gbs(nbytes, ms), ratio(fla_ms, ms)))
+        if t == CHUNK_LENGTHS[-1]:
+            for name, fn in best_call.items():
+                kernel_breakdown(f"{name} best T={t}", fn)
             if fla_chunk_kda is not None:
-                kernel_breakdown(f"fla T={t}", lambda: fla_chunk_kda(
-                    q, k, v, g, beta, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True))
-        if t <= 16384:
-            ms = bench(lambda: kda_reference.chunk_kda_reference(q, k, v, g, beta, initial_state=h0,
-                                                                 output_final_state=True, use_qk_l2norm=True),
-                       rep=20)
-            rate, pct = gbs(nbytes, ms)
-            ROWS.append(Row("kda_chunk", f"T={t}", "torch reference", ms, rate, pct,
-                            f"{fla_ms / ms:.2f}x" if fla_ms else ""))
-        del q, k, v, g, beta
+                kernel_breakdown(f"fla T={t}", run_fla)
+        del q, k, v, g, beta, fla_out
         torch.cuda.empty_cache()
 
 
-def kda_decode_section(counts) -> None:
-    for n in counts:
+def kda_decode_section(impls: dict[str, ModuleType]) -> None:
+    """One token for each of N sequences against an fp32 state pool [2N, 32, 128, 128], updated in place."""
+    for n in DECODE_COUNTS:
         q, k, v, g, beta = kda_inputs(n, 1, H, torch.bfloat16)
-        pool = torch.randn(max(n, 1) * 2, H, DK, DV, device="cuda")
-        slots = torch.randperm(pool.shape[0], device="cuda")[:n]
+        pool = torch.randn(2 * n, H, DK, DV, device=DEVICE)
+        slots = torch.randperm(2 * n, device=DEVICE)[:n]
         nbytes = 2 * n * H * DK * DV * 4
         fla_ms = None
         if fla_recurrent_fwd is not None:
             flat = [x.reshape(1, n, *x.shape[2:]) for x in (q, k, v, g, beta)]
-            cu = torch.arange(n + 1, device="cuda")
+            cu = torch.arange(n + 1, device=DEVICE)
             fla_ms = bench(lambda: fla_recurrent_fwd(*flat, initial_state=pool, inplace_final_state=True,
                                                      cu_seqlens=cu, ssm_state_indices=slots,
                                                      use_qk_l2norm_in_kernel=True))
-            rate, pct = gbs(nbytes, fla_ms)
-            ROWS.append(Row("kda_decode", f"N={n}", "fla fused_recurrent", fla_ms, rate, pct, "1.00x"))
-        for block_v in (16, 32, 64):
-            ms = bench(lambda: kda_triton.recurrent_kda_triton(q, k, v, g, beta, pool, slots, use_qk_l2norm=True,
+            ROWS.append(Row("kda_decode", f"N={n}", "fla fused_recurrent", fla_ms, *gbs(nbytes, fla_ms), "1.00x"))
+            BEST[f"fla_decode_{n}"] = fla_ms
+        for name, module in impls.items():
+            for block_v in (16, 32, 64):
+                ms = bench(lambda: module.recurrent_kda_triton(q, k, v, g, beta, pool, slots, use_qk_l2norm=True,
                                                                block_v=block_v))
-            rate, pct = gbs(nbytes, ms)
-            ROWS.append(Row("kda_decode", f"N={n}", f"ours BV={block_v}", ms, rate, pct,
-                            f"{fla_ms / ms:.2f}x" if fla_ms else ""))
+                ROWS.append(Row("kda_decode", f"N={n}", f"{name} BV={block_v}", ms, *gbs(nbytes, ms),
+                                ratio(fla_ms, ms)))
+                BEST[f"{name}_decode_{n}"] = min(ms, BEST.get(f"{name}_decode_{n}", math.inf))
         if n == 100:
-            ms = bench(lambda: kda_reference.recurrent_kda_reference(q, k, v, g, beta, pool, slots,
-                                                                     use_qk_l2norm=True), rep=20)
-            rate, pct = gbs(nbytes, ms)
-            ROWS.append(Row("kda_decode", f"N={n}", "torch reference", ms, rate, pct,
-                            f"{fla_ms / ms:.2f}x" if fla_ms else ""))
+            ms = time_slow(lambda: kda_reference.recurrent_kda_reference(q, k, v, g, beta, pool, slots,
+                                                                         use_qk_l2norm=True), runs=5)
+            ROWS.append(Row("kda_decode", f"N={n}", "torch reference", ms, *gbs(nbytes, ms), ratio(fla_ms, ms)))
 
 
-def mla_cache(n, prefix_len, suffix_len, page_size, distinct_prefix):
-    """Paged cache for n sequences; with distinct_prefix each sequence holds its own prefix copy."""
-    pre_pages = prefix_len // page_size
-    suf_pages = math.ceil(suffix_len / page_size)
-    copies = n if distinct_prefix else 1
-    num_pages = copies * pre_pages + n * suf_pages
-    kv = torch.randn(num_pages, page_size, R + P, device="cuda", dtype=torch.bfloat16)
-    order = torch.randperm(num_pages, device="cuda", dtype=torch.int32)
-    tables = torch.empty(n, pre_pages + suf_pages, device="cuda", dtype=torch.int32)
-    for i in range(n):
-        base = (i if distinct_prefix else 0) * pre_pages
-        tables[i, :pre_pages] = order[base:base + pre_pages]
-        tables[i, pre_pages:] = order[copies * pre_pages + i * suf_pages:copies * pre_pages + (i + 1) * suf_pages]
-    return kv, tables
-
-
-def mla_section(n=100, prefix_len=32768, suffix_len=256, page_size=64) -> None:
+def mla_section(n=100, prefix_len=32768, suffix_len=256, page_size=64, prefill_tokens=4096,
+                prefill_start=28672) -> None:
+    """Decode of 100 agents over a 32K shared prefix + 256 private tokens, 32 heads, R=512 + P=64; then a
+    4K-token causal prefill behind 28K cached tokens."""
     scale = (128 + 64) ** -0.5
     seq_len = prefix_len + suffix_len
-    ql = torch.randn(n, H, R, device="cuda", dtype=torch.bfloat16)
-    qp = torch.randn(n, H, P, device="cuda", dtype=torch.bfloat16)
-    lens = torch.full((n,), seq_len, device="cuda", dtype=torch.int32)
+    ql = torch.randn(n, H, R, device=DEVICE, dtype=torch.bfloat16)
+    qp = torch.randn(n, H, P, device=DEVICE, dtype=torch.bfloat16)
     shape = f"N={n} L={prefix_len}+{suffix_len}"
     flops = 2 * n * H * seq_len * (R + P + R)
+    kv_bytes = n * seq_len * (R + P) * 2
 
-    kv, tables = mla_cache(n, prefix_len, suffix_len, page_size, distinct_prefix=True)
-    ref = mla_reference.mla_decode_reference(ql[:4].double(), qp[:4].double(), kv, tables[:4], lens[:4], scale)
-    base_ms = None
-    for block_n, warps, splits in ((32, 4, None), (32, 4, 2), (32, 4, 4), (32, 4, 8), (16, 4, 8), (64, 8, 4),
-                                   (32, 8, 8)):
+    kv, tables, lens = mla_cache(n, prefix_len, [suffix_len] * n, page_size, distinct_prefix=True)
+    base_ms = math.inf
+    for block_n, warps, splits in ((32, 8, None), (64, 8, None), (32, 8, 8), (64, 8, 2), (32, 4, None)):
         def run_decode():
             return mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale, block_n=block_n,
                                                 num_warps=warps, n_splits=splits)
-        out = run_decode()
-        check = f"vs f64 {rel(out[:4], ref):.1e}"
-        ms = bench(run_decode)
-        base_ms = ms if base_ms is None else min(base_ms, ms)
-        rate, pct = gbs(n * seq_len * (R + P) * 2, ms)
-        ROWS.append(Row("mla_decode", shape + " own prefix copies", f"decode BN={block_n} w={warps} splits={splits}", ms, rate,
-                        pct, check=check))
-    del kv, ref
+        try:
+            ms = bench(run_decode)
+        except OutOfTime:
+            raise
+        except Exception as exc:  # a tile shape that does not fit shared memory on this GPU
+            ROWS.append(Row("mla_decode", shape, f"decode BN={block_n} w={warps} splits={splits}", float("nan"),
+                            check=f"skipped: {type(exc).__name__}"))
+            continue
+        base_ms = min(base_ms, ms)
+        ROWS.append(Row("mla_decode", shape + " own prefix copies", f"decode BN={block_n} w={warps} splits={splits}",
+                        ms, *gbs(kv_bytes, ms)))
+    BEST["mla_no_sharing"] = base_ms
+    BEST["mla_no_sharing_copy_pct"] = 100 * kv_bytes / base_ms / 1e6 / CEIL["copy_gbs"]
+    del kv
     torch.cuda.empty_cache()
 
-    kv, tables = mla_cache(n, prefix_len, suffix_len, page_size, distinct_prefix=False)
-    plain = mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale)
-    ms = bench(lambda: mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale))
-    rate, pct = tfs(flops, ms)
-    ROWS.append(Row("mla_decode", shape + " shared pages", "decode (no dedup, L2 reuse)", ms, rate, pct,
-                    f"{base_ms / ms:.2f}x vs copies"))
+    kv, tables, lens = mla_cache(n, prefix_len, [suffix_len] * n, page_size, distinct_prefix=False)
+    plain = mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale, num_warps=8)
+    ms = bench(lambda: mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale, num_warps=8))
+    ROWS.append(Row("mla_decode", shape + " shared pages", "decode BN=32 w=8 (no dedup, L2 reuse)", ms,
+                    *tfs(flops, ms), ratio(base_ms, ms)))
     prefix_pages = tables[0, :prefix_len // page_size].contiguous()
-    for block_m, block_n, warps, stages in ((64, 64, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2),
-                                            (64, 32, 8, 3)):
+    best = math.inf
+    for block_m, block_n, warps, stages in ((64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 8, 3), (32, 64, 8, 2),
+                                            (32, 32, 8, 2)):
         def run_shared():
             return mla_triton.mla_decode_shared_triton(ql, qp, kv, prefix_pages, prefix_len, tables, lens, scale,
                                                        block_m=block_m, block_n=block_n, num_warps=warps,
@@ -268,89 +410,134 @@ def mla_section(n=100, prefix_len=32768, suffix_len=256, page_size=64) -> None:
         try:
             out = run_shared()
             ms = bench(run_shared)
+        except OutOfTime:
+            raise
         except Exception as exc:  # a tile shape that does not fit shared memory on this GPU
             ROWS.append(Row("mla_shared", shape, f"shared BM={block_m} BN={block_n} w={warps} s={stages}",
                             float("nan"), check=f"skipped: {type(exc).__name__}"))
             continue
-        rate, pct = tfs(flops, ms)
-        ROWS.append(Row("mla_shared", shape, f"shared BM={block_m} BN={block_n} w={warps} s={stages}", ms, rate,
-                        pct, f"{base_ms / ms:.2f}x vs copies", f"vs decode {rel(out, plain):.1e}"))
-    ms = bench(lambda: mla_reference.mla_decode_shared_reference(ql, qp, kv, prefix_pages, prefix_len, tables, lens,
-                                                                 scale), rep=5)
-    ROWS.append(Row("mla_shared", shape, "torch reference (shared)", ms, *tfs(flops, ms),
-                    f"{base_ms / ms:.2f}x vs copies"))
+        best = min(best, ms)
+        ROWS.append(Row("mla_shared", shape, f"shared BM={block_m} BN={block_n} w={warps} s={stages}", ms,
+                        *tfs(flops, ms), ratio(base_ms, ms), f"vs decode {rel(out, plain):.1e}"))
+    BEST["mla_shared"] = best
+    ms = time_slow(lambda: mla_reference.mla_decode_shared_reference(ql, qp, kv, prefix_pages, prefix_len, tables,
+                                                                     lens, scale))
+    ROWS.append(Row("mla_shared", shape, "torch reference (shared)", ms, *tfs(flops, ms), ratio(base_ms, ms)))
     del kv
     torch.cuda.empty_cache()
 
-    t, start = 4096, 28672
-    kv, tables = mla_cache(1, start + t, 0, page_size, distinct_prefix=True)
-    qlt = torch.randn(t, H, R, device="cuda", dtype=torch.bfloat16)
-    qpt = torch.randn(t, H, P, device="cuda", dtype=torch.bfloat16)
-    ref = mla_reference.mla_prefill_reference(qlt[-64:].double(), qpt[-64:].double(), kv, tables[0],
-                                              start + t - 64, scale)
+    t, start = prefill_tokens, prefill_start
+    kv, tables, _ = mla_cache(1, 0, [start + t], page_size, distinct_prefix=True)
+    qlt = torch.randn(t, H, R, device=DEVICE, dtype=torch.bfloat16)
+    qpt = torch.randn(t, H, P, device=DEVICE, dtype=torch.bfloat16)
     pflops = 2 * H * (R + P + R) * sum(range(start + 1, start + t + 1))
-    for block_m, block_n, warps in ((64, 64, 8), (64, 128, 8)):
+    for block_m, block_n, warps in ((64, 64, 8), (64, 32, 8)):
         def run_prefill():
             return mla_triton.mla_prefill_triton(qlt, qpt, kv, tables[0], start, scale, block_m=block_m,
                                                  block_n=block_n, num_warps=warps)
-        try:
-            out = run_prefill()
-            ms = bench(run_prefill, rep=50)
-        except Exception as exc:
-            ROWS.append(Row("mla_prefill", f"T={t} at {start}", f"prefill BM={block_m} BN={block_n} w={warps}",
-                            float("nan"), check=f"skipped: {type(exc).__name__}"))
-            continue
+        ms = bench(run_prefill, rep=100)
         ROWS.append(Row("mla_prefill", f"T={t} at {start}", f"prefill BM={block_m} BN={block_n} w={warps}", ms,
-                        *tfs(pflops, ms), check=f"vs f64 {rel(out[-64:], ref):.1e}"))
+                        *tfs(pflops, ms)))
 
 
-def kernel_resources() -> None:
-    """Registers and spills of every compiled variant (Triton's own report)."""
-    for name, fn in (("intra", kda_triton._kda_intra_kernel), ("inter", kda_triton._kda_inter_kernel),
-                     ("decode", kda_triton._kda_decode_kernel), ("mla", mla_triton._mla_attend_kernel)):
-        for cache in getattr(fn, "device_caches", {}).values():
-            for compiled in cache[0].values():
-                meta = getattr(compiled, "metadata", None)
-                print(f"[resources] {name}: regs={getattr(compiled, 'n_regs', '?')} "
-                      f"spills={getattr(compiled, 'n_spills', '?')} warps={getattr(meta, 'num_warps', '?')} "
-                      f"smem={getattr(meta, 'shared', '?')}")
+def kernel_resources(impls: dict[str, ModuleType]) -> None:
+    """Registers, spills and shared memory of every compiled kernel (Triton's own report)."""
+    for module in (*impls.values(), mla_triton):
+        for name, fn in vars(module).items():
+            for cache in getattr(fn, "device_caches", {}).values():
+                for compiled in cache[0].values():
+                    meta = getattr(compiled, "metadata", None)
+                    print(f"[resources] {module.__name__}.{name}: regs={getattr(compiled, 'n_regs', '?')} "
+                          f"spills={getattr(compiled, 'n_spills', '?')} warps={getattr(meta, 'num_warps', '?')} "
+                          f"stages={getattr(meta, 'num_stages', '?')} smem={getattr(meta, 'shared', '?')}")
 
 
-def print_table() -> None:
+def targets(impls: dict[str, ModuleType]) -> list[str]:
+    """The issue's targets (stated for H100) against this run's numbers."""
+    lines = []
+    for name in impls:
+        for t in CHUNK_LENGTHS:
+            ours, fla = BEST.get(f"{name}_chunk_{t}"), BEST.get(f"fla_chunk_{t}")
+            if ours and fla:
+                lines.append(f"chunk_kda T={t} {name}: {fla / ours:.2f}x fla (target >= 1.5x): "
+                             f"{'MET' if fla / ours >= 1.5 else 'missed'}")
+        ours, fla = BEST.get(f"{name}_decode_100"), BEST.get("fla_decode_100")
+        if ours:
+            pct = 100 * (2 * 100 * H * DK * DV * 4 / ours / 1e6) / CEIL["copy_gbs"]
+            vs = f"{fla / ours:.2f}x fla (target >= 1.0x), " if fla else ""
+            lines.append(f"recurrent_kda N=100 {name}: {vs}{pct:.0f}% copy (target >= 85%): "
+                         f"{'MET' if pct >= 85 and (not fla or fla / ours >= 1.0) else 'missed'}")
+    plain, shared = BEST.get("mla_no_sharing"), BEST.get("mla_shared")
+    if plain and shared and math.isfinite(shared):
+        pct = BEST["mla_no_sharing_copy_pct"]
+        lines.append(f"MLA shared prefix: {plain / shared:.2f}x no-sharing (target >= 3x): "
+                     f"{'MET' if plain / shared >= 3 else 'missed'}; no-sharing at {pct:.0f}% copy "
+                     f"(target >= 80%): {'MET' if pct >= 80 else 'missed'}")
+    return lines
+
+
+def print_table(impls: dict[str, ModuleType]) -> None:
     print(f"\nGPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"fla {'present' if fla_chunk_kda else 'absent'}")
     print("| section | shape | impl | ms | rate | % ceiling | speed-up | check |")
     print("|---|---|---|---|---|---|---|---|")
     for r in ROWS:
-        print(f"| {r.section} | {r.shape} | {r.impl} | {r.ms:.3f} | {r.rate} | {r.pct} | {r.vs_fla} | {r.check} |")
+        ms = f"{r.ms:.3f}" if r.ms else ""
+        print(f"| {r.section} | {r.shape} | {r.impl} | {ms} | {r.rate} | {r.pct} | {r.speedup} | {r.check} |")
+    print("\nTargets (stated for H100; this run's GPU above, fla in the same run):")
+    for line in targets(impls):
+        print("  " + line)
 
 
-SECTIONS = {
-    "kda_check": kda_checks,
-    "kda_chunk": lambda: kda_chunk_section((16384, 65536, 131072)),
-    "kda_decode": lambda: kda_decode_section((1, 16, 100, 256)),
-    "mla": mla_section,
-}
+def load_module(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> None:
+    sections = ("check", "kda_chunk", "kda_decode", "mla")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="sections to run (default: all)")
+    parser.add_argument("--only", nargs="*", choices=sections, help="sections to run (default: all)")
+    parser.add_argument("--kda-alt", type=Path, help="another kda_triton.py to check and time beside ours")
+    parser.add_argument("--deadline", type=float, default=math.inf,
+                        help="seconds after which remaining timings are skipped and the table is printed")
     parser.add_argument("--json", type=Path, help="also write every row as JSON here")
     args = parser.parse_args()
+    DEADLINE[0] = time.monotonic() + args.deadline
+    impls = {"ours": kda_triton}
+    if args.kda_alt:
+        impls[args.kda_alt.stem] = load_module(args.kda_alt, args.kda_alt.stem)
     torch.manual_seed(0)
-    ceilings()
-    for name in args.only or SECTIONS:
-        try:
-            SECTIONS[name]()
-        except Exception:
-            traceback.print_exc()
-            ROWS.append(Row(name, "", "SECTION FAILED", float("nan")))
-        torch.cuda.empty_cache()
-    kernel_resources()
+    run = {
+        "check": lambda: ([check_chunk(n, m) for n, m in impls.items()], [check_decode(n, m) for n, m in impls.items()],
+                          check_mla()),
+        "kda_chunk": lambda: kda_chunk_section(impls),
+        "kda_decode": lambda: kda_decode_section(impls),
+        "mla": mla_section,
+    }
+    try:
+        ceilings()
+        for name in args.only or sections:
+            try:
+                run[name]()
+            except OutOfTime:
+                raise
+            except Exception:
+                traceback.print_exc()
+                ROWS.append(Row(name, "", "SECTION FAILED", float("nan")))
+            torch.cuda.empty_cache()
+    except OutOfTime:
+        ROWS.append(Row("deadline", "", "remaining timings skipped", float("nan")))
+    try:
+        kernel_resources(impls)
+    except Exception:
+        traceback.print_exc()
     if args.json:
-        args.json.write_text(json.dumps({"ceilings": CEIL, "rows": [asdict(r) for r in ROWS]}, indent=1))
-    print_table()
+        args.json.write_text(json.dumps({"ceilings": CEIL, "best_ms": BEST, "rows": [asdict(r) for r in ROWS]},
+                                        indent=1))
+    print_table(impls)
 
 
 if __name__ == "__main__":
