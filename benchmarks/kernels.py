@@ -46,17 +46,14 @@ DEVICE = "cuda"
 H, DK, DV = 32, 128, 128
 R, P = 512, 64
 CHUNK_LENGTHS = (16384, 65536, 131072)
-DECODE_COUNTS = (1, 16, 100, 256)
+DECODE_COUNTS = (1, 100, 256)
 # launch shapes swept per KDA implementation; keys a version does not take are dropped for it
 CHUNK_CONFIGS = (
     dict(block_v=32),
     dict(block_v=16),
-    dict(block_v=64),
     dict(block_v=32, intra_warps=8, solve_warps=8),
     dict(block_v=16, intra_warps=8, solve_warps=8),
-    dict(block_v=32, intra_warps=8, solve_warps=8, inter_warps=8),
     dict(block_v=32, intra_warps=8, solve_warps=8, inter_stages=3),
-    dict(block_v=16, intra_warps=8, solve_warps=8, inter_stages=3),
 )
 
 
@@ -179,9 +176,8 @@ def float64(*xs):
 
 def check_chunk(name: str, module: ModuleType) -> None:
     """bf16 and fp32 vs float64: both decay paths on a small varlen batch, then the issue's H and K=V."""
-    cases = [(dtype, tol, 700, 4, scale, (0, 1, 320, 700)) for dtype, tol in ((torch.bfloat16, 1e-2),
-                                                                              (torch.float32, 1e-4))
-             for scale in (1.0, 30.0)]
+    dtypes = ((torch.bfloat16, 1e-2), (torch.float32, 1e-4)) if name == "ours" else ((torch.bfloat16, 1e-2),)
+    cases = [(dtype, tol, 700, H, scale, (0, 1, 320, 700)) for dtype, tol in dtypes for scale in (1.0, 30.0)]
     cases.append((torch.bfloat16, 1e-2, 4096, H, 1.0, (0, 1000, 1001, 4096)))
     for dtype, tol, t, h, gate_scale, bounds in cases:
         q, k, v, g, beta = kda_inputs(1, t, h, dtype, gate_scale)
@@ -347,8 +343,8 @@ def kda_decode_section(impls: dict[str, ModuleType]) -> None:
                                                      use_qk_l2norm_in_kernel=True))
             ROWS.append(Row("kda_decode", f"N={n}", "fla fused_recurrent", fla_ms, *gbs(nbytes, fla_ms), "1.00x"))
             BEST[f"fla_decode_{n}"] = fla_ms
-        for name, module in impls.items():
-            for block_v in (16, 32, 64):
+        for name, module in list(impls.items())[:1]:  # the decode kernel is the same in every version
+            for block_v in (16, 32):
                 ms = bench(lambda: module.recurrent_kda_triton(q, k, v, g, beta, pool, slots, use_qk_l2norm=True,
                                                                block_v=block_v))
                 ROWS.append(Row("kda_decode", f"N={n}", f"{name} BV={block_v}", ms, *gbs(nbytes, ms),
@@ -374,7 +370,7 @@ def mla_section(n=100, prefix_len=32768, suffix_len=256, page_size=64, prefill_t
 
     kv, tables, lens = mla_cache(n, prefix_len, [suffix_len] * n, page_size, distinct_prefix=True)
     base_ms = math.inf
-    for block_n, warps, splits in ((32, 8, None), (64, 8, None), (32, 8, 8), (64, 8, 2), (32, 4, None)):
+    for block_n, warps, splits in ((32, 8, None), (64, 8, None), (32, 4, None)):
         def run_decode():
             return mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale, block_n=block_n,
                                                 num_warps=warps, n_splits=splits)
@@ -401,8 +397,7 @@ def mla_section(n=100, prefix_len=32768, suffix_len=256, page_size=64, prefill_t
                     *tfs(flops, ms), ratio(base_ms, ms)))
     prefix_pages = tables[0, :prefix_len // page_size].contiguous()
     best = math.inf
-    for block_m, block_n, warps, stages in ((64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 8, 3), (32, 64, 8, 2),
-                                            (32, 32, 8, 2)):
+    for block_m, block_n, warps, stages in ((64, 64, 8, 2), (64, 32, 8, 2), (32, 64, 8, 2)):
         def run_shared():
             return mla_triton.mla_decode_shared_triton(ql, qp, kv, prefix_pages, prefix_len, tables, lens, scale,
                                                        block_m=block_m, block_n=block_n, num_warps=warps,
@@ -431,7 +426,7 @@ def mla_section(n=100, prefix_len=32768, suffix_len=256, page_size=64, prefill_t
     qlt = torch.randn(t, H, R, device=DEVICE, dtype=torch.bfloat16)
     qpt = torch.randn(t, H, P, device=DEVICE, dtype=torch.bfloat16)
     pflops = 2 * H * (R + P + R) * sum(range(start + 1, start + t + 1))
-    for block_m, block_n, warps in ((64, 64, 8), (64, 32, 8)):
+    for block_m, block_n, warps in ((64, 64, 8),):
         def run_prefill():
             return mla_triton.mla_prefill_triton(qlt, qpt, kv, tables[0], start, scale, block_m=block_m,
                                                  block_n=block_n, num_warps=warps)
