@@ -13,12 +13,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 from backend.config import KimiLinearConfig
 from backend.context import ForwardContext
 from backend.norms import rms_norm
 
+_FUSED_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+"""Never the math fallback on the GPU: at long context it would materialise [H, T, L] scores."""
 LATENT_NORM_EPS = 1e-6  # kv_a_layernorm / q_a_layernorm use the default eps, not rms_norm_eps (spec §8.11)
 
 
@@ -77,6 +80,7 @@ class KimiMLAAttention(nn.Module):
         q = torch.cat([q_nope, q_pe], dim=-1)
         head_dim = q.shape[-1]
         v = F.pad(v, (0, head_dim - self.v_dim))  # equal head dims let SDPA pick its flash kernel
-        o = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                           attn_mask=causal_lower_right(t, length), scale=self.scale)
-        return o.transpose(0, 1)[..., :self.v_dim]
+        q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # fused kernels want [B, H, T, D]
+        with sdpa_kernel(_FUSED_ATTENTION if q.is_cuda else [SDPBackend.MATH]):
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, length), scale=self.scale)
+        return o[0].transpose(0, 1)[..., :self.v_dim]

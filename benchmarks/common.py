@@ -37,6 +37,9 @@ SMALL = {
 
 PRESETS = {"small": SMALL, "48b": KIMI_LINEAR_48B}
 
+ROUTER_BIAS_STD = 0.01
+"""Small next to the sigmoid router scores: a large random bias would pick the same experts for every token."""
+
 
 def preset_config(name: str) -> KimiLinearConfig:
     if name not in PRESETS:
@@ -59,8 +62,10 @@ def random_model(config: KimiLinearConfig, device: torch.device, dtype: torch.dt
     for name, p in model.named_parameters():
         if name.endswith("A_log"):
             p.uniform_(0.0, 2.0, generator=generator)
-        elif name.endswith(("dt_bias", "e_score_correction_bias")):
+        elif name.endswith("dt_bias"):
             p.normal_(0.0, 0.5, generator=generator)
+        elif name.endswith("e_score_correction_bias"):
+            p.normal_(0.0, ROUTER_BIAS_STD, generator=generator)
         elif p.dim() == 1 or name.endswith("o_norm.weight"):
             p.fill_(1.0)
         else:

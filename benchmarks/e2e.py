@@ -23,7 +23,7 @@ import torch
 
 from backend import Engine, SamplingParams
 from backend.state_cache import CacheLayout
-from benchmarks.common import preset_config, random_model, sync
+from benchmarks.common import ROUTER_BIAS_STD, preset_config, random_model, sync
 
 PAGE = 64
 
@@ -235,8 +235,10 @@ def theirs(args, device, config, rows) -> None:
     for name, p in model.named_parameters():
         if name.endswith("A_log"):
             p.uniform_(0.0, 2.0, generator=gen)
-        elif name.endswith(("dt_bias", "e_score_correction_bias")):
+        elif name.endswith("dt_bias"):
             p.normal_(0.0, 0.5, generator=gen)
+        elif name.endswith("e_score_correction_bias"):
+            p.normal_(0.0, ROUTER_BIAS_STD, generator=gen)
         elif p.dim() == 1:
             p.fill_(1.0)
         else:
