@@ -152,7 +152,7 @@ class Engine:
         if n > self.cache.max_sessions - 1:
             raise CacheCapacityError(f"cannot fork {n} sessions: the engine holds at most "
                                      f"{self.cache.max_sessions} (max_sessions)")
-        children = [Sequence(seq_id=next(self._ids), token_ids=list(parent.token_ids)) for _ in range(n)]
+        children = [Sequence(seq_id=next(self._ids), token_ids=parent.token_ids.fork()) for _ in range(n)]
         self._send(("fork", parent, children))
         return children
 

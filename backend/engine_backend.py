@@ -41,7 +41,7 @@ class EngineConversation(Conversation):
 
     async def reply(self, options: ReplyOptions) -> Reply:
         await self._session.extend(GENERATION_PROMPT)
-        prompt_tokens = len(self._session.token_ids)
+        prompt_tokens = self._session.num_tokens
         completion = await self._session.generate(SamplingParams(
             max_tokens=options.max_tokens, temperature=options.temperature, top_p=options.top_p,
             seed=options.seed))

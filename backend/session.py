@@ -31,7 +31,11 @@ class Session:
 
     @property
     def token_ids(self) -> list[int]:
-        return list(self._seq.token_ids)
+        return self._seq.token_ids.tolist()
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._seq.token_ids)
 
     @property
     def closed(self) -> bool:

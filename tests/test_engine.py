@@ -217,3 +217,22 @@ def test_paged_prefill_in_expanded_form_matches_the_dense_absorbed_form(engine):
     rest = model(ids[:, 24:], PagedContext(cache, [slot], [pages], [24], 16))
     paged = torch.cat([first, rest], dim=1)
     assert torch.allclose(paged, dense, atol=1e-4, rtol=1e-4), (paged - dense).abs().max()
+
+
+def test_forked_token_histories_share_the_parent_list_and_read_like_copies():
+    from backend.sequence import TokenHistory
+
+    root = TokenHistory(range(10))
+    child = root.fork()
+    root.extend([100, 101])
+    child.extend([200, 201, 202])
+    grandchild = child.fork()
+    child.append(203)
+    grandchild.append(300)
+    assert root.tolist() == [*range(10), 100, 101]
+    assert child.tolist() == [*range(10), 200, 201, 202, 203]
+    assert grandchild.tolist() == [*range(10), 200, 201, 202, 300]
+    assert grandchild[8:12] == [8, 9, 200, 201] and grandchild[-1] == 300 and len(grandchild) == 14
+    assert child[9] == 9 and child[10] == 200
+    with pytest.raises(IndexError):
+        child[14]
