@@ -161,7 +161,7 @@ def _decode_splits(launch, block_tables, kv_cache, n, device):
     return _splits(n * triton.cdiv(launch.heads, launch.block_m), capacity, device)
 
 
-def mla_decode_triton(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale, *, block_n=32, num_warps=4,
+def mla_decode_triton(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale, *, block_n=64, num_warps=8,
                       num_stages=2, n_splits=None):
     """Same contract as kernels.mla_reference.mla_decode_reference."""
     _check(q_latent, q_pe, kv_cache)
@@ -178,7 +178,7 @@ def mla_decode_triton(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale, *
 
 
 def mla_decode_shared_triton(q_latent, q_pe, kv_cache, prefix_pages, prefix_len, block_tables, seq_lens, scale,
-                             *, block_m=64, block_n=32, num_warps=8, num_stages=2, prefix_splits=None,
+                             *, block_m=64, block_n=64, num_warps=8, num_stages=2, prefix_splits=None,
                              suffix_splits=None):
     """Same contract as kernels.mla_reference.mla_decode_shared_reference."""
     _check(q_latent, q_pe, kv_cache)
