@@ -91,7 +91,8 @@ class Footprint:
     def prefill_flops(self, tokens: int) -> float:
         c = self.config
         dense = 2 * self.active_params * tokens
-        mla = len(c.mla_layer_ids) * 2 * (tokens**2 / 2) * c.num_attention_heads * (c.latent_dim + c.kv_lora_rank)
+        head = c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim  # expanded form, as prefill runs it
+        mla = len(c.mla_layer_ids) * 2 * (tokens**2 / 2) * c.num_attention_heads * head
         d, chunk = c.kda_head_dim, 64
         kda = len(c.kda_layer_ids) * c.kda_heads * (6 * tokens * d * d + 3 * tokens * chunk * d + tokens * chunk**2)
         return dense + mla + kda
