@@ -33,7 +33,7 @@ from swarm.offline_web.tasks import Family, ResearchTask, grade, sample_task  # 
 from swarm.offline_web.trajectories import offline_web_tools  # noqa: E402
 from swarm.orchestrator import Swarm  # noqa: E402
 
-REPLY_TOKENS = 4096  # a byte-level model writes a 25-row table in about 2,000 tokens
+REPLY_TOKENS = 4096  # a byte-level model writes a 25-row table in about 2,000 tokens; --max-tokens changes it
 
 
 class TaskScore(BaseModel):
@@ -65,8 +65,9 @@ class FamilySummary(BaseModel):
     agents: float
 
 
-async def run_task(backend: EngineBackend, tools: list, task: ResearchTask, base_url: str) -> TaskScore:
-    swarm = Swarm(backend, tools, reply_options=ReplyOptions(max_tokens=REPLY_TOKENS))
+async def run_task(backend: EngineBackend, tools: list, task: ResearchTask, base_url: str,
+                   max_tokens: int = REPLY_TOKENS) -> TaskScore:
+    swarm = Swarm(backend, tools, reply_options=ReplyOptions(max_tokens=max_tokens))
     started = time.perf_counter()
     result = await swarm.run(task.prompt)
     wall = time.perf_counter() - started
@@ -138,7 +139,7 @@ async def main_async(args: argparse.Namespace) -> list[FamilySummary]:
             await web.search("warm up the search index", 1)
             for family, size in plan:
                 task = sample_task(offline.manifest, family, "heldout", rng, size)
-                score = await run_task(backend, web.tools(), task, offline.base_url)
+                score = await run_task(backend, web.tools(), task, offline.base_url, args.max_tokens)
                 scores.setdefault(family, []).append(score)
                 print(f"{family:8s} {score.correct}/{score.total} cited {score.cited} agents {score.agents} "
                       f"tools {score.tool_calls} {score.wall_seconds:.1f}s [{score.status}] {task.prompt[:70]}",
@@ -166,6 +167,7 @@ def main() -> None:
     parser.add_argument("--table-rows", type=int, default=20)
     parser.add_argument("--two-hop", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-tokens", type=int, default=REPLY_TOKENS, help="completion tokens per model turn")
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None, help="write every task's score and answer here")
