@@ -58,7 +58,13 @@ def random_model(config: KimiLinearConfig, device: torch.device, dtype: torch.dt
         if not name.endswith(keep_fp32):
             p.data = p.data.to(dtype)
     model = model.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    randomize_(model, torch.Generator(device=device).manual_seed(seed))
+    return model.eval()
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Draw every weight in place (ours or transformers' model: the parameter names are the same)."""
     for name, p in model.named_parameters():
         if name.endswith("A_log"):
             p.uniform_(0.0, 2.0, generator=generator)
@@ -70,7 +76,6 @@ def random_model(config: KimiLinearConfig, device: torch.device, dtype: torch.dt
             p.fill_(1.0)
         else:
             p.normal_(0.0, p.shape[-1] ** -0.5, generator=generator)
-    return model.eval()
 
 
 def sync(device: torch.device) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from backend import Engine, SamplingParams
 from backend.state_cache import CacheLayout
-from benchmarks.common import ROUTER_BIAS_STD, preset_config, random_model, sync
+from benchmarks.common import preset_config, randomize_, random_model, sync
 
 PAGE = 64
 
@@ -232,18 +232,7 @@ def theirs(args, device, config, rows) -> None:
     with torch.device("meta"):
         model = HFModel(hf_config)
     model = model.to(torch.bfloat16).to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    for name, p in model.named_parameters():
-        if name.endswith("A_log"):
-            p.uniform_(0.0, 2.0, generator=gen)
-        elif name.endswith("dt_bias"):
-            p.normal_(0.0, 0.5, generator=gen)
-        elif name.endswith("e_score_correction_bias"):
-            p.normal_(0.0, ROUTER_BIAS_STD, generator=gen)
-        elif p.dim() == 1:
-            p.fill_(1.0)
-        else:
-            p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
+    randomize_(model, torch.Generator(device=device).manual_seed(0))
     model.eval()
     vocab = config.vocab_size
     x = torch.tensor([ids(args.context, vocab, 0)], device=device)
