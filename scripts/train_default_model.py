@@ -193,6 +193,62 @@ def recomputed(kda_core):
     return run
 
 
+def fla_kda_core():
+    """fla-core's Triton chunk_kda (fused forward and backward kernels), under our core's contract.
+
+    The Python-loop core is launch-bound on the GPU; fla's kernels are not. Dev-only dependency.
+    """
+    from fla.ops.kda import chunk_kda as fla_chunk_kda
+
+    def run(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
+            use_qk_l2norm=False, **_unused):
+        return fla_chunk_kda(q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                             output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm)
+    return run
+
+
+def core_mismatch(core, device: torch.device, seed: int = 0) -> str | None:
+    """How `core` differs from chunk_kda_parallel in outputs and gradients (None if it agrees to 5e-2).
+
+    Inputs mimic the layer under autocast: bf16 q/k/v on the GPU, fp32 gates, beta and initial state.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    b, t, h, d = 2, 150, 4, 64
+    low = torch.bfloat16 if device.type == "cuda" else torch.float32
+    inputs = [torch.randn(b, t, h, d, generator=gen).to(low) for _ in range(3)]
+    inputs += [-torch.rand(b, t, h, d, generator=gen) * 2, torch.rand(b, t, h, generator=gen),
+               torch.randn(b, h, d, d, generator=gen)]
+    results = []
+    for candidate in (core, chunk_kda_parallel):
+        leaves = [x.to(device).requires_grad_() for x in inputs]
+        out, final = candidate(*leaves[:5], initial_state=leaves[5], output_final_state=True, use_qk_l2norm=True)
+        (out.float().square().sum() + final.float().square().sum()).backward()
+        results.append([out.float(), final.float()] + [x.grad.float() for x in leaves])
+    names = ["output", "final state", "dq", "dk", "dv", "dg", "dbeta", "dstate"]
+    for name, got, want in zip(names, *results):
+        error = float((got - want).norm() / want.norm().clamp_min(1e-12))
+        if not error <= 5e-2:
+            return f"{name} relative error {error:.2e}"
+    return None
+
+
+def training_core(name: str, chunk_size: int, device: torch.device):
+    """The KDA core to train with: fla's kernels when asked for and they agree with ours, else our own."""
+    own = recomputed(functools.partial(chunk_kda_parallel, chunk_size=chunk_size))
+    if name == "parallel":
+        return own
+    try:
+        core = fla_kda_core()
+        problem = core_mismatch(core, device)
+    except Exception as error:  # a missing wheel or a kernel that fails on this GPU: train anyway, say so
+        problem = f"{type(error).__name__}: {error}"
+    if problem is None:
+        print("KDA core: fla-core chunk_kda (checked against chunk_kda_parallel)", flush=True)
+        return core
+    print(f"KDA core: fla-core unusable ({problem}); using chunk_kda_parallel", flush=True)
+    return own
+
+
 def init_weights(model: KimiLinearForCausalLM, seed: int) -> None:
     """GPT-style init; KDA decay and dt in Mamba's ranges; residual outputs scaled by depth."""
     gen = torch.Generator().manual_seed(seed)
@@ -354,7 +410,7 @@ def train(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    backend.kda_layer.chunk_kda = recomputed(functools.partial(chunk_kda_parallel, chunk_size=args.chunk_size))
+    backend.kda_layer.chunk_kda = training_core(args.kda_core, args.chunk_size, device)
     tokenizer = ByteTokenizer()
     config_dict = default_config(hidden=args.hidden, layers=args.layers)
     config = KimiLinearConfig.from_dict(config_dict)
@@ -445,7 +501,9 @@ def main() -> None:
     parser.add_argument("--tokens-per-batch", type=int, default=131072,
                         help="a step costs about the same up to here (launch-bound); peak was 17 GiB at 32k, chunk 32")
     parser.add_argument("--max-len", type=int, default=16384)
-    parser.add_argument("--chunk-size", type=int, default=64, help="KDA chunk length in training")
+    parser.add_argument("--chunk-size", type=int, default=64, help="KDA chunk length of chunk_kda_parallel")
+    parser.add_argument("--kda-core", choices=["fla", "parallel"], default="fla",
+                        help="fla: fla-core's Triton kernels if installed and they match ours; parallel: our own")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoint saves")

@@ -66,6 +66,22 @@ def test_training_kda_core_matches_the_reference():
     torch.testing.assert_close(final, expected_state, atol=1e-5, rtol=1e-5)
 
 
+def test_core_check_accepts_a_matching_core_and_names_what_a_wrong_one_gets_wrong():
+    cpu = torch.device("cpu")
+    assert train.core_mismatch(functools.partial(train.chunk_kda_parallel, chunk_size=64), cpu) is None
+
+    def forgets_the_initial_state(*args, initial_state=None, **kwargs):
+        return train.chunk_kda_parallel(*args, initial_state=initial_state * 0, **kwargs)
+
+    assert train.core_mismatch(forgets_the_initial_state, cpu).startswith("output relative error")
+
+
+def test_training_falls_back_to_its_own_core_without_fla(capsys):
+    core = train.training_core("fla", 32, torch.device("cpu"))
+    assert "using chunk_kda_parallel" in capsys.readouterr().out
+    assert train.core_mismatch(core, torch.device("cpu")) is None
+
+
 def test_training_attention_matches_latent_attention():
     config = KimiLinearConfig.from_dict(train.default_config())
     context = train.TrainingContext(config, 2, torch.device("cpu"))
