@@ -1,13 +1,15 @@
 """Train the embedded default model (dev-only): a small Kimi Linear on the teacher's swarm trajectories.
 
 Uses the project's own model code (backend.model: KDA, MLA, MoE layers) through a stateless
-full-sequence context, with one swap: the KDA core is `chunk_kda_parallel`, the same chunked
-UT-transform math as kernels.kda_reference but vectorised over chunks so autograd stays fast
-(tests/test_default_model.py checks it against the reference). Loss is on assistant tokens only;
-bf16 autocast; the MoE router is balanced without an auxiliary loss by nudging
-e_score_correction_bias (DeepSeek-V3 style). Writes an official-format checkpoint.
+full-sequence context, with one swap: the KDA core is fla-core's Triton chunk_kda when it is
+installed and matches ours on the GPU at start-up, else `chunk_kda_parallel`, the same chunked
+UT-transform math as kernels.kda_reference vectorised over chunks (tests/test_default_model.py
+checks it against the reference). Loss is on assistant tokens only; bf16 autocast; the MoE router
+is balanced without an auxiliary loss by nudging e_score_correction_bias (DeepSeek-V3 style).
+Writes an official-format checkpoint (safetensors shards under 16 MiB, with their index).
 
-    python scripts/train_default_model.py --data trajectories.jsonl.xz --out DIR --minutes 6.5
+    python -m swarm.offline_web.trajectories --out part1.jsonl.xz --tasks 2000 --shards 4 --seed 1
+    python scripts/train_default_model.py --data part1.jsonl.xz part2.jsonl.xz --out DIR --minutes 8.4
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def default_config(vocab_size: int = BYTE_VOCAB, hidden: int = 256, layers: int 
         "v_head_dim": 32, "mla_use_nope": True, "rope_theta": 10000.0, "rope_scaling": None,
         "model_max_length": 65536, "rms_norm_eps": 1e-5, "hidden_act": "silu", "tie_word_embeddings": False,
         "linear_attn_config": {"num_heads": 4, "head_dim": 64, "short_conv_kernel_size": 4,
-                               "kda_layers": [i for i in one_based if i % 4], "full_attn_layers": [i for i in one_based if i % 4 == 0]},
+                               "kda_layers": [i for i in one_based if i % 4],
+                               "full_attn_layers": [i for i in one_based if i % 4 == 0]},
         "num_experts": 8, "num_experts_per_token": 2, "num_shared_experts": 1,
         "moe_intermediate_size": hidden // 2, "first_k_dense_replace": 1, "moe_layer_freq": 1,
         "moe_router_activation_func": "sigmoid", "moe_renormalize": True, "routed_scaling_factor": 2.446,
@@ -176,7 +179,8 @@ def _forward(model: KimiLinearForCausalLM, ids: torch.Tensor, ctx: TrainingConte
     return x
 
 
-def training_logits(model: KimiLinearForCausalLM, ids: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+def training_logits(model: KimiLinearForCausalLM, ids: torch.Tensor,
+                    prefix: torch.Tensor | None = None) -> torch.Tensor:
     """Logits for ids [B, T] continuing `prefix` [P] (shared by every row), without inference_mode."""
     prefix_ctx = None
     if prefix is not None:
@@ -302,7 +306,8 @@ class Example(NamedTuple):
     mask: torch.Tensor
 
 
-def load_examples(paths: list[Path], tokenizer: ByteTokenizer, max_len: int) -> tuple[list[torch.Tensor], list[Example]]:
+def load_examples(paths: list[Path], tokenizer: ByteTokenizer,
+                  max_len: int) -> tuple[list[torch.Tensor], list[Example]]:
     """Shared prefixes (text before the first user turn) and, per trajectory, its prefix index, the
     remaining ids and the target mask; segments are [text, is_assistant_output] pairs."""
     prefixes: dict[str, int] = {}
