@@ -182,6 +182,19 @@ class _SpecialAware:
             bad = next(id for id in ids if not 0 <= id < self.vocab_size)
             raise TokenizerError(f"token id {bad} is outside this tokenizer's ids 0..{self.vocab_size - 1}")
 
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for piece in self._pieces(text):
+            if isinstance(piece, int):
+                ids.append(piece)
+            else:
+                ids.extend(self._encode_plain(piece))
+        return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
+        """Ids of text that holds no special token."""
+        raise NotImplementedError
+
     def _pieces(self, text: str) -> Iterator[str | int]:
         return _split_specials(text, self._splitter, self.special_ids)
 
@@ -268,14 +281,8 @@ class KimiTokenizer(_SpecialAware):
             where=directory,
         )
 
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for piece in self._pieces(text):
-            if isinstance(piece, int):
-                ids.append(piece)
-            else:
-                ids.extend(id for chunk in _bounded_pieces(piece) for id in self._encoding.encode_ordinary(chunk))
-        return ids
+    def _encode_plain(self, text: str) -> list[int]:
+        return [id for chunk in _bounded_pieces(text) for id in self._encoding.encode_ordinary(chunk)]
 
     def decode(self, ids: Sequence[int]) -> str:
         self._check_ids(ids)
@@ -326,14 +333,8 @@ class ByteTokenizer(_SpecialAware):
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return config_path
 
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for piece in self._pieces(text):
-            if isinstance(piece, int):
-                ids.append(piece)
-            else:
-                ids.extend(piece.encode("utf-8"))
-        return ids
+    def _encode_plain(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
 
     def decode(self, ids: Sequence[int]) -> str:
         return b"".join(self.token_bytes(id) for id in ids).decode("utf-8", errors="replace")

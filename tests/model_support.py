@@ -60,3 +60,18 @@ def write_tiny_checkpoint(directory: Path, *, seed: int = 0, dtype: torch.dtype 
     save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(directory, **save_kwargs)
     return model
+
+
+def write_chat_checkpoint(directory: Path, *, layers: str, seed: int) -> Path:
+    """A tiny checkpoint with the byte-level tokenizer (Kimi's special tokens), for engine and chat tests."""
+    from backend.tokenizer import ByteTokenizer
+
+    write_tiny_checkpoint(directory, layers=layers, vocab=300, seed=seed)
+    ByteTokenizer().save(directory)
+    return directory
+
+
+async def extend_then_generate(session, suffix: list[int], params):
+    """A forked session's continuation: its own suffix, then a generation."""
+    await session.extend(suffix)
+    return await session.generate(params)

@@ -12,8 +12,7 @@ import torch
 from backend import Engine, SamplingParams
 from backend.engine import EngineCrashedError
 from backend.state_cache import CacheCapacityError, CacheLayout
-from backend.tokenizer import ByteTokenizer
-from tests.model_support import write_tiny_checkpoint
+from tests.model_support import extend_then_generate, write_chat_checkpoint
 
 PAGE = 16
 GREEDY = SamplingParams(max_tokens=8, stop_token_ids=[])
@@ -21,10 +20,7 @@ GREEDY = SamplingParams(max_tokens=8, stop_token_ids=[])
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("engine-ckpt")
-    write_tiny_checkpoint(path, layers="KMKKM", vocab=300, seed=3)
-    ByteTokenizer().save(path)
-    return path
+    return write_chat_checkpoint(tmp_path_factory.mktemp("engine-ckpt"), layers="KMKKM", seed=3)
 
 
 @pytest.fixture
@@ -52,11 +48,7 @@ async def test_fork_equals_fresh_session(engine):
     parent = await engine.session(prefix)
     children = parent.fork(len(suffixes))
 
-    async def forked(child, suffix):
-        await child.extend(suffix)
-        return await child.generate(GREEDY)
-
-    forked_out = await asyncio.gather(*(forked(c, s) for c, s in zip(children, suffixes)))
+    forked_out = await asyncio.gather(*(extend_then_generate(c, s, GREEDY) for c, s in zip(children, suffixes)))
     parent_out = await parent.generate(GREEDY)
 
     async def fresh(ids):

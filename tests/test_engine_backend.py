@@ -10,8 +10,7 @@ from backend.chat_format import GENERATION_PROMPT, render
 from backend.conversation import ReplyOptions
 from backend.engine_backend import EngineBackend
 from backend.messages import Message, ToolSpec
-from backend.tokenizer import ByteTokenizer
-from tests.model_support import write_tiny_checkpoint
+from tests.model_support import write_chat_checkpoint, write_tiny_checkpoint
 
 TOOLS = [ToolSpec(name="search", description="Search the web.",
                   parameters={"type": "object", "properties": {"query": {"type": "string"}}})]
@@ -19,10 +18,7 @@ TOOLS = [ToolSpec(name="search", description="Search the web.",
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("chat-ckpt")
-    write_tiny_checkpoint(path, layers="KKKM", vocab=300, seed=5)
-    ByteTokenizer().save(path)
-    return path
+    return write_chat_checkpoint(tmp_path_factory.mktemp("chat-ckpt"), layers="KKKM", seed=5)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import torch
 from backend import Engine, SamplingParams
 from backend.moe import StackedExperts
 from benchmarks.common import preset_config, random_model
+from tests.model_support import extend_then_generate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is "
                                                                        "covered by test_engine.py)")
@@ -49,11 +50,7 @@ async def test_forks_equal_fresh_sessions_on_cuda(dtype):
         root = await engine.session(prefix)
         children = root.fork(len(suffixes))
 
-        async def forked(child, suffix):
-            await child.extend(suffix)
-            return await child.generate(params)
-
-        outs = await asyncio.gather(*(forked(c, s) for c, s in zip(children, suffixes)))
+        outs = await asyncio.gather(*(extend_then_generate(c, s, params) for c, s in zip(children, suffixes)))
         matches = 0
         for suffix, out in zip(suffixes, outs):
             fresh = await engine.session(prefix + suffix)
