@@ -81,6 +81,17 @@ def run_main(main: Coroutine[Any, Any, None]) -> None:
         sys.exit(f"error: {error}")
 
 
+async def research(options: argparse.Namespace, prompt: str, expected: object = None) -> RunResult:
+    """Print the task, run the swarm on it, print the result (and the offline web's answer, if known)."""
+    print(f"Task: {prompt}\n")
+    async with research_swarm(options) as swarm:
+        result = await swarm.run(prompt)
+    print_result(result)
+    if expected is not None:
+        print(f"Expected (the offline web's facts): {expected}")
+    return result
+
+
 def print_result(result: RunResult) -> None:
     """The answer, then each citation (URL and the text it rests on), then usage."""
     print(result.answer.rstrip())

@@ -15,7 +15,7 @@ import csv
 import re
 from pathlib import Path
 
-from common import offline_task, parser, print_result, research_swarm, run_main, web_mode
+from common import offline_task, parser, research, run_main, web_mode
 from swarm.launch import WebMode
 from swarm.offline_web.tasks import PLURALS, TABLE_TEMPLATES, join_names
 
@@ -63,10 +63,7 @@ async def main(options: argparse.Namespace) -> None:
         kind, attribute, prompt = task.kind, task.attribute, task.prompt
     else:
         raise SystemExit("error: on the live web, name the rows with --entities (and --kind, --attribute)")
-    print(f"Task: {prompt}\n")
-    async with research_swarm(options) as swarm:
-        result = await swarm.run(prompt)
-    print_result(result)
+    result = await research(options, prompt)
     rows = table_rows(result.answer)
     missing = write_csv(options.out, [kind.capitalize(), attribute.capitalize(), "Source"], entities, rows)
     print(f"\nWrote {options.out}: {len(entities) - len(missing)} of {len(entities)} rows filled"

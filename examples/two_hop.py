@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import offline_task, parser, print_result, research_swarm, run_main, web_mode
+from common import offline_task, parser, research, run_main, web_mode
 from swarm.launch import WebMode
 
 
@@ -25,12 +25,7 @@ async def main(options: argparse.Namespace) -> None:
         prompt, expected = task.prompt, task.answer
     else:
         raise SystemExit("error: on the live web, ask a question with --question")
-    print(f"Task: {prompt}\n")
-    async with research_swarm(options) as swarm:
-        result = await swarm.run(prompt)
-    print_result(result)
-    if expected is not None:
-        print(f"Expected (the offline web's facts): {expected}")
+    await research(options, prompt, expected)
 
 
 if __name__ == "__main__":
