@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from backend.conversation import ReplyOptions
 from backend.replay import RecordingBackend, ReplayMismatch
@@ -137,7 +138,7 @@ def run(
             record=record, replay=replay, live=console.is_terminal and not json_output,
         ))
     except (LaunchError, ReplayMismatch, ToolTapeMismatch) as error:
-        console.print(f"[red]error:[/red] {error}")
+        _print_error(console, error)
         raise typer.Exit(EXIT_ERROR) from None
     _print_result(result, console, json_output, out, max_tool_calls)
     if interrupted:
@@ -157,8 +158,13 @@ def serve_web(
         offline_web = import_or_fail("swarm.offline_web", "the offline web")
         offline_web.serve_forever(port=port, seed=seed)
     except (LaunchError, OSError) as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}")
+        _print_error(Console(stderr=True), error)
         raise typer.Exit(EXIT_ERROR) from None
+
+
+def _print_error(console: Console, error: Exception) -> None:
+    """One unwrapped line, so the message can be copied and grepped; its text is not read as markup."""
+    console.print("[red]error:[/red]", escape(str(error)), soft_wrap=True)
 
 
 async def _run(task: str, documents: list[str], console: Console, settings: dict[str, Any], *, model: str | None,

@@ -26,7 +26,7 @@ from swarm.offline_web.tasks import sample_task
 from tests.fake_openai import CLI_COUNTER, FakeOpenAI, FakeReply, swarm_script, teacher_script
 
 REPO = Path(__file__).resolve().parent.parent
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "200"})  # so typer's error boxes do not wrap the messages the tests look for
 ANSWER = "Alpha is first [http://facts.test/alpha]."
 
 

@@ -93,7 +93,7 @@ def test_peak_memory_while_loading(tmp_path):
         load_model({str(warm)!r})
         base = rss()
         model = load_model({str(big)!r})
-        peak = int(re.search(r'VmHWM:\s+(\d+) kB', open('/proc/self/status').read()).group(1)) * 1024
+        peak = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024
         print(peak - base)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
