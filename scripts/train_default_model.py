@@ -36,6 +36,7 @@ from backend.config import KimiLinearConfig  # noqa: E402
 from backend.model import KimiLinearForCausalLM  # noqa: E402
 from backend.chat_format import IM_USER  # noqa: E402
 from backend.tokenizer import ByteTokenizer  # noqa: E402
+from backend.weights import load_model  # noqa: E402
 from kernels.kda_reference import l2norm  # noqa: E402
 
 PROCESS_START = time.time()  # the training budget counts from here, so data loading is inside it
@@ -417,10 +418,15 @@ def train(args: argparse.Namespace) -> None:
         torch.backends.cudnn.allow_tf32 = True
     backend.kda_layer.chunk_kda = training_core(args.kda_core, args.chunk_size, device)
     tokenizer = ByteTokenizer()
-    config_dict = default_config(hidden=args.hidden, layers=args.layers)
-    config = KimiLinearConfig.from_dict(config_dict)
-    model = KimiLinearForCausalLM(config)
-    init_weights(model, args.seed)
+    if args.init:
+        config_dict = json.loads((Path(args.init) / "config.json").read_text())
+        model = load_model(args.init, device=device, dtype=torch.float32)
+        model.requires_grad_(True)
+        print(f"continuing from {args.init}", flush=True)
+    else:
+        config_dict = default_config(hidden=args.hidden, layers=args.layers)
+        model = KimiLinearForCausalLM(KimiLinearConfig.from_dict(config_dict))
+        init_weights(model, args.seed)
     model.to(device).train()
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.1f}M parameters", flush=True)
@@ -499,6 +505,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=6.5,
                         help="wall-clock budget from process start, data loading included")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--init", help="checkpoint to continue training from (its config wins over --hidden/--layers)")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--lr", type=float, default=2e-3)
