@@ -202,13 +202,19 @@ def fla_kda_core():
     """fla-core's Triton chunk_kda (fused forward and backward kernels), under our core's contract.
 
     The Python-loop core is launch-bound on the GPU; fla's kernels are not. Dev-only dependency.
+    The batch goes in as one packed row with cu_seqlens: some of fla's kernels autotune per batch
+    size, and batches here come in dozens of sizes (the first run spent 5 minutes re-tuning).
     """
     from fla.ops.kda import chunk_kda as fla_chunk_kda
 
     def run(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
             use_qk_l2norm=False, **_unused):
-        return fla_chunk_kda(q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                             output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm)
+        b, t = q.shape[:2]
+        cu_seqlens = torch.arange(0, b * t + 1, t, device=q.device, dtype=torch.long)
+        o, final = fla_chunk_kda(*(x.flatten(0, 1)[None] for x in (q, k, v, g, beta)), scale=scale,
+                                 initial_state=initial_state, output_final_state=output_final_state,
+                                 use_qk_l2norm_in_kernel=use_qk_l2norm, cu_seqlens=cu_seqlens)
+        return o.view(b, t, *o.shape[2:]), final
     return run
 
 
@@ -416,7 +422,6 @@ def train(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    backend.kda_layer.chunk_kda = training_core(args.kda_core, args.chunk_size, device)
     tokenizer = ByteTokenizer()
     if args.init:
         config_dict = json.loads((Path(args.init) / "config.json").read_text())
@@ -428,6 +433,7 @@ def train(args: argparse.Namespace) -> None:
         model = KimiLinearForCausalLM(KimiLinearConfig.from_dict(config_dict))
         init_weights(model, args.seed)
     model.to(device).train()
+    backend.kda_layer.chunk_kda = training_core(args.kda_core, args.chunk_size, device)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.1f}M parameters", flush=True)
     prefixes, examples = load_examples([Path(p) for p in args.data], tokenizer, args.max_len)
