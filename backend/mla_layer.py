@@ -5,7 +5,8 @@ cached. Decoding uses the absorbed (MQA) form: kv_b_proj is split into W_UK (abs
 and W_UV (applied to the output), so one token reads the latent once. A prefill chunk of many tokens
 is cheaper in the expanded form (per-head keys of 192 and values of 128 instead of 576 and 512): when
 the context offers `mla_cached_keys`, the cached latent is decompressed through kv_b_proj and attended
-with scaled_dot_product_attention (flash kernels on the GPU).
+with scaled_dot_product_attention (flash kernels on the GPU). Forks prefilled together decompress and
+attend the prefix they share once for all of them.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
+from backend.attention import attention_with_lse
 from backend.config import KimiLinearConfig
 from backend.context import ForwardContext
 from backend.norms import rms_norm
+from backend.paged_context import CachedLatents
+from kernels.mla_reference import merge_attention
 
 _FUSED_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 """Never the math fallback on the GPU: at long context it would materialise [H, T, L] scores."""
@@ -62,7 +66,7 @@ class KimiMLAAttention(nn.Module):
         cached_keys = getattr(ctx, "mla_cached_keys", None)
         keys = cached_keys(self.mla_index, latent) if cached_keys is not None and t > 1 else None
         if keys is not None:
-            o = torch.stack([self._attend_expanded(q_nope[i], q_pe[i], k) for i, k in enumerate(keys)])
+            o = self._attend_expanded(torch.cat([q_nope, q_pe], dim=-1), keys)
             return self.o_proj(o.reshape(n, t, self.num_heads * self.v_dim))
         w_kv = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.rank)
         w_uk, w_uv = w_kv[:, : self.nope_dim], w_kv[:, self.nope_dim:]
@@ -71,15 +75,33 @@ class KimiMLAAttention(nn.Module):
         o = torch.einsum("nthr,hvr->nthv", o_latent, w_uv)
         return self.o_proj(o.reshape(n, t, self.num_heads * self.v_dim))
 
-    def _attend_expanded(self, q_nope: torch.Tensor, q_pe: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """One sequence: queries [T, H, *] are the last T of the cached latent keys [L, R+P]; returns [T, H, V]."""
-        t, h, length = q_nope.shape[0], self.num_heads, keys.shape[0]
+    def _attend_expanded(self, q: torch.Tensor, keys: CachedLatents) -> torch.Tensor:
+        """Queries [N, T, H, D] (the last T positions of each sequence) over their cached latent; returns
+        [N, T, H, V]. A prefix the sequences share is decompressed once and attended by all N*T queries
+        in one call, each sequence's own keys separately, and the two merged by log-sum-exp."""
+        if keys.shared is None:
+            return torch.stack([self._attend_causal(q[i], *self._decompress(k)) for i, k in enumerate(keys.private)])
+        n, t, h, d = q.shape
+        o_shared, lse_shared = attention_with_lse(q.reshape(n * t, h, d), *self._decompress(keys.shared), self.scale)
+        o_shared, lse_shared = o_shared.view(n, t, h, -1), lse_shared.view(n, t, h)
+        out = []
+        for i, own in enumerate(keys.private):
+            o_own, lse_own = attention_with_lse(q[i], *self._decompress(own), self.scale, causal=True)
+            out.append(merge_attention(o_shared[i].float(), lse_shared[i], o_own.float(), lse_own).to(q.dtype))
+        return torch.stack(out)[..., :self.v_dim]
+
+    def _decompress(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent rows [L, R+P] -> per-head keys [L, H, nope+rope] and values [L, H, nope+rope] (zero-padded
+        from v_dim: equal head dims let SDPA pick its flash kernel)."""
+        length, h = keys.shape[0], self.num_heads
         kv = self.kv_b_proj(keys[:, :self.rank]).view(length, h, self.nope_dim + self.v_dim)
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         k = torch.cat([k_nope, keys[:, None, self.rank:].expand(length, h, self.rope_dim)], dim=-1)
-        q = torch.cat([q_nope, q_pe], dim=-1)
-        head_dim = q.shape[-1]
-        v = F.pad(v, (0, head_dim - self.v_dim))  # equal head dims let SDPA pick its flash kernel
+        return k, F.pad(v, (0, k.shape[-1] - self.v_dim))
+
+    def _attend_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One sequence with nothing shared: queries [T, H, D] are the last T of keys [L, H, D]."""
+        t, length = q.shape[0], k.shape[0]
         q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # fused kernels want [B, H, T, D]
         with sdpa_kernel(_FUSED_ATTENTION if q.is_cuda else [SDPBackend.MATH]):
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, length), scale=self.scale)

@@ -21,7 +21,8 @@ class ModelRunner:
         """Run the next `num_tokens` pending tokens of each session into its state and pages."""
         starts = [s.num_cached for s in seqs]
         ids = torch.tensor([s.token_ids[p:p + num_tokens] for s, p in zip(seqs, starts)])
-        ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs], starts, num_tokens)
+        ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs], starts, num_tokens,
+                           shared_prefix=self.shared_prefix_attention)
         self.model(ids, ctx, last_only=True)
         for s in seqs:
             s.num_cached += num_tokens

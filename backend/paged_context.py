@@ -2,17 +2,27 @@
 
 Decode batches are N sessions x 1 token; prefill chunks are N sessions x T tokens each. Each MLA layer's
 new latent rows are scattered into the sessions' pages, then attention reads them back through
-the block tables, so a prefix shared by forks is stored once; when a decode batch shares leading
-pages, attention reads them once for the whole batch (shared-prefix mode).
+the block tables, so a prefix shared by forks is stored once; when a batch shares leading pages,
+attention reads them once for the whole batch (shared-prefix mode), in decode and prefill alike.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 import kernels
 from backend.state_cache import StateCache
 from kernels.mla_reference import gather_tokens
+
+
+class CachedLatents(NamedTuple):
+    """A prefill chunk's keys: rows every sequence of the batch shares (attended once for all of them) and
+    each sequence's own rows after those, ending with its new tokens."""
+
+    shared: torch.Tensor | None  # [S, R+P]
+    private: list[torch.Tensor]  # per sequence [start + T - S, R+P]
 
 
 class PagedContext:
@@ -28,7 +38,7 @@ class PagedContext:
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(num_new, device=device)
         pages = self.block_tables.long().gather(1, positions // cache.page_size)
         self.write_rows = (pages * cache.page_size + positions % cache.page_size).reshape(-1)
-        self.shared_pages = self._shared_prefix_pages(block_tables, starts) if num_new == 1 and shared_prefix else 0
+        self.shared_pages = self._shared_prefix_pages(block_tables, starts) if shared_prefix else 0
 
     def _shared_prefix_pages(self, block_tables: list[list[int]], starts: list[int]) -> int:
         """Leading full pages that every sequence of a decode batch holds (forks of one session)."""
@@ -47,14 +57,17 @@ class PagedContext:
                                                   latent_new.reshape(-1, pool.shape[-1]).to(pool.dtype))
         return pool
 
-    def mla_cached_keys(self, mla_index: int, latent_new: torch.Tensor) -> list[torch.Tensor] | None:
-        """A prefill chunk: store latent_new, return each sequence's whole cached latent [start + T, R+P]
-        for the expanded form. None for a decode step, which attends in the absorbed form (mla_attend)."""
+    def mla_cached_keys(self, mla_index: int, latent_new: torch.Tensor) -> CachedLatents | None:
+        """A prefill chunk: store latent_new, return the sequences' cached latent for the expanded form.
+        None for a decode step, which attends in the absorbed form (mla_attend)."""
         if self.num_new == 1:
             return None
         pool = self._store(mla_index, latent_new)
-        return [gather_tokens(pool, self.block_tables[i], 0, start + self.num_new)
-                for i, start in enumerate(self.starts)]
+        shared = self.shared_pages * self.cache.page_size
+        return CachedLatents(
+            gather_tokens(pool, self.block_tables[0], 0, shared) if shared else None,
+            [gather_tokens(pool, self.block_tables[i], shared, start + self.num_new)
+             for i, start in enumerate(self.starts)])
 
     def mla_attend(self, mla_index: int, q_latent: torch.Tensor, q_pe: torch.Tensor,
                    latent_new: torch.Tensor, scale: float) -> torch.Tensor:
