@@ -75,3 +75,36 @@ async def extend_then_generate(session, suffix: list[int], params):
     """A forked session's continuation: its own suffix, then a generation."""
     await session.extend(suffix)
     return await session.generate(params)
+
+
+def forks_prefilled_with_and_without_sharing(model, cache, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of 3 forks of a root session (3 full pages + 5 tokens) prefilling 9 new tokens each in one
+    batch, once in shared-prefix mode and once not; checks that the mode found the 3 shared pages."""
+    from backend.paged_context import PagedContext
+
+    page = cache.page_size
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    root, root_pages = cache.alloc_slot(), [cache.alloc_page() for _ in range(4)]
+    for index, number in enumerate(root_pages):
+        cache.set_table_entry(root, index, number)
+    prefix = torch.randint(0, model.config.vocab_size, (1, 3 * page + 5), generator=gen).to(device)
+    model(prefix, PagedContext(cache, [root], [root_pages], [0], 3 * page + 5))
+    suffixes = torch.randint(0, model.config.vocab_size, (3, 9), generator=gen).to(device)
+
+    def prefill_forks(shared_prefix: bool) -> torch.Tensor:
+        slots = cache.fresh_slots(3)
+        cache.copy_slot(root, slots)
+        tables = []
+        for slot in slots:
+            cache.share_pages([root_pages[3]])
+            tail = cache.writable_page(root_pages[3])  # the root's partial last page, copied on write
+            tables.append([*root_pages[:3], tail])
+            for index, number in enumerate(tables[-1]):
+                cache.set_table_entry(slot, index, number)
+        ctx = PagedContext(cache, slots, tables, [3 * page + 5] * 3, 9, shared_prefix=shared_prefix)
+        assert ctx.shared_pages == (3 if shared_prefix else 0)
+        return model(suffixes, ctx).float()
+
+    with torch.inference_mode():
+        return prefill_forks(shared_prefix=True), prefill_forks(shared_prefix=False)

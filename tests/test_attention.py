@@ -31,3 +31,32 @@ def test_two_halves_merged_by_lse_equal_attention_over_all_keys():
     first, lse_first = attention.attention_with_lse(q, k[:13], v[:13], 0.5)
     rest, lse_rest = attention.attention_with_lse(q, k[13:], v[13:], 0.5)
     assert torch.allclose(merge_attention(first, lse_first, rest, lse_rest), whole, atol=1e-5)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused attention kernels run on CUDA only")
+
+
+@needs_cuda
+@pytest.mark.parametrize("m, length, d", [(27, 192, 96), (300, 2000, 192)])
+def test_flash_path_matches_float64_on_cuda(m, length, d):
+    """Output and log-sum-exp of the bf16 flash path against float64, at the small preset's and 48B's head dims."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    q, k, v = (torch.randn(n, 8, d, device="cuda", generator=gen).bfloat16() for n in (m, length, length))
+    out, lse = attention.attention_with_lse(q, k, v, d ** -0.5)
+    want, want_lse = attention.attention_with_lse(q.double(), k.double(), v.double(), d ** -0.5)
+    assert float((out.double() - want).norm() / want.norm()) < 2e-2
+    assert float((lse.double() - want_lse).abs().max()) < 2e-2
+
+
+@needs_cuda
+def test_fused_lower_right_causal_attention_matches_float64_on_cuda():
+    """The per-sequence prefill path (SDPA, causal_lower_right, fused kernels): T new tokens after L - T cached."""
+    from backend.mla_layer import _FUSED_ATTENTION
+    from torch.nn.attention import sdpa_kernel
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v = (torch.randn(1, 8, n, 96, device="cuda", generator=gen).bfloat16() for n in (9, 206, 206))
+    with sdpa_kernel(_FUSED_ATTENTION):
+        got = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(9, 206), scale=0.1)
+    want, _ = attention.attention_with_lse(*(x[0].transpose(0, 1).double() for x in (q, k, v)), 0.1, causal=True)
+    assert float((got[0].transpose(0, 1).double() - want).norm() / want.norm()) < 2e-2

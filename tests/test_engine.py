@@ -12,7 +12,7 @@ import torch
 from backend import Engine, SamplingParams
 from backend.engine import EngineCrashedError
 from backend.state_cache import CacheCapacityError, CacheLayout
-from tests.model_support import extend_then_generate, write_chat_checkpoint
+from tests.model_support import extend_then_generate, forks_prefilled_with_and_without_sharing, write_chat_checkpoint
 
 PAGE = 16
 GREEDY = SamplingParams(max_tokens=8, stop_token_ids=[])
@@ -214,32 +214,7 @@ def test_paged_prefill_in_expanded_form_matches_the_dense_absorbed_form(engine):
 def test_forks_prefilled_together_attend_their_shared_prefix_once_with_the_same_result(engine):
     """A batch of forks' new tokens attends the shared pages in one call (merged by log-sum-exp with each
     fork's own keys); it must give the logits of prefilling each fork alone."""
-    from backend.paged_context import PagedContext
-
-    model, cache = engine.model, engine.cache
-    rng = random.Random(11)
-    root, root_pages = cache.alloc_slot(), [cache.alloc_page() for _ in range(4)]
-    for index, page in enumerate(root_pages):
-        cache.set_table_entry(root, index, page)
-    model(torch.tensor([random_ids(rng, 3 * PAGE + 5)]), PagedContext(cache, [root], [root_pages], [0], 3 * PAGE + 5))
-    suffixes = torch.tensor([random_ids(rng, 9) for _ in range(3)])
-
-    def prefill_forks(shared_prefix: bool) -> tuple[torch.Tensor, int]:
-        slots = cache.fresh_slots(3)
-        cache.copy_slot(root, slots)
-        tables = []
-        for slot in slots:
-            cache.share_pages([root_pages[3]])
-            tail = cache.writable_page(root_pages[3])  # the root's partial last page, copied on write
-            tables.append([*root_pages[:3], tail])
-            for index, page in enumerate(tables[-1]):
-                cache.set_table_entry(slot, index, page)
-        ctx = PagedContext(cache, slots, tables, [3 * PAGE + 5] * 3, 9, shared_prefix=shared_prefix)
-        return model(suffixes, ctx), ctx.shared_pages
-
-    together, shared_pages = prefill_forks(shared_prefix=True)
-    alone, no_sharing = prefill_forks(shared_prefix=False)
-    assert shared_pages == 3 and no_sharing == 0
+    together, alone = forks_prefilled_with_and_without_sharing(engine.model, engine.cache, seed=11)
     assert torch.allclose(together, alone, atol=1e-4, rtol=1e-4), (together - alone).abs().max()
 
 

@@ -14,7 +14,7 @@ import torch
 from backend import Engine, SamplingParams
 from backend.moe import StackedExperts
 from benchmarks.common import preset_config, random_model
-from tests.model_support import extend_then_generate
+from tests.model_support import extend_then_generate, forks_prefilled_with_and_without_sharing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is "
                                                                        "covered by test_engine.py)")
@@ -57,6 +57,22 @@ async def test_forks_equal_fresh_sessions_on_cuda(dtype):
             want = await fresh.generate(params)
             matches += out.token_ids == want.token_ids
         # fp32 must match exactly; bf16 rounding differs between batched and single runs, so most must
-        assert matches == len(suffixes) if dtype == torch.float32 else matches >= len(suffixes) - 1
+        assert matches == len(suffixes) if dtype == torch.float32 else matches >= len(suffixes) - 1, matches
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.xfail(
+    strict=True, reason="H200, 2026-11-23: logits differ by 16% in bf16 (fp32 agrees to 1e-5); suspects: the "
+                        "flash log-sum-exp path or the fused lower-right causal SDPA (tests/test_attention.py "
+                        "checks each against float64); the engine keeps shared prefill off on CUDA meanwhile"))])
+def test_shared_prefix_prefill_on_cuda_matches_prefilling_each_fork_alone(dtype):
+    """The flash path of attention_with_lse (bf16) and the merge, inside the model on the GPU."""
+    engine = Engine(random_model(preset_config("small"), torch.device("cuda"), dtype, seed=2), None, max_sessions=16,
+                    memory=1 << 30, page_size=64)
+    try:
+        together, alone = forks_prefilled_with_and_without_sharing(engine.model, engine.cache, seed=3)
+        error = float((together - alone).norm() / alone.norm())
+        assert error < (1e-5 if dtype == torch.float32 else 2e-2), f"relative logit difference {error:.2e}"
     finally:
         engine.shutdown()
