@@ -43,6 +43,7 @@ PROCESS_START = time.time()  # the training budget counts from here, so data loa
 BYTE_VOCAB = ByteTokenizer().vocab_size
 MAX_SHARD_BYTES = 15 * 1024 * 1024  # the device returns files of at most 16 MiB
 USER_TURN = IM_USER + "user"
+FIRST_STEPS_LOGGED = 30  # every one of them: the first ~25 steps on the H200 took 300 s for reasons not yet known
 
 
 def default_config(vocab_size: int = BYTE_VOCAB, hidden: int = 256, layers: int = 12) -> dict:
@@ -475,7 +476,7 @@ def train(args: argparse.Namespace) -> None:
             imbalance = balancer.step()
             step += 1
             tokens += ids.numel()
-            if step % args.log_every == 0 or step == 1:
+            if step % args.log_every == 0 or step <= FIRST_STEPS_LOGGED:
                 print(f"step {step} epoch {epoch} t={elapsed:.0f}s {tokens / max(elapsed, 1e-9):,.0f} tok/s "
                       f"loss {loss:.4f} lr {lr:.2e} "
                       f"grad {grad_norm:.2f} batch {tuple(ids.shape)} max-load/mean {imbalance:.2f}", flush=True)
