@@ -25,7 +25,7 @@ class ModelRunner:
         starts = [s.num_cached for s in seqs]
         ids = torch.tensor([s.token_ids[p:p + num_tokens] for s, p in zip(seqs, starts)])
         ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs], starts, num_tokens,
-                           shared_prefix=self.shared_prefix_attention and not self.model.device.type == "cuda")
+                           shared_prefix=self.shared_prefix_attention and self.model.device.type != "cuda")
         self.model(ids, ctx, last_only=True)
         for s in seqs:
             s.num_cached += num_tokens

@@ -41,7 +41,8 @@ class PagedContext:
         self.shared_pages = self._shared_prefix_pages(block_tables, starts) if shared_prefix else 0
 
     def _shared_prefix_pages(self, block_tables: list[list[int]], starts: list[int]) -> int:
-        """Leading full pages that every sequence of a decode batch holds (forks of one session)."""
+        """Leading full pages that every sequence of the batch holds (forks of one session), all before
+        the first new token."""
         if len(block_tables) < 2:
             return 0
         full = min(starts) // self.cache.page_size
@@ -71,14 +72,15 @@ class PagedContext:
 
     def mla_attend(self, mla_index: int, q_latent: torch.Tensor, q_pe: torch.Tensor,
                    latent_new: torch.Tensor, scale: float) -> torch.Tensor:
+        """A decode step in the absorbed form; prefill chunks take the expanded form (mla_cached_keys)."""
+        if self.num_new != 1:
+            raise ValueError(f"PagedContext.mla_attend serves decode steps, not {self.num_new}-token chunks: "
+                             "prefill goes through mla_cached_keys")
         pool = self._store(mla_index, latent_new)
-        if self.num_new == 1 and self.shared_pages:
+        if self.shared_pages:
             out = kernels.mla_decode_shared(q_latent[:, 0], q_pe[:, 0], pool, self.block_tables[0, :self.shared_pages],
                                             self.shared_pages * self.cache.page_size, self.block_tables,
                                             self.seq_lens, scale)
-            return out.unsqueeze(1)
-        if self.num_new == 1:
+        else:
             out = kernels.mla_decode(q_latent[:, 0], q_pe[:, 0], pool, self.block_tables, self.seq_lens, scale)
-            return out.unsqueeze(1)
-        return torch.stack([kernels.mla_prefill(q_latent[i], q_pe[i], pool, self.block_tables[i], start, scale)
-                            for i, start in enumerate(self.starts)])
+        return out.unsqueeze(1)
