@@ -92,3 +92,16 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int 
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def cuda_event_median_ms(fn: Callable[[], object], runs: int) -> float:
+    """Median milliseconds of `runs` calls, each timed by CUDA events around it alone."""
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)

@@ -20,7 +20,6 @@ import importlib.util
 import inspect
 import json
 import math
-import statistics
 import sys
 import time
 import traceback
@@ -34,6 +33,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import cuda_event_median_ms  # noqa: E402
 from kernels import kda_reference, kda_triton, mla_reference, mla_triton  # noqa: E402
 
 try:
@@ -91,15 +91,7 @@ def time_slow(fn, runs=3) -> float:
     if time.monotonic() > DEADLINE[0]:
         raise OutOfTime
     fn()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return cuda_event_median_ms(fn, runs)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -11,7 +11,6 @@ the CUDA attention_with_lse against a float64 reference, then times both modes.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from backend.attention import attention_with_lse
 from backend.mla_layer import KimiMLAAttention
 from backend.paged_context import CachedLatents
-from benchmarks.common import preset_config, randomize_
+from benchmarks.common import cuda_event_median_ms, preset_config, randomize_
 
 FLOAT64_CHECK_TOLERANCE = 2e-2  # bf16 inputs and outputs against a float64 reference
 
@@ -32,18 +31,6 @@ def check_attention_with_lse(device: torch.device, gen: torch.Generator) -> tupl
     want, want_lse = attention_with_lse(*(x.bfloat16().double() for x in (q, k, v)), 192 ** -0.5)
     return (float((out.double() - want).norm() / want.norm()),
             float((lse.double() - want_lse).abs().max() / want_lse.abs().max()))
-
-
-def cuda_median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 @torch.inference_mode()
@@ -85,7 +72,7 @@ def main() -> None:
     print(f"shared-prefix vs per-fork output: relative difference {mismatch:.2e}")
     if not mismatch < FLOAT64_CHECK_TOLERANCE or not out_error < FLOAT64_CHECK_TOLERANCE:
         sys.exit("shared-prefix prefill disagrees; not timing it")
-    ms_per_fork, ms_shared = (cuda_median_ms(fn, args.repeats) for fn in (per_fork, shared_once))
+    ms_per_fork, ms_shared = (cuda_event_median_ms(fn, args.repeats) for fn in (per_fork, shared_once))
     heads, nope, rope, v = config.num_attention_heads, config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
     attend = 2 * args.forks * args.suffix * (args.prefix + args.own) * heads * (nope + rope + v)
     decompress = 2 * (args.prefix + args.own) * config.kv_lora_rank * heads * (nope + v)
