@@ -53,9 +53,12 @@ def web_mode(options: argparse.Namespace) -> WebMode:
     return resolve_web_mode(WebMode(options.web), uses_default_model=not (options.model or options.base_url))
 
 
-def offline_task(options: argparse.Namespace, family: Family, size: int | None = None) -> ResearchTask:
+def offline_task(options: argparse.Namespace, family: Family, size: int | None = None, *,
+                 live_web_needs: str) -> ResearchTask:
     """A task about held-out entities of the offline web (the default model never saw them in training),
-    with its expected answer."""
+    with its expected answer. On the live web there is none to pick: exit saying what to pass instead."""
+    if web_mode(options) is not WebMode.offline:
+        raise SystemExit(f"error: on the live web, {live_web_needs}")
     manifest: SiteManifest = ensure_site()[1]
     return sample_task(manifest, family, "heldout", random.Random(options.seed), size)
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import offline_task, parser, research, run_main, web_mode
-from swarm.launch import WebMode
+from common import offline_task, parser, research, run_main
 from swarm.offline_web.tasks import COMPARISONS, PLURALS, join_names
 
 
@@ -24,16 +23,13 @@ def comparison_prompt(kind: str, attribute: str, entities: list[str], smallest: 
 
 
 async def main(options: argparse.Namespace) -> None:
-    expected = None
     if options.entities:
         entities = [name.strip() for name in options.entities.split(",") if name.strip()]
-        prompt = comparison_prompt(options.kind, options.attribute, entities, options.smallest)
-    elif web_mode(options) is WebMode.offline:
-        task = offline_task(options, "compare", options.count)
-        prompt, expected = task.prompt, task.answer
-    else:
-        raise SystemExit("error: on the live web, name what to compare with --entities (and --kind, --attribute)")
-    await research(options, prompt, expected)
+        await research(options, comparison_prompt(options.kind, options.attribute, entities, options.smallest))
+        return
+    task = offline_task(options, "compare", options.count,
+                        live_web_needs="name what to compare with --entities (and --kind, --attribute)")
+    await research(options, task.prompt, task.answer)
 
 
 if __name__ == "__main__":

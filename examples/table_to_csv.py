@@ -15,8 +15,7 @@ import csv
 import re
 from pathlib import Path
 
-from common import offline_task, parser, research, run_main, web_mode
-from swarm.launch import WebMode
+from common import offline_task, parser, research, run_main
 from swarm.offline_web.tasks import PLURALS, TABLE_TEMPLATES, join_names
 
 URL = re.compile(r"https?://[^\s|\]\)>]+")
@@ -56,13 +55,12 @@ async def main(options: argparse.Namespace) -> None:
         entities = [name.strip() for name in options.entities.split(",") if name.strip()]
         kind, attribute = options.kind, options.attribute
         prompt = table_prompt(kind, attribute, entities)
-    elif web_mode(options) is WebMode.offline:
-        task = offline_task(options, "table", options.rows)
+    else:
+        task = offline_task(options, "table", options.rows,
+                            live_web_needs="name the rows with --entities (and --kind, --attribute)")
         entities = [lookup.entity for lookup in task.waves[0]]
         expected = {lookup.entity: lookup.value for lookup in task.waves[0]}
         kind, attribute, prompt = task.kind, task.attribute, task.prompt
-    else:
-        raise SystemExit("error: on the live web, name the rows with --entities (and --kind, --attribute)")
     result = await research(options, prompt)
     rows = table_rows(result.answer)
     missing = write_csv(options.out, [kind.capitalize(), attribute.capitalize(), "Source"], entities, rows)

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import argparse
 
-from common import offline_task, parser, research, run_main, web_mode
-from swarm.launch import WebMode
+from common import offline_task, parser, research, run_main
 
 
 async def main(options: argparse.Namespace) -> None:
-    expected = None
     if options.question:
-        prompt = options.question
-    elif web_mode(options) is WebMode.offline:
-        task = offline_task(options, "two_hop")
-        prompt, expected = task.prompt, task.answer
-    else:
-        raise SystemExit("error: on the live web, ask a question with --question")
-    await research(options, prompt, expected)
+        await research(options, options.question)
+        return
+    task = offline_task(options, "two_hop", live_web_needs="ask a question with --question")
+    await research(options, task.prompt, task.answer)
 
 
 if __name__ == "__main__":
