@@ -175,6 +175,21 @@ def _store_rows(ptr, x, start, end, i_h, r: tl.constexpr, D: tl.constexpr, BD: t
 
 
 @triton.jit
+def _store_block_lower_product(dst, t00, t10, t11, t20, t21, t22, t30, t31, t32, t33, x0, x1, x2, x3,
+                               start, end, i_h, D: tl.constexpr, BD: tl.constexpr, H: tl.constexpr,
+                               BC: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Row blocks 0..3 of T x into dst, for T block lower-triangular (4x4 tiles) and x given by its row blocks."""
+    _store_rows(dst, tl.dot(t00, x0, input_precision=DOT_PREC), start, end, i_h, 0, D, BD, H, BC)
+    _store_rows(dst, tl.dot(t10, x0, input_precision=DOT_PREC) + tl.dot(t11, x1, input_precision=DOT_PREC),
+                start, end, i_h, 1, D, BD, H, BC)
+    _store_rows(dst, tl.dot(t20, x0, input_precision=DOT_PREC) + tl.dot(t21, x1, input_precision=DOT_PREC)
+                + tl.dot(t22, x2, input_precision=DOT_PREC), start, end, i_h, 2, D, BD, H, BC)
+    _store_rows(dst, tl.dot(t30, x0, input_precision=DOT_PREC) + tl.dot(t31, x1, input_precision=DOT_PREC)
+                + tl.dot(t32, x2, input_precision=DOT_PREC) + tl.dot(t33, x3, input_precision=DOT_PREC),
+                start, end, i_h, 3, D, BD, H, BC)
+
+
+@triton.jit
 def _kda_solve_kernel(akk, kb, v, beta, chunk_starts, chunk_ends, w, u,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       C: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -208,26 +223,14 @@ def _kda_solve_kernel(akk, kb, v, beta, chunk_starts, chunk_ends, w, u,
     kb1 = _rows(kb, start, end, i_h, 1, K, BK, H, BC)
     kb2 = _rows(kb, start, end, i_h, 2, K, BK, H, BC)
     kb3 = _rows(kb, start, end, i_h, 3, K, BK, H, BC)
-    _store_rows(w, tl.dot(t00, kb0, input_precision=DOT_PREC), start, end, i_h, 0, K, BK, H, BC)
-    _store_rows(w, tl.dot(t10, kb0, input_precision=DOT_PREC) + tl.dot(t11, kb1, input_precision=DOT_PREC),
-                start, end, i_h, 1, K, BK, H, BC)
-    _store_rows(w, tl.dot(t20, kb0, input_precision=DOT_PREC) + tl.dot(t21, kb1, input_precision=DOT_PREC)
-                + tl.dot(t22, kb2, input_precision=DOT_PREC), start, end, i_h, 2, K, BK, H, BC)
-    _store_rows(w, tl.dot(t30, kb0, input_precision=DOT_PREC) + tl.dot(t31, kb1, input_precision=DOT_PREC)
-                + tl.dot(t32, kb2, input_precision=DOT_PREC) + tl.dot(t33, kb3, input_precision=DOT_PREC),
-                start, end, i_h, 3, K, BK, H, BC)
+    _store_block_lower_product(w, t00, t10, t11, t20, t21, t22, t30, t31, t32, t33, kb0, kb1, kb2, kb3,
+                               start, end, i_h, K, BK, H, BC, DOT_PREC)
     vb0 = _rows(v, start, end, i_h, 0, V, BV, H, BC) * _rows(beta, start, end, i_h, 0, 1, 1, H, BC)
     vb1 = _rows(v, start, end, i_h, 1, V, BV, H, BC) * _rows(beta, start, end, i_h, 1, 1, 1, H, BC)
     vb2 = _rows(v, start, end, i_h, 2, V, BV, H, BC) * _rows(beta, start, end, i_h, 2, 1, 1, H, BC)
     vb3 = _rows(v, start, end, i_h, 3, V, BV, H, BC) * _rows(beta, start, end, i_h, 3, 1, 1, H, BC)
-    _store_rows(u, tl.dot(t00, vb0, input_precision=DOT_PREC), start, end, i_h, 0, V, BV, H, BC)
-    _store_rows(u, tl.dot(t10, vb0, input_precision=DOT_PREC) + tl.dot(t11, vb1, input_precision=DOT_PREC),
-                start, end, i_h, 1, V, BV, H, BC)
-    _store_rows(u, tl.dot(t20, vb0, input_precision=DOT_PREC) + tl.dot(t21, vb1, input_precision=DOT_PREC)
-                + tl.dot(t22, vb2, input_precision=DOT_PREC), start, end, i_h, 2, V, BV, H, BC)
-    _store_rows(u, tl.dot(t30, vb0, input_precision=DOT_PREC) + tl.dot(t31, vb1, input_precision=DOT_PREC)
-                + tl.dot(t32, vb2, input_precision=DOT_PREC) + tl.dot(t33, vb3, input_precision=DOT_PREC),
-                start, end, i_h, 3, V, BV, H, BC)
+    _store_block_lower_product(u, t00, t10, t11, t20, t21, t22, t30, t31, t32, t33, vb0, vb1, vb2, vb3,
+                               start, end, i_h, V, BV, H, BC, DOT_PREC)
 
 
 @triton.jit
