@@ -18,14 +18,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence], num_tokens: int) -> None:
-        """Run the next `num_tokens` pending tokens of each session into its state and pages.
-
-        Shared-prefix prefill stays off on CUDA until the bf16 GPU test that compares it with per-sequence
-        prefill passes (tests/test_gpu_engine.py; benchmarks/RESULTS.md says what is known)."""
+        """Run the next `num_tokens` pending tokens of each session into its state and pages."""
         starts = [s.num_cached for s in seqs]
         ids = torch.tensor([s.token_ids[p:p + num_tokens] for s, p in zip(seqs, starts)])
         ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs], starts, num_tokens,
-                           shared_prefix=self.shared_prefix_attention and self.model.device.type != "cuda")
+                           shared_prefix=self.shared_prefix_attention)
         self.model(ids, ctx, last_only=True)
         for s in seqs:
             s.num_cached += num_tokens

@@ -37,10 +37,16 @@ def test_grouped_expert_gemms_match_per_expert_loop():
         assert err < 1e-2, f"{tokens} tokens: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-async def test_forks_equal_fresh_sessions_on_cuda(dtype):
+async def test_forks_equal_fresh_sessions_on_cuda():
+    """Forked, batched sessions generate exactly what fresh ones do, in float32.
+
+    Not in bf16: on a random model one token in a hundred changes MoE experts under bf16 rounding
+    (measured: 1.5% median per-token difference after the first MoE layer, 71% at the 99th percentile),
+    so greedy tokens part within a few steps whatever the engine does. The bf16 path is checked against
+    float32 logits by test_shared_prefix_prefill_on_cuda_matches_prefilling_each_fork_alone.
+    """
     config = preset_config("small")
-    engine = Engine(random_model(config, torch.device("cuda"), dtype, seed=1), None, max_sessions=32,
+    engine = Engine(random_model(config, torch.device("cuda"), torch.float32, seed=1), None, max_sessions=32,
                     memory=1 << 30, page_size=64)
     try:
         gen = torch.Generator().manual_seed(0)
@@ -56,23 +62,38 @@ async def test_forks_equal_fresh_sessions_on_cuda(dtype):
             fresh = await engine.session(prefix + suffix)
             want = await fresh.generate(params)
             matches += out.token_ids == want.token_ids
-        # fp32 must match exactly; bf16 rounding differs between batched and single runs, so most must
-        assert matches == len(suffixes) if dtype == torch.float32 else matches >= len(suffixes) - 1, matches
+        assert matches == len(suffixes), matches
     finally:
         engine.shutdown()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.xfail(
-    strict=True, reason="H200, 2026-11-23: logits differ by 16% in bf16 (fp32 agrees to 1e-5); suspects: the "
-                        "flash log-sum-exp path or the fused lower-right causal SDPA (tests/test_attention.py "
-                        "checks each against float64); the engine keeps shared prefill off on CUDA meanwhile"))])
-def test_shared_prefix_prefill_on_cuda_matches_prefilling_each_fork_alone(dtype):
-    """The flash path of attention_with_lse (bf16) and the merge, inside the model on the GPU."""
-    engine = Engine(random_model(preset_config("small"), torch.device("cuda"), dtype, seed=2), None, max_sessions=16,
-                    memory=1 << 30, page_size=64)
+def _forks_prefilled_on_cuda(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of forks prefilled together (shared prefix) and each alone, on a seeded random model.
+
+    The weights are drawn in bf16 whatever `dtype` is, so the float32 run is the bf16 model computed
+    exactly. Every token uses every expert: with top-2 of 16 a random router sends one token in a
+    hundred to other experts under bf16 rounding, which swamps any difference between the two modes.
+    """
+    config = preset_config("small")
+    config = config.model_copy(update={"num_experts_per_token": config.num_experts})
+    model = random_model(config, torch.device("cuda"), torch.bfloat16, seed=2)
+    model = model if dtype == torch.bfloat16 else model.to(dtype)  # bf16 keeps its float32 gate parameters
+    engine = Engine(model, None, max_sessions=16, memory=1 << 30, page_size=64)
     try:
-        together, alone = forks_prefilled_with_and_without_sharing(engine.model, engine.cache, seed=3)
-        error = float((together - alone).norm() / alone.norm())
-        assert error < (1e-5 if dtype == torch.float32 else 2e-2), f"relative logit difference {error:.2e}"
+        return forks_prefilled_with_and_without_sharing(engine.model, engine.cache, seed=3)
     finally:
         engine.shutdown()
+
+
+def test_shared_prefix_prefill_on_cuda_matches_prefilling_each_fork_alone():
+    """The flash path of attention_with_lse and the merge, inside the model on the GPU.
+
+    In float32 the two modes agree to 1e-5. In bf16 both differ from the float32 logits by rounding
+    (3.5% on this model on the CPU), so sharing must be as accurate as prefilling each fork alone.
+    """
+    together, alone = _forks_prefilled_on_cuda(torch.float32)
+    assert float((together - alone).norm() / alone.norm()) < 1e-5
+    shared_bf16, alone_bf16 = _forks_prefilled_on_cuda(torch.bfloat16)
+    shared_error, alone_error = (float((x - alone).norm() / alone.norm()) for x in (shared_bf16, alone_bf16))
+    print(f"bf16 against float32: shared prefix {shared_error:.2e}, each fork alone {alone_error:.2e}")
+    assert alone_error < 0.1 and shared_error <= 1.25 * alone_error, (shared_error, alone_error)
