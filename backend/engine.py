@@ -69,7 +69,8 @@ def cache_budget_bytes(memory: int | float | None, device: torch.device) -> int:
 class Engine:
     def __init__(self, model: KimiLinearForCausalLM, tokenizer: Tokenizer | None = None, *,
                  max_sessions: int = 128, memory: int | float | None = None, page_size: int = 64,
-                 prefill_chunk: int = 512, max_batch: int = 256, shared_prefix_attention: bool = True):
+                 prefill_chunk: int = 512, max_batch: int = 256, shared_prefix_attention: bool = True,
+                 cuda_graphs: bool = True):
         self.model = model
         self.config = model.config
         self.tokenizer = tokenizer
@@ -77,7 +78,8 @@ class Engine:
             self.config, memory_bytes=cache_budget_bytes(memory, model.device), max_sessions=max_sessions,
             page_size=page_size, device=model.device, dtype=model.dtype)
         self.blocks = BlockManager(self.cache)
-        self.runner = ModelRunner(model, self.cache, shared_prefix_attention=shared_prefix_attention)
+        self.runner = ModelRunner(model, self.cache, shared_prefix_attention=shared_prefix_attention,
+                                  cuda_graphs=cuda_graphs)
         self.scheduler = Scheduler(self.blocks, prefill_chunk, max_batch)
         self.stop_ids = tokenizer.eos_token_ids if tokenizer is not None else self.config.eos_token_ids
         self.vocab_limit = min(self.config.vocab_size, tokenizer.vocab_size if tokenizer else self.config.vocab_size)

@@ -90,7 +90,13 @@ class KimiLinearForCausalLM(nn.Module):
             raise ValueError(f"token ids must be in [0, {vocab}), got range "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
         ctx = ctx if ctx is not None else self.new_context(input_ids.shape[0])
-        x = self.model.embed_tokens(input_ids.to(self.device))
+        return self.forward_unchecked(input_ids.to(self.device), ctx, last_only=last_only)
+
+    def forward_unchecked(self, input_ids: torch.Tensor, ctx: ForwardContext, *, last_only: bool = False
+                          ) -> torch.Tensor:
+        """forward without checking the ids (that check reads them back to the host): for ids on the model's
+        device that the caller knows are in range, e.g. inside a CUDA graph."""
+        x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
             x = layer(x, ctx)
         if last_only:

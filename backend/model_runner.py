@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from backend.decode_graphs import DecodeGraphs
 from backend.model import KimiLinearForCausalLM
 from backend.paged_context import PagedContext
 from backend.sequence import Sequence
@@ -11,10 +12,13 @@ from backend.state_cache import StateCache
 
 
 class ModelRunner:
-    def __init__(self, model: KimiLinearForCausalLM, cache: StateCache, *, shared_prefix_attention: bool = True):
+    def __init__(self, model: KimiLinearForCausalLM, cache: StateCache, *, shared_prefix_attention: bool = True,
+                 cuda_graphs: bool = True):
         self.model = model
         self.cache = cache
         self.shared_prefix_attention = shared_prefix_attention
+        self.graphs = DecodeGraphs(model, cache) if cuda_graphs and DecodeGraphs.supported(model) else None
+        """Decode steps replay CUDA graphs while this is set; None runs them eagerly (CPU, fp32, or asked)."""
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence], num_tokens: int) -> None:
@@ -30,10 +34,13 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """Feed each session's last pending token; fp32 next-token logits [N, vocab], left on the device."""
-        ids = torch.tensor([[s.token_ids[s.num_cached]] for s in seqs])
-        ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs],
-                           [s.num_cached for s in seqs], 1, shared_prefix=self.shared_prefix_attention)
-        logits = self.model(ids, ctx, last_only=True)[:, 0]
+        ids, slots, starts = ([s.token_ids[s.num_cached] for s in seqs], [s.slot for s in seqs],
+                              [s.num_cached for s in seqs])
+        tables = [s.block_table for s in seqs]
+        logits = self.graphs.decode(ids, slots, starts, tables, self.shared_prefix_attention) if self.graphs else None
+        if logits is None:
+            ctx = PagedContext(self.cache, slots, tables, starts, 1, shared_prefix=self.shared_prefix_attention)
+            logits = self.model(torch.tensor(ids)[:, None], ctx, last_only=True)[:, 0]
         for s in seqs:
             s.num_cached += 1
         return logits

@@ -25,29 +25,46 @@ class CachedLatents(NamedTuple):
     private: list[torch.Tensor]  # per sequence [start + T - S, R+P]
 
 
+def shared_prefix_pages(tables: torch.Tensor, starts: list[int], page_size: int) -> int:
+    """Leading full pages that every sequence of the batch holds (forks of one session), all before
+    the first new token; tables are the batch's device block tables."""
+    full = min(starts) // page_size
+    if len(starts) < 2 or not full:
+        return 0
+    same = (tables[:, :full] == tables[:1, :full]).all(dim=0)
+    return int(same.int().cumprod(0).sum())
+
+
 class PagedContext:
     def __init__(self, cache: StateCache, slots: list[int], block_tables: list[list[int]],
                  starts: list[int], num_new: int, *, shared_prefix: bool = True):
         device = cache.latent[0].device if cache.latent else cache.recurrent[0].device
+        slot_ids = torch.tensor(slots, device=device, dtype=torch.long)
+        tables = cache.table_rows(slot_ids, max(len(t) for t in block_tables))
+        self._bind(cache, slot_ids, tables, torch.tensor(starts, device=device), num_new)
+        self.starts = starts
+        self.shared_pages = shared_prefix_pages(tables, starts, cache.page_size) if shared_prefix else 0
+
+    @classmethod
+    def for_decode_graph(cls, cache: StateCache, slots: torch.Tensor, block_tables: torch.Tensor,
+                         starts: torch.Tensor, shared_pages: int) -> PagedContext:
+        """A decode step from device tensors alone, with no host sync: what a CUDA graph captures."""
+        ctx = cls.__new__(cls)
+        ctx._bind(cache, slots, block_tables, starts, 1)
+        ctx.shared_pages = shared_pages
+        return ctx
+
+    def _bind(self, cache: StateCache, slots: torch.Tensor, block_tables: torch.Tensor, starts: torch.Tensor,
+              num_new: int) -> None:
         self.cache = cache
         self.num_new = num_new
-        self.starts = starts
-        self.slots = torch.tensor(slots, device=device, dtype=torch.long)
-        self.block_tables = cache.table_rows(self.slots, max(len(t) for t in block_tables))
-        self.seq_lens = torch.tensor([s + num_new for s in starts], device=device, dtype=torch.int32)
-        positions = torch.tensor(starts, device=device)[:, None] + torch.arange(num_new, device=device)
-        pages = self.block_tables.long().gather(1, positions // cache.page_size)
+        self.slots = slots
+        self.block_tables = block_tables
+        self.seq_lens = (starts + num_new).to(torch.int32)
+        positions = starts[:, None] + torch.arange(num_new, device=starts.device)
+        pages = block_tables.long().gather(1, positions // cache.page_size)
         self.write_rows = (pages * cache.page_size + positions % cache.page_size).reshape(-1)
-        self.shared_pages = self._shared_prefix_pages(block_tables, starts) if shared_prefix else 0
 
-    def _shared_prefix_pages(self, block_tables: list[list[int]], starts: list[int]) -> int:
-        """Leading full pages that every sequence of the batch holds (forks of one session), all before
-        the first new token."""
-        if len(block_tables) < 2:
-            return 0
-        full = min(starts) // self.cache.page_size
-        same = (self.block_tables[:, :full] == self.block_tables[:1, :full]).all(dim=0)
-        return int(same.int().cumprod(0).sum()) if full else 0
 
     def kda_state(self, kda_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.cache.recurrent[kda_index], self.cache.conv[kda_index], self.slots

@@ -6,6 +6,8 @@ MLA layer: page_size tokens x (kv_lora_rank + qk_rope_head_dim) values). Pages c
 counts so that forks share their parent's pages; a shared page is copied before it is written.
 Everything is allocated once, up front, from a byte budget. The block tables are mirrored on the
 device, one row per slot, updated entry by entry, so a decode step never rebuilds them from the host.
+One more slot and page than the budget names are scratch: rows that pad a CUDA-graph decode batch
+read and write them, and nothing else does.
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ class StateCache:
         self.page_size = page_size
         self.num_pages = num_pages
         self.max_sessions = max_sessions
-        self.recurrent = [torch.zeros(max_sessions, h, d, d, device=device, dtype=torch.float32)
+        self.scratch_slot, self.scratch_page = max_sessions, num_pages
+        self.recurrent = [torch.zeros(max_sessions + 1, h, d, d, device=device, dtype=torch.float32)
                           for _ in range(n_kda)]
-        self.conv = [torch.zeros(max_sessions, 3 * h * d, config.conv_size - 1, device=device, dtype=dtype)
+        self.conv = [torch.zeros(max_sessions + 1, 3 * h * d, config.conv_size - 1, device=device, dtype=dtype)
                      for _ in range(n_kda)]
-        self.latent = [torch.zeros(num_pages, page_size, config.latent_dim, device=device, dtype=dtype)
+        self.latent = [torch.zeros(num_pages + 1, page_size, config.latent_dim, device=device, dtype=dtype)
                        for _ in range(n_mla)]
         self.free_slots = list(range(max_sessions - 1, -1, -1))
         self.free_pages = list(range(num_pages - 1, -1, -1))
@@ -65,12 +68,13 @@ class StateCache:
     @classmethod
     def from_budget(cls, config: KimiLinearConfig, *, memory_bytes: int, max_sessions: int, page_size: int,
                     device: torch.device, dtype: torch.dtype) -> StateCache:
-        """As many pages as fit in `memory_bytes` once `max_sessions` slots are paid for."""
+        """As many pages as fit in `memory_bytes` once `max_sessions` slots (and the scratch slot and page) are
+        paid for."""
         layout = CacheLayout.for_config(config, dtype, page_size)
-        left = memory_bytes - max_sessions * layout.slot_bytes
-        num_pages = left // layout.page_bytes
+        left = memory_bytes - (max_sessions + 1) * layout.slot_bytes
+        num_pages = left // layout.page_bytes - 1
         if num_pages < 1:
-            need = max_sessions * layout.slot_bytes + layout.page_bytes
+            need = (max_sessions + 1) * layout.slot_bytes + 2 * layout.page_bytes
             raise CacheCapacityError(
                 f"memory budget of {memory_bytes / 2**20:.1f} MiB is too small: {max_sessions} session slots "
                 f"({layout.slot_bytes / 2**20:.2f} MiB each) plus one cache page need {need / 2**20:.1f} MiB; "

@@ -67,16 +67,20 @@ async def test_forks_equal_fresh_sessions_on_cuda():
         engine.shutdown()
 
 
+def _every_expert_config():
+    """The small preset with every token using every expert: with top-2 of 16, a random router sends one
+    token in a hundred to other experts under bf16 rounding, which would swamp the differences tested."""
+    config = preset_config("small")
+    return config.model_copy(update={"num_experts_per_token": config.num_experts})
+
+
 def _forks_prefilled_on_cuda(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of forks prefilled together (shared prefix) and each alone, on a seeded random model.
 
     The weights are drawn in bf16 whatever `dtype` is, so the float32 run is the bf16 model computed
-    exactly. Every token uses every expert: with top-2 of 16 a random router sends one token in a
-    hundred to other experts under bf16 rounding, which swamps any difference between the two modes.
+    exactly.
     """
-    config = preset_config("small")
-    config = config.model_copy(update={"num_experts_per_token": config.num_experts})
-    model = random_model(config, torch.device("cuda"), torch.bfloat16, seed=2)
+    model = random_model(_every_expert_config(), torch.device("cuda"), torch.bfloat16, seed=2)
     model = model if dtype == torch.bfloat16 else model.to(dtype)  # bf16 keeps its float32 gate parameters
     engine = Engine(model, None, max_sessions=16, memory=1 << 30, page_size=64)
     try:
@@ -97,3 +101,55 @@ def test_shared_prefix_prefill_on_cuda_matches_prefilling_each_fork_alone():
     shared_error, alone_error = (float((x - alone).norm() / alone.norm()) for x in (shared_bf16, alone_bf16))
     print(f"bf16 against float32: shared prefix {shared_error:.2e}, each fork alone {alone_error:.2e}")
     assert alone_error < 0.1 and shared_error <= 1.25 * alone_error, (shared_error, alone_error)
+
+
+async def _decode_logits_per_session(model, *, cuda_graphs: bool) -> tuple[dict[int, list[torch.Tensor]], Engine, int]:
+    """Every decode step's logits, per session id, of a root and 3 forks generating 6 tokens each; and the
+    number of decode steps."""
+    engine = Engine(model, None, max_sessions=16, memory=1 << 30, page_size=64, cuda_graphs=cuda_graphs)
+    logits: dict[int, list[torch.Tensor]] = {}
+    steps = []
+    eager_or_graph = engine.runner.decode
+
+    def recording(seqs):
+        steps.append(len(seqs))
+        out = eager_or_graph(seqs)
+        for seq, row in zip(seqs, out):
+            logits.setdefault(seq.seq_id, []).append(row.float().cpu())
+        return out
+
+    engine.runner.decode = recording
+    try:
+        gen = torch.Generator().manual_seed(5)
+        prefix = torch.randint(0, model.config.vocab_size, (3 * 64 + 8,), generator=gen).tolist()
+        suffixes = [torch.randint(0, model.config.vocab_size, (n,), generator=gen).tolist() for n in (1, 7, 70)]
+        params = SamplingParams(max_tokens=6, stop_token_ids=[])
+        root = await engine.session(prefix)
+        children = root.fork(len(suffixes))
+        await asyncio.gather(*(extend_then_generate(c, s, params) for c, s in zip(children, suffixes)))
+        await root.generate(params)
+    finally:
+        engine.shutdown()
+    return logits, engine, len(steps)
+
+
+async def test_decode_cuda_graphs_give_the_eager_steps_logits():
+    """Replayed graphs (batches padded to a bucket, shared-prefix mode included) decode what eager steps do.
+
+    bf16 on both sides, in batches that may differ: each session's steps are compared until their greedy
+    tokens part. A padding row that wrote into a session, or a stale graph input, would be far off.
+    """
+    model = random_model(_every_expert_config(), torch.device("cuda"), torch.bfloat16, seed=4)
+    graphed, engine, steps = await _decode_logits_per_session(model, cuda_graphs=True)
+    eager, _, _ = await _decode_logits_per_session(model, cuda_graphs=False)
+    assert engine.runner.graphs.captures >= 1 and engine.runner.graphs.replays == steps
+    assert graphed.keys() == eager.keys() and len(eager) == 4
+    compared = 0
+    for seq_id, steps in eager.items():
+        for want, got in zip(steps, graphed[seq_id]):
+            error = float((got - want).norm() / want.norm())
+            assert error < 5e-2, f"session {seq_id}, step {compared}: relative logit difference {error:.2e}"
+            compared += 1
+            if int(got.argmax()) != int(want.argmax()):
+                break
+    assert compared >= 4
