@@ -416,6 +416,24 @@ def save_checkpoint(model: KimiLinearForCausalLM, config: dict, out: Path) -> No
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
 
 
+@torch.no_grad()
+def validation_loss(model: KimiLinearForCausalLM, prefixes: list[torch.Tensor], examples: list[Example],
+                    device: torch.device) -> float:
+    """Loss per assistant byte on held-out trajectories (names the model never saw): whether it copies
+    from its context rather than recalls training names. One trajectory at a time, in eval mode."""
+    model.eval()
+    total, count = 0.0, 0
+    for example in examples:
+        ids, mask = example.ids.long()[None].to(device), example.mask[None].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = training_logits(model, ids, prefixes[example.prefix].to(device))
+        targets = mask[:, 1:]
+        total += float(F.cross_entropy(logits[:, :-1][targets].float(), ids[:, 1:][targets], reduction="sum"))
+        count += int(targets.sum())
+    model.train()
+    return total / max(count, 1)
+
+
 def train(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -437,6 +455,11 @@ def train(args: argparse.Namespace) -> None:
     backend.kda_layer.chunk_kda = training_core(args.kda_core, args.chunk_size, device)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.1f}M parameters", flush=True)
+    validation = load_examples([Path(p) for p in args.validation], tokenizer, args.max_len) if args.validation else None
+    if validation:
+        print(f"validation loss before: {validation_loss(model, *validation, device):.4f}", flush=True)
+    if args.eval_only:
+        return
     prefixes, examples = load_examples([Path(p) for p in args.data], tokenizer, args.max_len)
     balancer = RouterBalancer(model)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "conv1d" not in n]
@@ -484,6 +507,8 @@ def train(args: argparse.Namespace) -> None:
                 save_checkpoint(model, config_dict, Path(args.out))
                 last_save = time.time()
     save_checkpoint(model, config_dict, Path(args.out))
+    if validation:
+        print(f"validation loss after: {validation_loss(model, *validation, device):.4f}", flush=True)
     print(f"done: {step} steps, {epoch} epochs, {tokens:,} padded tokens, {skipped} batches skipped, "
           f"{time.time() - start:.0f}s of training, {time.time() - PROCESS_START:.0f}s in all, "
           f"peak {torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else 0:.1f} GiB on the GPU; "
@@ -506,9 +531,12 @@ def train_step(model, optimizer, prefix: torch.Tensor, ids: torch.Tensor, mask: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, nargs="+",
+    parser.add_argument("--data", nargs="+",
                         help="trajectory files (.jsonl.xz) written by swarm.offline_web.trajectories")
-    parser.add_argument("--out", required=True, help="checkpoint directory to write")
+    parser.add_argument("--out", help="checkpoint directory to write (required unless --eval-only)")
+    parser.add_argument("--validation", nargs="+", help="held-out trajectories (trajectories --split heldout): "
+                                                        "their loss is printed before and after training")
+    parser.add_argument("--eval-only", action="store_true", help="print the validation loss of --init and stop")
     parser.add_argument("--minutes", type=float, default=6.5,
                         help="wall-clock budget from process start, data loading included")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -526,7 +554,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoint saves")
-    train(parser.parse_args())
+    args = parser.parse_args()
+    if args.eval_only and not (args.init and args.validation):
+        parser.error("--eval-only needs --init (the checkpoint) and --validation (the trajectories)")
+    if not args.eval_only and not (args.data and args.out):
+        parser.error("training needs --data and --out")
+    train(args)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import lzma
 import random
 import re
 
@@ -13,10 +14,12 @@ from backend.chat_format import IM_END, render
 from backend.messages import Message, ToolCall
 from swarm import prompts
 from swarm.offline_web import OfflineWeb
+from swarm.offline_web.server import ensure_site
 from swarm.offline_web.tasks import sample_task
 from swarm.offline_web.teacher import TeacherError
 from swarm.offline_web.trajectories import (
     conversation_segments,
+    generate,
     heldout_pattern,
     offline_web_tools,
     record_run,
@@ -154,3 +157,31 @@ def test_teacher_refuses_a_page_that_lacks_the_fact(recorded):
     with pytest.raises(TeacherError, match="does not show"):
         backend.teacher.next_turn(forged)
     assert isinstance(fetch_call, ToolCall)
+
+
+def _written(path) -> list[dict]:
+    with lzma.open(path, "rt", encoding="utf-8") as source:
+        return [json.loads(line) for line in source]
+
+
+def test_generate_spreads_runs_over_seeded_webs_and_keeps_evaluated_heldout_out(tmp_path):
+    cache = tmp_path / "cache"
+    asyncio.run(generate(tmp_path / "train.jsonl.xz", tasks=6, shards=2, seed=0, subagents_per_wave=1,
+                         cache_dir=cache, web_seeds=(0, 1)))
+    texts = ["".join(text for text, _ in t["segments"]) for t in _written(tmp_path / "train.jsonl.xz")]
+    _, evaluated = ensure_site(0, cache)
+    _, other = ensure_site(1, cache)
+    only_other = {e.name for e in other.entities if e.split == "train"} - {e.name for e in evaluated.entities}
+    assert any(re.search(rf"\b{re.escape(name)}\b", text) for name in only_other for text in texts)
+    assert not any(heldout_pattern(evaluated).search(text) for text in texts)
+
+
+def test_heldout_split_writes_validation_runs_of_the_evaluated_web_only(tmp_path):
+    cache = tmp_path / "cache"
+    out = tmp_path / "heldout.jsonl.xz"
+    asyncio.run(generate(out, tasks=3, shards=1, seed=0, subagents_per_wave=1, cache_dir=cache, split="heldout"))
+    _, evaluated = ensure_site(0, cache)
+    assert all(heldout_pattern(evaluated).search("".join(text for text, _ in t["segments"])) for t in _written(out))
+    with pytest.raises(ValueError, match="evaluated web, seed 0"):
+        asyncio.run(generate(out, tasks=3, shards=1, seed=0, subagents_per_wave=1, cache_dir=cache,
+                             web_seeds=(1,), split="heldout"))

@@ -3,9 +3,14 @@
 Each run's conversations become token-level training examples: the chat-format text of the whole
 conversation, split into segments flagged as model output (the conversation's own assistant turns)
 or context (everything else, including a sub-agent's inherited orchestrator turns). Runs use
-train-split entities only, and any trajectory that mentions a held-out entity is dropped.
+train-split entities only, and any trajectory that mentions a held-out entity of the evaluated web
+(seed 0) is dropped.
 
-    python -m swarm.offline_web.trajectories --out trajectories.jsonl.xz --tasks 3000
+Runs can be spread over several seeded webs: each has other entity names, so a model trained on them
+must copy names from its context instead of recalling the few thousand names of one web. `--split
+heldout` writes the evaluated web's held-out tasks instead: a validation set, never for training.
+
+    python -m swarm.offline_web.trajectories --out trajectories.jsonl.xz --tasks 3000 --web-seeds 0 1 2 3
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from pydantic import BaseModel
 
 from backend.chat_format import render
 from backend.messages import Message, ToolSpec
-from swarm.offline_web.server import OfflineWeb
+from swarm.offline_web.server import OfflineWeb, ensure_site
 from swarm.offline_web.site import SiteManifest
 from swarm.offline_web.tasks import FAMILIES, Family, ResearchTask, sample_task
+from swarm.offline_web.world import Split
 from swarm.offline_web.teacher import Teacher, TeacherBackend, TeacherConversation
 from swarm.orchestrator import Swarm
 from tools import Web, WebConfig
@@ -102,40 +108,53 @@ def run_trajectories(task: ResearchTask, backend: TeacherBackend, rng: random.Ra
     return out
 
 
-def heldout_pattern(manifest: SiteManifest) -> re.Pattern[str]:
-    names = sorted((e.name for e in manifest.entities if e.split == "heldout"), key=len, reverse=True)
+EVALUATED_WEB_SEED = 0  # benchmarks/quality.py scores held-out tasks of this web
+
+
+def heldout_pattern(*manifests: SiteManifest) -> re.Pattern[str]:
+    """Any held-out entity name of these webs, as a whole word."""
+    names = sorted({e.name for m in manifests for e in m.entities if e.split == "heldout"}, key=len, reverse=True)
     return re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
 
 
-def task_stream(manifest: SiteManifest, rng: random.Random, count: int) -> Iterator[ResearchTask]:
-    """Train-split tasks; tables lean large (wide tables are the hard case), comparisons use 2-5 entities."""
+def task_stream(manifest: SiteManifest, rng: random.Random, count: int, split: Split = "train"
+                ) -> Iterator[ResearchTask]:
+    """Tasks of one split; tables lean large (wide tables are the hard case), comparisons use 2-5 entities."""
     for index in range(count):
         family = FAMILIES[index % len(FAMILIES)]
         size = {"compare": rng.randint(2, 5), "table": rng.choice([rng.randint(3, 12), rng.randint(12, 25)]),
                 "two_hop": None}[family]
-        yield sample_task(manifest, family, "train", rng, size)
+        yield sample_task(manifest, family, split, rng, size)
 
 
 async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_wave: int,
-                   cache_dir: Path | None = None) -> Counter:
-    """Write trajectories for `tasks` tasks, served on `shards` successive servers (each a new port)."""
+                   cache_dir: Path | None = None, web_seeds: tuple[int, ...] = (EVALUATED_WEB_SEED,),
+                   split: Split = "train") -> Counter:
+    """Write trajectories for `tasks` tasks, served on `shards` successive servers (each a new port).
+
+    Shard i serves web_seeds[i % len(web_seeds)]. Held-out tasks come from the evaluated web alone.
+    """
+    if split == "heldout" and set(web_seeds) != {EVALUATED_WEB_SEED}:
+        raise ValueError(f"held-out (validation) trajectories come from the evaluated web, seed {EVALUATED_WEB_SEED}, "
+                         f"not from web seeds {list(web_seeds)}")
     rng = random.Random(seed)
     stats: Counter = Counter()
     per_shard = -(-tasks // shards)
+    _, evaluated = ensure_site(EVALUATED_WEB_SEED, cache_dir)
     with lzma.open(out, "wt", encoding="utf-8", preset=6) as sink:
         for shard in range(shards):
-            with OfflineWeb.start(seed=0, cache_dir=cache_dir) as offline:
-                heldout = heldout_pattern(offline.manifest)
+            with OfflineWeb.start(seed=web_seeds[shard % len(web_seeds)], cache_dir=cache_dir) as offline:
+                heldout = None if split == "heldout" else heldout_pattern(evaluated, offline.manifest)
                 web = offline_web_tools(offline, index_dir=(cache_dir / "search-index") if cache_dir else None)
                 declared = [web.search, web.fetch] if rng.random() < 0.2 else web.tools()
                 try:
-                    for task in task_stream(offline.manifest, rng, min(per_shard, tasks - shard * per_shard)):
+                    for task in task_stream(offline.manifest, rng, min(per_shard, tasks - shard * per_shard), split):
                         backend = await record_run(task, offline.manifest, offline.base_url, declared)
                         if backend.errors:
                             stats["failed_runs"] += 1
                             continue
                         for trajectory in run_trajectories(task, backend, rng, subagents_per_wave):
-                            if heldout.search(trajectory.text):
+                            if heldout and heldout.search(trajectory.text):
                                 stats["dropped_heldout"] += 1
                                 continue
                             sink.write(json.dumps(trajectory.model_dump()) + "\n")
@@ -155,9 +174,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subagents-per-wave", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--web-seeds", type=int, nargs="+", default=[EVALUATED_WEB_SEED],
+                        help="seeded webs the shards cycle through (other seeds: other entity names)")
+    parser.add_argument("--split", choices=["train", "heldout"], default="train",
+                        help="heldout: validation trajectories of the evaluated web's held-out entities")
     args = parser.parse_args()
     started = time.time()
-    stats = asyncio.run(generate(args.out, args.tasks, args.shards, args.seed, args.subagents_per_wave, args.cache_dir))
+    stats = asyncio.run(generate(args.out, args.tasks, args.shards, args.seed, args.subagents_per_wave, args.cache_dir,
+                                 tuple(args.web_seeds), args.split))
     print(f"wrote {args.out} in {time.time() - started:.0f}s: {dict(stats)}")
 
 
