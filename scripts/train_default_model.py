@@ -416,6 +416,16 @@ def save_checkpoint(model: KimiLinearForCausalLM, config: dict, out: Path) -> No
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
 
 
+def assistant_loss(model: KimiLinearForCausalLM, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                   device: torch.device, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy of ids [B, T] after their shared prefix, on the tokens mask marks (the
+    assistant's); bf16 autocast on the GPU."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = training_logits(model, ids, prefix)
+    targets = mask[:, 1:]
+    return F.cross_entropy(logits[:, :-1][targets].float(), ids[:, 1:][targets], reduction=reduction)
+
+
 @torch.no_grad()
 def validation_loss(model: KimiLinearForCausalLM, prefixes: list[torch.Tensor], examples: list[Example],
                     device: torch.device) -> float:
@@ -425,11 +435,8 @@ def validation_loss(model: KimiLinearForCausalLM, prefixes: list[torch.Tensor], 
     total, count = 0.0, 0
     for example in examples:
         ids, mask = example.ids.long()[None].to(device), example.mask[None].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = training_logits(model, ids, prefixes[example.prefix].to(device))
-        targets = mask[:, 1:]
-        total += float(F.cross_entropy(logits[:, :-1][targets].float(), ids[:, 1:][targets], reduction="sum"))
-        count += int(targets.sum())
+        total += float(assistant_loss(model, prefixes[example.prefix].to(device), ids, mask, device, "sum"))
+        count += int(mask[:, 1:].sum())
     model.train()
     return total / max(count, 1)
 
@@ -518,10 +525,7 @@ def train(args: argparse.Namespace) -> None:
 def train_step(model, optimizer, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                device: torch.device) -> tuple[float, float]:
     """One optimizer step on a padded batch after its shared prefix; loss only on assistant tokens."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = training_logits(model, ids, prefix)
-    targets = mask[:, 1:]
-    loss = F.cross_entropy(logits[:, :-1][targets].float(), ids[:, 1:][targets])
+    loss = assistant_loss(model, prefix, ids, mask, device)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
