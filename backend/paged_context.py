@@ -65,7 +65,6 @@ class PagedContext:
         pages = block_tables.long().gather(1, positions // cache.page_size)
         self.write_rows = (pages * cache.page_size + positions % cache.page_size).reshape(-1)
 
-
     def kda_state(self, kda_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.cache.recurrent[kda_index], self.cache.conv[kda_index], self.slots
 

@@ -77,7 +77,8 @@ class StateCache:
             need = (max_sessions + 1) * layout.slot_bytes + 2 * layout.page_bytes
             raise CacheCapacityError(
                 f"memory budget of {memory_bytes / 2**20:.1f} MiB is too small: {max_sessions} session slots "
-                f"({layout.slot_bytes / 2**20:.2f} MiB each) plus one cache page need {need / 2**20:.1f} MiB; "
+                f"({layout.slot_bytes / 2**20:.2f} MiB each) plus one cache page and the scratch slot and page need "
+                f"{need / 2**20:.1f} MiB; "
                 "raise the budget or lower max_sessions")
         return cls(config, max_sessions=max_sessions, num_pages=int(num_pages), page_size=page_size,
                    device=device, dtype=dtype)
