@@ -8,8 +8,7 @@ from torch import nn
 
 from backend.config import KimiLinearConfig
 from backend.context import ForwardContext
-from backend.norms import gated_rms_norm
-from kernels import chunk_kda, recurrent_kda
+from kernels import chunk_kda, gated_rms_norm, recurrent_kda
 
 
 class KimiDeltaAttention(nn.Module):

@@ -20,8 +20,8 @@ from torch.nn.attention.bias import causal_lower_right
 from backend.attention import attention_with_lse
 from backend.config import KimiLinearConfig
 from backend.context import ForwardContext
-from backend.norms import rms_norm
 from backend.paged_context import CachedLatents
+from kernels import rms_norm
 from kernels.mla_reference import merge_attention
 
 _FUSED_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]

@@ -14,7 +14,7 @@ from backend.context import DenseContext, ForwardContext
 from backend.kda_layer import KimiDeltaAttention
 from backend.mla_layer import KimiMLAAttention
 from backend.moe import SparseMoE, SwiGLU
-from backend.norms import rms_norm
+from kernels import rms_norm
 
 
 class RMSNorm(nn.Module):

@@ -34,7 +34,7 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import cuda_event_median_ms  # noqa: E402
-from kernels import kda_reference, kda_triton, mla_reference, mla_triton  # noqa: E402
+from kernels import kda_reference, kda_triton, mla_reference, mla_triton, norm_reference, norm_triton  # noqa: E402
 
 try:
     from fla.ops.kda import chunk_kda as fla_chunk_kda
@@ -47,6 +47,7 @@ H, DK, DV = 32, 128, 128
 R, P = 512, 64
 CHUNK_LENGTHS = (16384, 65536, 131072)
 DECODE_COUNTS = (1, 100, 256)
+HIDDEN, NORM_ROWS, NORM_EPS = 2304, (1, 100), 1e-5
 # launch shapes swept per KDA implementation; keys a version does not take are dropped for it
 CHUNK_CONFIGS = (
     dict(block_v=32),
@@ -253,6 +254,33 @@ def check_mla() -> None:
     ROWS.append(Row("check", f"T={t} at {start}", "ours mla_prefill bf16", 0.0, check=verdict(rel(out, ref), 1e-2)))
 
 
+def norm64(x, weight, eps, gate=None):
+    """float64 RMSNorm over the last dim times weight (and sigmoid(gate)): the exact maths, no casts between."""
+    x = x.double()
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
+    return y if gate is None else y * torch.sigmoid(gate.double())
+
+
+def check_norms() -> None:
+    """bf16 vs float64 at decode shapes: the hidden norm, the MLA latent norm on its strided slice of the
+    kv projection, and the KDA output norm per head."""
+    x = torch.randn(100, 1, HIDDEN, device=DEVICE, dtype=torch.bfloat16)
+    kv = torch.randn(100, 1, R + P, device=DEVICE, dtype=torch.bfloat16)
+    xg, gate = (torch.randn(100, 1, H, DV, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    w, w_lat, w_g = (torch.randn(d, device=DEVICE, dtype=torch.bfloat16) for d in (HIDDEN, R, DV))
+    latent = kv[..., :R]
+    with poisoned(norm_triton):
+        cases = [
+            (f"N=100 D={HIDDEN}", "rms_norm", norm_triton.rms_norm_triton(x, w, NORM_EPS), norm64(x, w, NORM_EPS)),
+            (f"N=100 kv[..., :{R}]", "rms_norm strided", norm_triton.rms_norm_triton(latent, w_lat, 1e-6),
+             norm64(latent, w_lat, 1e-6)),
+            (f"N=100 H={H} D={DV}", "gated_rms_norm", norm_triton.gated_rms_norm_triton(xg, gate, w_g, NORM_EPS),
+             norm64(xg, w_g, NORM_EPS, gate)),
+        ]
+    for shape, name, out, ref in cases:
+        ROWS.append(Row("check", shape, f"ours {name} bf16", 0.0, check=verdict(rel(out, ref), 1e-2)))
+
+
 def kernel_breakdown(label_: str, fn, runs: int = 3) -> None:
     """Per-kernel GPU time of fn (torch.profiler), to see which launch dominates."""
     fn()
@@ -348,6 +376,26 @@ def kda_decode_section(impls: dict[str, ModuleType]) -> None:
             ROWS.append(Row("kda_decode", f"N={n}", "torch reference", ms, *gbs(nbytes, ms), ratio(fla_ms, ms)))
 
 
+def norm_section() -> None:
+    """The 48B model's decode-step norms in bf16: one fused launch vs the eager chain of small kernels."""
+    w, w_g = (torch.randn(d, device=DEVICE, dtype=torch.bfloat16) for d in (HIDDEN, DV))
+    for n in NORM_ROWS:
+        x = torch.randn(n, 1, HIDDEN, device=DEVICE, dtype=torch.bfloat16)
+        nbytes = 2 * x.numel() * 2 + HIDDEN * 2
+        ref_ms = bench(lambda: norm_reference.rms_norm_reference(x, w, NORM_EPS))
+        ROWS.append(Row("norm", f"N={n} D={HIDDEN}", "torch reference rms_norm", ref_ms, *gbs(nbytes, ref_ms),
+                        "1.00x"))
+        ms = bench(lambda: norm_triton.rms_norm_triton(x, w, NORM_EPS))
+        ROWS.append(Row("norm", f"N={n} D={HIDDEN}", "ours rms_norm", ms, *gbs(nbytes, ms), ratio(ref_ms, ms)))
+    x, gate = (torch.randn(100, 1, H, DV, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    nbytes = 3 * x.numel() * 2 + DV * 2
+    shape = f"N=100 H={H} D={DV}"
+    ref_ms = bench(lambda: norm_reference.gated_rms_norm_reference(x, gate, w_g, NORM_EPS))
+    ROWS.append(Row("norm", shape, "torch reference gated_rms_norm", ref_ms, *gbs(nbytes, ref_ms), "1.00x"))
+    ms = bench(lambda: norm_triton.gated_rms_norm_triton(x, gate, w_g, NORM_EPS))
+    ROWS.append(Row("norm", shape, "ours gated_rms_norm", ms, *gbs(nbytes, ms), ratio(ref_ms, ms)))
+
+
 def mla_section(n=100, prefix_len=32768, suffix_len=256, page_size=64, prefill_tokens=4096,
                 prefill_start=28672) -> None:
     """Decode of 100 agents over a 32K shared prefix + 256 private tokens, 32 heads, R=512 + P=64; then a
@@ -429,7 +477,7 @@ def mla_section(n=100, prefix_len=32768, suffix_len=256, page_size=64, prefill_t
 
 def kernel_resources(impls: dict[str, ModuleType]) -> None:
     """Registers, spills and shared memory of every compiled kernel (Triton's own report)."""
-    for module in (*impls.values(), mla_triton):
+    for module in (*impls.values(), mla_triton, norm_triton):
         for name, fn in vars(module).items():
             for cache in getattr(fn, "device_caches", {}).values():
                 for compiled in cache[0].values():
@@ -484,7 +532,7 @@ def load_module(path: Path, name: str) -> ModuleType:
 
 
 def main() -> None:
-    sections = ("check", "kda_chunk", "kda_decode", "mla")
+    sections = ("check", "kda_chunk", "kda_decode", "mla", "norm")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sections, help="sections to run (default: all)")
     parser.add_argument("--kda-alt", type=Path, help="another kda_triton.py to check and time beside ours")
@@ -499,10 +547,11 @@ def main() -> None:
     torch.manual_seed(0)
     run = {
         "check": lambda: ([check_chunk(n, m) for n, m in impls.items()], [check_decode(n, m) for n, m in impls.items()],
-                          check_mla()),
+                          check_mla(), check_norms()),
         "kda_chunk": lambda: kda_chunk_section(impls),
         "kda_decode": lambda: kda_decode_section(impls),
         "mla": mla_section,
+        "norm": norm_section,
     }
     try:
         ceilings()

@@ -1,9 +1,10 @@
 """Kernels for the GPU path beside their PyTorch references.
 
 Each public function has one signature for both paths: CUDA tensors in bf16/fp16/fp32 go to the Triton
-kernels (kernels/*_triton.py) when Triton can be imported; anything else (CPU, float64, no Triton) goes
-to the references (kernels/*_reference.py), which are also the oracle in tests. Triton is imported only
-when a CUDA tensor arrives, so CPU-only installs never load it.
+kernels (kernels/*_triton.py) when Triton can be imported; anything else (CPU, float64, no Triton, inputs
+autograd must track: the kernels are forward-only) goes to the references (kernels/*_reference.py), which
+are also the oracle in tests. Triton is imported only when a CUDA tensor arrives, so CPU-only installs
+never load it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from kernels import kda_reference, mla_reference
+from kernels import kda_reference, mla_reference, norm_reference
 
 _TRITON_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -27,9 +28,12 @@ def _triton_module(name: str) -> ModuleType | None:
         return None
 
 
-def _triton_path(name: str, x: torch.Tensor) -> ModuleType | None:
-    """The Triton module to use for tensor x, or None for the reference."""
-    if not x.is_cuda or x.dtype not in _TRITON_DTYPES:
+def _triton_path(name: str, *xs: torch.Tensor) -> ModuleType | None:
+    """The Triton module to use for tensors xs, or None for the reference (also when training on the GPU:
+    the norms' weights require grad there, and the Triton kernels have no backward)."""
+    if not all(x.is_cuda and x.dtype in _TRITON_DTYPES for x in xs):
+        return None
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
         return None
     return _triton_module(name)
 
@@ -71,4 +75,19 @@ def mla_prefill(q_latent, q_pe, kv_cache, block_table, start_pos, scale):
     return impl(q_latent, q_pe, kv_cache, block_table, start_pos, scale)
 
 
-__all__ = ["chunk_kda", "recurrent_kda", "mla_decode", "mla_decode_shared", "mla_prefill"]
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim (HF KimiRMSNorm): in x's dtype, then times weight with torch promotion."""
+    fast = _triton_path("norm_triton", x, weight)
+    impl = fast.rms_norm_triton if fast else norm_reference.rms_norm_reference
+    return impl(x, weight, eps)
+
+
+def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim times weight and sigmoid(gate), in fp32; returned in x's dtype."""
+    fast = _triton_path("norm_triton", x, gate, weight)
+    impl = fast.gated_rms_norm_triton if fast else norm_reference.gated_rms_norm_reference
+    return impl(x, gate, weight, eps)
+
+
+__all__ = ["chunk_kda", "recurrent_kda", "mla_decode", "mla_decode_shared", "mla_prefill", "rms_norm",
+           "gated_rms_norm"]

@@ -19,7 +19,7 @@ if torch.cuda.is_available():
 pytest.importorskip("triton", reason="Triton is not installed; the GPU kernels cannot be checked")
 
 import kernels  # noqa: E402  (tests/conftest.py has set TRITON_INTERPRET=1 before this first import)
-from kernels import kda_reference, kda_triton, mla_reference, mla_triton  # noqa: E402
+from kernels import kda_reference, kda_triton, mla_reference, mla_triton, norm_reference, norm_triton  # noqa: E402
 
 FP32_TOL = 1e-4
 
@@ -36,6 +36,7 @@ def poisoned_empty(*shape, device, dtype):
 def poison_outputs(monkeypatch):
     monkeypatch.setattr(kda_triton, "_empty", poisoned_empty)
     monkeypatch.setattr(mla_triton, "_empty", poisoned_empty)
+    monkeypatch.setattr(norm_triton, "_empty", poisoned_empty)
 
 
 def kda_inputs(b, t, h, kd, vd, *, gate_scale=1.0):
@@ -181,6 +182,62 @@ def test_mla_prefill_is_causal_over_the_cache(block_m, n_splits):
     assert rel_err(out, ref) <= FP32_TOL
 
 
+def rms_norm64(x, weight, eps, gate=None):
+    """float64 RMSNorm over the last dim times weight (and sigmoid(gate)): the exact maths, no casts between."""
+    x = x.double()
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
+    return y if gate is None else y * torch.sigmoid(gate.double())
+
+
+def small_rows(*shape):
+    """Rows of different scales, small enough that eps=1e-5 moves the result well past FP32_TOL."""
+    return torch.randn(*shape) * torch.rand(*shape[:-1], 1) * 0.02
+
+
+def test_rms_norm_3d_ragged_width():
+    """[3, 7, 40]: 40 columns are masked in a block of 64, 21 rows leave the second program of 16 part-empty."""
+    x, w = small_rows(3, 7, 40), torch.randn(40)
+    out = norm_triton.rms_norm_triton(x, w, 1e-5)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert rel_err(out, rms_norm64(x, w, 1e-5)) <= FP32_TOL
+
+
+def test_rms_norm_reads_a_strided_slice_in_place():
+    """The MLA latent norm's input: the first 64 columns of [5, 80] rows, read through the row stride."""
+    big = small_rows(5, 80)
+    x, w = big[..., :64], torch.randn(64)
+    assert norm_triton._rows(x).data_ptr() == big.data_ptr()
+    out = norm_triton.rms_norm_triton(x, w, 1e-5)
+    assert out.is_contiguous()
+    assert rel_err(out, rms_norm64(x, w, 1e-5)) <= FP32_TOL
+
+
+def test_rms_norm_rounds_to_the_input_dtype_before_the_weight():
+    """fp16 x, fp32 weight: HF casts the normalised x to fp16 first, and the product promotes to fp32."""
+    x, w = small_rows(4, 96).half(), torch.randn(96)
+    out = norm_triton.rms_norm_triton(x, w, 1e-5)
+    ref = norm_reference.rms_norm_reference(x, w, 1e-5)
+    assert out.dtype == ref.dtype == torch.float32
+    assert rel_err(out, ref) <= 1e-5 < rel_err(rms_norm64(x, w, 1e-5), ref)
+
+
+def test_gated_rms_norm_per_head():
+    """[N, H, D] KDA output: each head normalised on its own, times weight and sigmoid(gate) (here a slice,
+    so its row stride differs from x's)."""
+    x, gate, w = small_rows(6, 4, 32), (torch.randn(6, 4, 40) * 3)[..., :32], torch.randn(32)
+    out = norm_triton.gated_rms_norm_triton(x, gate, w, 1e-5)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert rel_err(out, rms_norm64(x, w, 1e-5, gate)) <= FP32_TOL
+
+
+def test_norm_bad_shapes_are_named():
+    x = torch.randn(2, 3, 16)
+    with pytest.raises(ValueError, match="weight"):
+        norm_triton.rms_norm_triton(x, torch.ones(8), 1e-5)
+    with pytest.raises(ValueError, match="gate"):
+        norm_triton.gated_rms_norm_triton(x, torch.randn(2, 16), torch.ones(16), 1e-5)
+
+
 def test_cpu_tensors_dispatch_to_the_references():
     q, k, v, g, beta = kda_inputs(1, 20, 2, 16, 16)
     o, final = kernels.chunk_kda(q, k, v, g, beta, output_final_state=True, use_qk_l2norm=True)
@@ -191,3 +248,7 @@ def test_cpu_tensors_dispatch_to_the_references():
     ql, qp = torch.randn(2, 4, 32), torch.randn(2, 4, 16)
     assert torch.equal(kernels.mla_decode(ql, qp, kv, tables, lens, 0.2),
                        mla_reference.mla_decode_reference(ql, qp, kv, tables, lens, 0.2))
+    x, gate, w = torch.randn(3, 5, 24), torch.randn(3, 5, 24), torch.randn(24).bfloat16()
+    assert torch.equal(kernels.rms_norm(x, w, 1e-5), norm_reference.rms_norm_reference(x, w, 1e-5))
+    assert torch.equal(kernels.gated_rms_norm(x, gate, w, 1e-5),
+                       norm_reference.gated_rms_norm_reference(x, gate, w, 1e-5))
