@@ -20,6 +20,7 @@ import json
 import lzma
 import math
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -308,10 +309,50 @@ class RouterBalancer:
         return worst
 
 
+class NumberSpan(NamedTuple):
+    start: int
+    end: int
+    value: int
+
+
 class Example(NamedTuple):
     prefix: int
     ids: torch.Tensor
     mask: torch.Tensor
+    numbers: list[NumberSpan]
+
+
+NUMBER = re.compile(rb"(?<![\d.,])(?:\d{1,3}(?:,\d{3})+|\d{3,})(?!\d|[.,]\d)")
+"""A number of three or more digits, plain or in thousands (fact values, years, ports), not part of an IP."""
+
+
+def number_spans(ids: torch.Tensor) -> list[NumberSpan]:
+    """Where the numbers are in a trajectory's byte ids (specials, ids >= 256, never match)."""
+    raw = torch.where(ids < 256, ids, 0).to(torch.uint8).numpy().tobytes()
+    return [NumberSpan(m.start(), m.end(), int(m.group().replace(b",", b""))) for m in NUMBER.finditer(raw)]
+
+
+def remap_numbers(ids: torch.Tensor, spans: list[NumberSpan], rng: random.Random) -> torch.Tensor:
+    """ids with every number replaced by a fresh random one of as many digits, in the same format.
+
+    Trajectories over a fixed web let the model recall a fact's value (or the server's port) instead
+    of copying it from the page or the sub-agent's report, and recall fails on held-out entities. A new
+    draw every epoch leaves copying as the only way to predict them. The map is consistent (one value,
+    one replacement, everywhere in the trajectory) and increasing, so every comparison keeps its answer.
+    """
+    values_by_digits: dict[int, set[int]] = {}
+    for span in spans:
+        values_by_digits.setdefault(len(str(span.value)), set()).add(span.value)
+    fresh: dict[int, int] = {}
+    for digits, values in values_by_digits.items():
+        draws = sorted(rng.sample(range(10 ** (digits - 1), 10 ** digits), len(values)))
+        fresh.update(zip(sorted(values), draws))
+    out = ids.clone()
+    for span in spans:
+        new = fresh[span.value]
+        text = f"{new:,}" if span.end - span.start > len(str(new)) else str(new)
+        out[span.start:span.end] = torch.tensor(list(text.encode("ascii")), dtype=out.dtype)
+    return out
 
 
 def load_examples(paths: list[Path], tokenizer: ByteTokenizer,
@@ -337,7 +378,8 @@ def load_examples(paths: list[Path], tokenizer: ByteTokenizer,
                     dropped += 1
                     continue
                 index = prefixes.setdefault(head, len(prefixes))
-                examples.append(Example(index, torch.tensor(ids, dtype=torch.int16), torch.tensor(mask)))
+                ids_tensor = torch.tensor(ids, dtype=torch.int16)
+                examples.append(Example(index, ids_tensor, torch.tensor(mask), number_spans(ids_tensor)))
     prefix_ids = [torch.tensor(tokenizer.encode(head)) for head in prefixes]
     print(f"loaded {len(examples)} trajectories ({sum(len(e.ids) for e in examples):,} tokens after "
           f"{len(prefix_ids)} shared prefixes of {[len(p) for p in prefix_ids]} tokens), "
@@ -363,13 +405,17 @@ def make_batches(examples: list[Example], tokens_per_batch: int, rng: random.Ran
     return batches
 
 
-def collate(examples: list[Example], batch: list[int], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(examples: list[Example], batch: list[int], pad_id: int, device,
+            remap: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and target mask of a batch; with `remap`, numbers are redrawn (remap_numbers)."""
     width = -(-max(len(examples[i].ids) for i in batch) // 256) * 256
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.bool)
     for row, i in enumerate(batch):
-        ids[row, : len(examples[i].ids)] = examples[i].ids.long()
-        mask[row, : len(examples[i].ids)] = examples[i].mask
+        example = examples[i]
+        row_ids = remap_numbers(example.ids, example.numbers, remap) if remap else example.ids
+        ids[row, : len(example.ids)] = row_ids.long()
+        mask[row, : len(example.ids)] = example.mask
     return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
 
@@ -491,7 +537,7 @@ def train(args: argparse.Namespace) -> None:
             lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            ids, mask = collate(examples, batch, pad, device)
+            ids, mask = collate(examples, batch, pad, device, rng if args.remap_numbers else None)
             try:
                 prefix = prefixes[examples[batch[0]].prefix].to(device)
                 loss, grad_norm = train_step(model, optimizer, prefix, ids, mask, device)
@@ -552,6 +598,8 @@ def main() -> None:
     parser.add_argument("--tokens-per-batch", type=int, default=131072,
                         help="a step costs about the same up to here (launch-bound); peak was 17 GiB at 32k, chunk 32")
     parser.add_argument("--max-len", type=int, default=16384)
+    parser.add_argument("--remap-numbers", action=argparse.BooleanOptionalAction, default=True,
+                        help="redraw every number of 3+ digits in each training trajectory (see remap_numbers)")
     parser.add_argument("--chunk-size", type=int, default=64, help="KDA chunk length of chunk_kda_parallel")
     parser.add_argument("--kda-core", choices=["fla", "parallel"], default="fla",
                         help="fla: fla-core's Triton kernels if installed and they match ours; parallel: our own")

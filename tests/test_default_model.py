@@ -122,6 +122,29 @@ def test_checkpoint_is_written_in_the_official_format(tiny_model, tmp_path):
     assert isinstance(load_tokenizer(tmp_path), ByteTokenizer)
 
 
+def test_number_remap_redraws_each_value_once_in_order_and_format():
+    """Every number of 3+ digits gets one fresh value of as many digits wherever it appears (in its own
+    format), larger values stay larger, and nothing else moves: IP digits, small numbers, specials."""
+    tokenizer = ByteTokenizer()
+    text = ("<|im_user|>user<|im_middle|>Compare 1585 and 4,000 and 73.<|im_end|>"
+            "http://127.0.0.1:39097/city/a.html founded 1585, population 18,954, 18954 people; "
+            "http://127.0.0.1:39097/city/b.html population 4,000,000<|im_end|>")
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.int16)
+    spans = train.number_spans(ids)
+    assert sorted({s.value for s in spans}) == [1585, 4000, 18954, 39097, 4000000]
+    remapped = train.remap_numbers(ids, spans, random.Random(1))
+    out = tokenizer.decode(remapped.tolist())
+    assert len(out) == len(text) and all(a == b or a.isdigit() and b.isdigit() for a, b in zip(text, out)), out
+    found = [(tokenizer.decode(ids[s.start:s.end].tolist()), tokenizer.decode(remapped[s.start:s.end].tolist()))
+             for s in spans]
+    fresh = {old.replace(",", ""): new.replace(",", "") for old, new in found}
+    assert all(fresh[old.replace(",", "")] == new.replace(",", "") for old, new in found)
+    assert all(len(new) == len(old) for old, new in fresh.items())
+    assert sorted(fresh, key=int) == sorted(fresh, key=lambda old: int(fresh[old]))
+    assert fresh != {old: old for old in fresh}
+    assert out.count("127.0.0.1:") == 2 and " and 73." in out
+
+
 @pytest.fixture(scope="module")
 def shipped():
     path = default_model_path()
