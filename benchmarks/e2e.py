@@ -120,7 +120,8 @@ async def ours(args, device, config, rows, floors) -> None:
     sessions = args.agents + 2
     private_tokens = args.suffix + args.decode + 64
     pages = -(-args.context // PAGE) + sessions * -(-private_tokens // PAGE) + sessions
-    budget = int(1.05 * (sessions * layout.slot_bytes + pages * layout.page_bytes))
+    # the engine also keeps a scratch slot and page (CUDA-graph padding); one slot is 80 pages of the 48B model
+    budget = int(1.05 * ((sessions + 1) * layout.slot_bytes + (pages + 1) * layout.page_bytes))
     engine = Engine(model, None, max_sessions=sessions, memory=budget, page_size=PAGE,
                     prefill_chunk=args.chunk, max_batch=256)
     vocab = config.vocab_size

@@ -208,8 +208,8 @@ async def test_default_model_opens_its_plan_with_a_spawn_agents_call(engine, hel
                               '<|tool_call_argument_begin|>{"tasks": ["Find the '), opening
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped model (174 GPU steps, 5.4M tokens) does not yet copy entity "
-                   "names from the task into its plan; benchmarks/RESULTS.md ## Quality has the numbers")
+@pytest.mark.xfail(strict=True, reason="the shipped model plans this task right but does not yet copy the "
+                   "sub-agents' values and URLs into its answer; benchmarks/RESULTS.md ## Quality has the numbers")
 async def test_default_model_plans_and_answers_a_heldout_comparison(engine, heldout):
     manifest, specs = heldout
     task = sample_task(manifest, "compare", "heldout", random.Random(3), 3)
