@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/swarm run "${@:-Compare the populations of the three largest cities in the offline web and cite your sources.}"
+exec .venv/bin/swarm run "${@:-Compare the founding year of Riton and Quun. Which one was founded most recently?}"
