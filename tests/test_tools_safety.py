@@ -121,6 +121,14 @@ async def test_non_public_targets_are_refused(web, site, url, reason):
     assert sum(site.hits.values()) == before
 
 
+async def test_a_wrong_port_of_an_allowed_host_is_refused_naming_the_allowed_one(web, site):
+    before = sum(site.hits.values())
+    with pytest.raises(ToolError, match=rf"Refused 127\.0\.0\.1:{site.port + 1}: on this host only "
+                                        rf"127\.0\.0\.1:{site.port} may be reached"):
+        await web.fetch(f"http://127.0.0.1:{site.port + 1}/ok")
+    assert sum(site.hits.values()) == before
+
+
 async def test_default_config_refuses_loopback_even_where_a_server_listens(site):
     hits = site.hits["/ok"]
     async with Web() as web:
@@ -186,6 +194,11 @@ async def test_names_resolving_to_blocked_addresses_are_refused(site, answers):
     async with guarded_client(dns, "test", 5) as client:
         with pytest.raises(ToolError, match="internal.attacker.example .*resolves to"):
             await client.get(f"http://internal.attacker.example:{site.port}/ok")
+
+
+async def test_a_port_allowed_for_one_host_restricts_no_public_address():
+    dns = FakeDNS(["public.example:8443"], {"public.example": ["93.184.216.34"]})
+    assert await dns.resolve("public.example", 443) == ["93.184.216.34"]
 
 
 async def test_unresolvable_host_is_a_clear_error(web):

@@ -78,6 +78,12 @@ def literal_address(host: str) -> IPAddress | None:
     return None
 
 
+def _bracketed(host: str) -> str:
+    """host lower-cased, an IPv6 literal in brackets: how allowed_hosts spells it before a port."""
+    host = host.lower().strip("[]")
+    return f"[{host}]" if ":" in host else host
+
+
 class HostPolicy:
     """Resolves a host once, checks every address, and returns the one address to connect to."""
 
@@ -85,9 +91,8 @@ class HostPolicy:
         self._allowed = {host.lower() for host in allowed_hosts}
 
     def is_allowed_host(self, host: str, port: int) -> bool:
-        host = host.lower().strip("[]")
-        bracketed = f"[{host}]" if ":" in host else host
-        return host in self._allowed or bracketed in self._allowed or f"{bracketed}:{port}" in self._allowed
+        bracketed = _bracketed(host)
+        return bracketed.strip("[]") in self._allowed or bracketed in self._allowed or f"{bracketed}:{port}" in self._allowed
 
     def check_url(self, url: str) -> None:
         """Refuses non-http(s) URLs and literal addresses before any network work is done."""
@@ -102,7 +107,7 @@ class HostPolicy:
             raise ToolError(f"Refused {url!r}: {exc}.") from None
         address = literal_address(parts.hostname)
         if address is not None and not self.is_allowed_host(parts.hostname, port):
-            self._refuse_if_blocked(parts.hostname, address)
+            self._refuse_if_blocked(parts.hostname, port, address)
 
     async def resolve(self, host: str, port: int) -> list[str]:
         """The checked addresses to connect to, in resolver order; raises ToolError when the host may not
@@ -111,18 +116,26 @@ class HostPolicy:
         addresses = [address] if address is not None else await self._lookup(host, port)
         if not self.is_allowed_host(host, port):
             for address in addresses:
-                self._refuse_if_blocked(host, address)
+                self._refuse_if_blocked(host, port, address)
         return [str(address) for address in addresses]
 
-    @staticmethod
-    def _refuse_if_blocked(host: str, address: IPAddress) -> None:
+    def _refuse_if_blocked(self, host: str, port: int, address: IPAddress) -> None:
         reason = blocked_reason(address)
         if reason:
+            self._refuse_other_port(host, port)
             spelled = "" if host.strip("[]") == str(address) else f" (resolves to {address})"
             raise ToolError(
                 f"Refused to connect to {host}{spelled}: it is {reason}. Only public internet hosts can be "
                 "reached; ask the user to add the host to allowed_hosts if it is meant to be reachable."
             )
+
+    def _refuse_other_port(self, host: str, port: int) -> None:
+        """A blocked host that is allowed on other ports is refused by naming them: a model that mistyped the
+        port of a URL it was given can correct it (they are ports the user allowed, nothing new)."""
+        bracketed = _bracketed(host)
+        others = sorted(allowed for allowed in self._allowed if allowed.rpartition(":")[0] == bracketed)
+        if others:
+            raise ToolError(f"Refused {bracketed}:{port}: on this host only {', '.join(others)} may be reached.")
 
     @staticmethod
     async def _lookup(host: str, port: int) -> list[IPAddress]:
