@@ -138,10 +138,11 @@ async def _run_calls(state: RunState, record: AgentRecord, conversation: Convers
     answers = {call.id: message for call, (message, _, _) in zip(other_calls, outcomes)}
     problems = [problem for _, problem, _ in outcomes if problem]
     refused = any(refused for _, _, refused in outcomes)
-    if spawn_calls and spawn is None:
+    if spawn_calls and spawn is None:  # a tool this agent does not have: a correction, like an unknown tool
         for call in spawn_calls:
             text = "Not executed: only the orchestrator can start sub-agents. Do your task with your tools."
             answers[call.id] = prompts.tool_result_message(call.id, text)
+        problems.append(f"{prompts.SPAWN_TOOL_NAME} is the orchestrator's tool, not a sub-agent's")
     elif spawn_calls:
         primary, extra = spawn_calls[0], spawn_calls[1:]
         for call in extra:

@@ -339,6 +339,23 @@ async def test_sub_agents_cannot_spawn_and_orchestrator_spawn_arguments_are_chec
 
 
 
+async def test_a_sub_agent_that_keeps_calling_spawn_agents_fails_after_the_correction_limit():
+    """spawn_agents is not a sub-agent's tool: each attempt is a correction turn, so a sub-agent that
+    repeats it stops at max_corrections instead of spending its whole step budget."""
+    def script(request):
+        if subagent_task(request) is not None:
+            return FakeReply(tool_calls=[("spawn_agents", {"tasks": ["nested"]})])
+        return FakeReply(tool_calls=[("spawn_agents", {"tasks": ["loop"]})]) if not spawn_results(request) \
+            else FakeReply(content="done")
+
+    with FakeOpenAI(script) as server:
+        result = await run_swarm(server, [])
+
+    agent = result.agents[0]
+    assert agent.status == "failed" and agent.steps == 4, (agent.status, agent.steps)
+    assert "orchestrator's tool" in agent.result
+
+
 def test_run_sync_turns_a_model_failure_into_a_failed_result():
     with FakeOpenAI(lambda request: FakeError(401, message="bad key")) as server:
         result = Swarm(OpenAIBackend(server.base_url, "fake-model"), []).run_sync("Anything.")
