@@ -254,13 +254,6 @@ def check_mla() -> None:
     ROWS.append(Row("check", f"T={t} at {start}", "ours mla_prefill bf16", 0.0, check=verdict(rel(out, ref), 1e-2)))
 
 
-def norm64(x, weight, eps, gate=None):
-    """float64 RMSNorm over the last dim times weight (and sigmoid(gate)): the exact maths, no casts between."""
-    x = x.double()
-    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
-    return y if gate is None else y * torch.sigmoid(gate.double())
-
-
 def check_norms() -> None:
     """bf16 vs float64 at decode shapes: the hidden norm, the MLA latent norm on its strided slice of the
     kv projection, and the KDA output norm per head."""
@@ -271,11 +264,12 @@ def check_norms() -> None:
     latent = kv[..., :R]
     with poisoned(norm_triton):
         cases = [
-            (f"N=100 D={HIDDEN}", "rms_norm", norm_triton.rms_norm_triton(x, w, NORM_EPS), norm64(x, w, NORM_EPS)),
+            (f"N=100 D={HIDDEN}", "rms_norm", norm_triton.rms_norm_triton(x, w, NORM_EPS),
+             norm_reference.rms_norm_float64(x, w, NORM_EPS)),
             (f"N=100 kv[..., :{R}]", "rms_norm strided", norm_triton.rms_norm_triton(latent, w_lat, 1e-6),
-             norm64(latent, w_lat, 1e-6)),
+             norm_reference.rms_norm_float64(latent, w_lat, 1e-6)),
             (f"N=100 H={H} D={DV}", "gated_rms_norm", norm_triton.gated_rms_norm_triton(xg, gate, w_g, NORM_EPS),
-             norm64(xg, w_g, NORM_EPS, gate)),
+             norm_reference.rms_norm_float64(xg, w_g, NORM_EPS, gate)),
         ]
     for shape, name, out, ref in cases:
         ROWS.append(Row("check", shape, f"ours {name} bf16", 0.0, check=verdict(rel(out, ref), 1e-2)))

@@ -182,13 +182,6 @@ def test_mla_prefill_is_causal_over_the_cache(block_m, n_splits):
     assert rel_err(out, ref) <= FP32_TOL
 
 
-def rms_norm64(x, weight, eps, gate=None):
-    """float64 RMSNorm over the last dim times weight (and sigmoid(gate)): the exact maths, no casts between."""
-    x = x.double()
-    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
-    return y if gate is None else y * torch.sigmoid(gate.double())
-
-
 def small_rows(*shape):
     """Rows of different scales, small enough that eps=1e-5 moves the result well past FP32_TOL."""
     return torch.randn(*shape) * torch.rand(*shape[:-1], 1) * 0.02
@@ -199,7 +192,7 @@ def test_rms_norm_3d_ragged_width():
     x, w = small_rows(3, 7, 40), torch.randn(40)
     out = norm_triton.rms_norm_triton(x, w, 1e-5)
     assert out.shape == x.shape and out.dtype == torch.float32
-    assert rel_err(out, rms_norm64(x, w, 1e-5)) <= FP32_TOL
+    assert rel_err(out, norm_reference.rms_norm_float64(x, w, 1e-5)) <= FP32_TOL
 
 
 def test_rms_norm_reads_a_strided_slice_in_place():
@@ -209,7 +202,7 @@ def test_rms_norm_reads_a_strided_slice_in_place():
     assert norm_triton._rows(x).data_ptr() == big.data_ptr()
     out = norm_triton.rms_norm_triton(x, w, 1e-5)
     assert out.is_contiguous()
-    assert rel_err(out, rms_norm64(x, w, 1e-5)) <= FP32_TOL
+    assert rel_err(out, norm_reference.rms_norm_float64(x, w, 1e-5)) <= FP32_TOL
 
 
 def test_rms_norm_rounds_to_the_input_dtype_before_the_weight():
@@ -218,7 +211,7 @@ def test_rms_norm_rounds_to_the_input_dtype_before_the_weight():
     out = norm_triton.rms_norm_triton(x, w, 1e-5)
     ref = norm_reference.rms_norm_reference(x, w, 1e-5)
     assert out.dtype == ref.dtype == torch.float32
-    assert rel_err(out, ref) <= 1e-5 < rel_err(rms_norm64(x, w, 1e-5), ref)
+    assert rel_err(out, ref) <= 1e-5 < rel_err(norm_reference.rms_norm_float64(x, w, 1e-5), ref)
 
 
 def test_gated_rms_norm_per_head():
@@ -227,7 +220,7 @@ def test_gated_rms_norm_per_head():
     x, gate, w = small_rows(6, 4, 32), (torch.randn(6, 4, 40) * 3)[..., :32], torch.randn(32)
     out = norm_triton.gated_rms_norm_triton(x, gate, w, 1e-5)
     assert out.shape == x.shape and out.dtype == torch.float32
-    assert rel_err(out, rms_norm64(x, w, 1e-5, gate)) <= FP32_TOL
+    assert rel_err(out, norm_reference.rms_norm_float64(x, w, 1e-5, gate)) <= FP32_TOL
 
 
 def test_norm_bad_shapes_are_named():
