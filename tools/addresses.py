@@ -92,7 +92,8 @@ class HostPolicy:
 
     def is_allowed_host(self, host: str, port: int) -> bool:
         bracketed = _bracketed(host)
-        return bracketed.strip("[]") in self._allowed or bracketed in self._allowed or f"{bracketed}:{port}" in self._allowed
+        return (bracketed.strip("[]") in self._allowed or bracketed in self._allowed
+                or f"{bracketed}:{port}" in self._allowed)
 
     def check_url(self, url: str) -> None:
         """Refuses non-http(s) URLs and literal addresses before any network work is done."""
