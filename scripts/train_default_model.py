@@ -322,8 +322,9 @@ class Example(NamedTuple):
     numbers: list[NumberSpan]
 
 
-NUMBER = re.compile(rb"(?<![\d.,])(?:\d{1,3}(?:,\d{3})+|\d{3,})(?!\d|[.,]\d)")
-"""A number of three or more digits, plain or in thousands (fact values, years, ports), not part of an IP."""
+NUMBER = re.compile(rb"(?<![\d.,])(?:[1-9]\d{0,2}(?:,\d{3})+|[1-9]\d{2,})(?!\d|[.,]\d)")
+"""A number of three or more digits, plain or in thousands (fact values, years, ports), not part of an IP;
+digits with a leading zero ("051") are a label, not a value, and a redraw could not keep their width."""
 
 
 def number_spans(ids: torch.Tensor) -> list[NumberSpan]:

@@ -128,7 +128,7 @@ def test_number_remap_redraws_each_value_once_in_order_and_format():
     tokenizer = ByteTokenizer()
     text = ("<|im_user|>user<|im_middle|>Compare 1585 and 4,000 and 73.<|im_end|>"
             "http://127.0.0.1:39097/city/a.html founded 1585, population 18,954, 18954 people; "
-            "http://127.0.0.1:39097/city/b.html population 4,000,000<|im_end|>")
+            "http://127.0.0.1:39097/city/b.html population 4,000,000, item 051.<|im_end|>")
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.int16)
     spans = train.number_spans(ids)
     assert sorted({s.value for s in spans}) == [1585, 4000, 18954, 39097, 4000000]
@@ -142,7 +142,7 @@ def test_number_remap_redraws_each_value_once_in_order_and_format():
     assert all(len(new) == len(old) for old, new in fresh.items())
     assert sorted(fresh, key=int) == sorted(fresh, key=lambda old: int(fresh[old]))
     assert fresh != {old: old for old in fresh}
-    assert out.count("127.0.0.1:") == 2 and " and 73." in out
+    assert out.count("127.0.0.1:") == 2 and " and 73." in out and "item 051." in out
 
 
 @pytest.fixture(scope="module")
