@@ -11,7 +11,7 @@ import pytest
 
 from swarm.offline_web import OfflineWeb, generate_site, load_manifest
 from swarm.offline_web.site import MANIFEST_NAME
-from swarm.offline_web.tasks import compare_task
+from swarm.offline_web.tasks import compare_task, grade, sample_task
 
 HREF = re.compile(r'href="([^"]+)"')
 TAGS = re.compile(r"<[^>]+>")
@@ -121,3 +121,37 @@ def test_comparison_answers_follow_the_wording(site, phrase, pick):
     for task in matching:
         numbers = {lk.entity: manifest.by_path(lk.url_path).number(task.attribute) for lk in task.waves[0]}
         assert task.answer == pick(numbers, key=numbers.get), task.prompt
+
+
+BASE = "http://127.0.0.1:8000"
+
+
+@pytest.mark.parametrize("family", ["compare", "table", "two_hop"])
+def test_grade_gives_the_teachers_answer_full_marks(site, family):
+    _, manifest = site
+    task = sample_task(manifest, family, "heldout", random.Random(5), 4)
+    score = grade(task, task.final_answer(BASE), BASE)
+    assert score.correct == score.cited == score.total == (4 if family == "table" else 1)
+
+
+def test_grade_wants_the_winners_own_value_and_page(site):
+    """A right name with a wrong value, a value inside a longer number, or another page are not full marks."""
+    _, manifest = site
+    task = sample_task(manifest, "compare", "heldout", random.Random(5), 3)
+    answer = task.final_answer(BASE)
+    line = next(line for line in answer.splitlines() if line.startswith("Answer:"))
+    value = task.winner().value
+    other = next(lk for lk in task.waves[0] if lk.entity != task.answer)
+    assert grade(task, answer.replace(line, line.replace(value, "9" + value)), BASE).correct == 0
+    assert grade(task, answer.replace(line, line.replace(value, value + ",000")), BASE).correct == 0
+    assert grade(task, answer.replace(line, line.replace(task.answer, other.entity)), BASE).correct == 0
+    moved = grade(task, answer.replace(line, line.replace(task.answer_url_path, other.url_path)), BASE)
+    assert (moved.correct, moved.cited) == (1, 0)
+
+
+def test_grade_counts_table_cells_one_by_one(site):
+    _, manifest = site
+    task = sample_task(manifest, "table", "heldout", random.Random(5), 4)
+    first = task.waves[0][0]
+    answer = task.final_answer(BASE).replace(f"| {first.entity} | {first.value} |", f"| {first.entity} | 1{first.value} |")
+    assert grade(task, answer, BASE).correct == 3

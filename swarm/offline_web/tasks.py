@@ -110,12 +110,13 @@ class ResearchTask(BaseModel):
                  for wave in self.waves for lk in wave]
         if self.family == "compare":
             lines.append(f"Answer: {self.answer}, with {self.attribute.lower()} "
-                         f"{self._winner().value} [{url}{self.answer_url_path}].")
+                         f"{self.winner().value} [{url}{self.answer_url_path}].")
         else:
             lines.append(f"Answer: {self.answer} [{url}{self.answer_url_path}].")
         return "\n".join(lines)
 
-    def _winner(self) -> Lookup:
+    def winner(self) -> Lookup:
+        """The compared entity that the answer names."""
         return next(lk for lk in self.waves[0] if lk.entity == self.answer)
 
 
@@ -183,7 +184,10 @@ TABLE_ROW = re.compile(r"^\|\s*(?P<name>[^|]+?)\s*\|\s*(?P<value>[^|]*?)\s*\|\s*
 
 
 def grade(task: ResearchTask, answer: str, base_url: str) -> Grade:
-    """Score an orchestrator's final text against the task; the URL must be the fact's own page."""
+    """Score an orchestrator's final text against the task; the URL must be the fact's own page.
+
+    A comparison is correct when its Answer line names the winner alone and states the winner's value.
+    """
     url = base_url.rstrip("/")
     if task.family == "table":
         rows = {m["name"]: (m["value"], m["source"]) for m in TABLE_ROW.finditer(answer)}
@@ -199,7 +203,12 @@ def grade(task: ResearchTask, answer: str, base_url: str) -> Grade:
     if task.family == "compare":
         named = [lk.entity for lk in task.waves[0] if re.search(rf"\b{re.escape(lk.entity)}\b", line)]
         named = [n for n in named if not any(n != other and n in other for other in named)]
-        ok = named == [task.answer]
+        ok = named == [task.answer] and _states(line, task.winner().value)
     else:
-        ok = re.search(rf"(?<![\w,]){re.escape(task.answer)}(?![\w,])", line) is not None
+        ok = _states(line, task.answer)
     return Grade(correct=int(ok), cited=int(ok and f"{url}{task.answer_url_path}" in line), total=1)
+
+
+def _states(line: str, value: str) -> bool:
+    """`value` appears in `line` as a whole (1,382 is not in 21,382 or 1,382,449)."""
+    return re.search(rf"(?<![\w.])(?<!\d,){re.escape(value)}(?!\w|[.,]\d)", line) is not None
