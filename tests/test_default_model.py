@@ -209,7 +209,7 @@ async def test_default_model_opens_its_plan_with_a_spawn_agents_call(engine, hel
 
 
 @pytest.mark.xfail(strict=True, reason="the shipped model plans this task right but does not yet copy the "
-                   "sub-agents' values and URLs into its answer; benchmarks/RESULTS.md ## Quality has the numbers")
+                   "sub-agents' values into its answer; benchmarks/RESULTS.md ## Quality has the numbers")
 async def test_default_model_plans_and_answers_a_heldout_comparison(engine, heldout):
     manifest, specs = heldout
     task = sample_task(manifest, "compare", "heldout", random.Random(3), 3)
