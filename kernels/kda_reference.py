@@ -62,13 +62,14 @@ def _chunked_one_sequence(q, k, v, g, beta, state, chunk_size):
         c = end - start
         qc, kc, vc, bc = q[:, start:end], k[:, start:end], v[:, start:end], beta[:, start:end]
         gc = g[:, start:end].cumsum(dim=1)
-        # decay[i, j, :] = exp(G_i - G_j), only used for j <= i where it is <= 1 (no overflow).
+        # decay[i, j, :] = exp(G_i - G_j) * k_j, only used for j <= i where the exponent is <= 0 (no overflow).
         lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-        diff = (gc[:, :, None, :] - gc[:, None, :, :]).masked_fill(~lower[None, :, :, None], float("-inf"))
-        decay = diff.exp()
-        a_kk = torch.einsum("hik,hjk,hijk->hij", kc, kc, decay) * bc[:, :, None]
-        a_kk = a_kk.masked_fill(lower[None].logical_not() | torch.eye(c, dtype=torch.bool, device=q.device), 0.0)
-        a_qk = torch.einsum("hik,hjk,hijk->hij", qc, kc, decay)
+        diff = (gc[:, :, None, :] - gc[:, None, :, :]).masked_fill_(~lower[None, :, :, None], float("-inf"))
+        decay = diff.exp_().mul_(kc[:, None, :, :])
+        # a[x, h, i, j] = sum_k x_i[k] decay[h, i, j, k] for x = k and q: one batched mat-vec, no [h,c,c,k] copies
+        a_kk, a_qk = torch.matmul(decay, torch.stack([kc, qc])[..., None])[..., 0]
+        a_kk = (a_kk * bc[:, :, None]).masked_fill_(lower[None].logical_not() | torch.eye(c, dtype=torch.bool,
+                                                                                            device=q.device), 0.0)
         unit_lower = a_kk + torch.eye(c, dtype=a_kk.dtype, device=q.device)
         rhs = torch.cat([vc * bc[..., None], kc * bc[..., None] * gc.exp()], dim=-1)
         solved = torch.linalg.solve_triangular(unit_lower, rhs, upper=False, unitriangular=True)
@@ -81,8 +82,11 @@ def _chunked_one_sequence(q, k, v, g, beta, state, chunk_size):
 
 
 def chunk_kda_reference(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
-                        cu_seqlens=None, use_qk_l2norm=False, chunk_size=64):
-    """Chunked (WY / UT-transform) form of the same recurrence; any T, varlen via cu_seqlens (B=1)."""
+                        cu_seqlens=None, use_qk_l2norm=False, chunk_size=32):
+    """Chunked (WY / UT-transform) form of the same recurrence; any T, varlen via cu_seqlens (B=1).
+
+    The intra-chunk work grows with chunk_size; 32 halves a CPU prefill against 64 (the Triton kernel's).
+    """
     in_dtype = q.dtype
     q, k, v, g, beta = _prepare(q, k, v, g, beta, scale, use_qk_l2norm)
     b, t, h, kd = k.shape
@@ -107,9 +111,18 @@ def chunk_kda_reference(q, k, v, g, beta, *, scale=None, initial_state=None, out
 
 
 def recurrent_kda_reference(q, k, v, g, beta, state_pool, state_indices, *, scale=None, use_qk_l2norm=False):
-    """One new token per sequence; reads and writes `state_pool[state_indices]` in place, nothing else."""
-    initial = state_pool.index_select(0, state_indices)
-    out, final = naive_recurrent_kda(q, k, v, g, beta, scale=scale, initial_state=initial,
-                                     output_final_state=True, use_qk_l2norm=use_qk_l2norm)
-    state_pool.index_copy_(0, state_indices, final.to(state_pool.dtype))
-    return out
+    """One new token per sequence; reads and writes `state_pool[state_indices]` in place, nothing else.
+
+    naive_recurrent_kda's step for T = 1, written with in-place matmuls: it runs in every CPU decode step.
+    """
+    if q.shape[1] != 1:
+        raise ValueError(f"recurrent_kda takes one token per sequence, got q {tuple(q.shape)}")
+    in_dtype = q.dtype
+    q, k, v, g, beta = (x[:, 0] for x in _prepare(q, k, v, g, beta, scale, use_qk_l2norm))  # [N, H, *]
+    state = state_pool.index_select(0, state_indices).to(v.dtype)  # [N, H, K, V], a copy
+    state.mul_(g.exp()[..., None])
+    u = beta[..., None] * (v - torch.matmul(k[:, :, None, :], state)[:, :, 0])
+    state.add_(k[..., None] * u[:, :, None, :])
+    out = torch.matmul(q[:, :, None, :], state)[:, :, 0]
+    state_pool.index_copy_(0, state_indices, state.to(state_pool.dtype))
+    return out[:, None].to(in_dtype)

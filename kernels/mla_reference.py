@@ -63,21 +63,31 @@ def merge_attention(o_a, lse_a, o_b, lse_b):
 
 def mla_decode_shared_reference(q_latent, q_pe, kv_cache, prefix_pages, prefix_len, block_tables, seq_lens,
                                 scale):
-    """Shared prefix attended once as one [N*H] x [prefix] product, private suffixes per sequence."""
+    """Shared prefix attended once as one [N*H] x [prefix] product; the private suffixes, padded to the
+    longest, as one batched product; the two merged by log-sum-exp (it runs in every CPU decode step)."""
     _check_paged(q_latent, q_pe, kv_cache)
     n, h, r = q_latent.shape
     prefix = gather_tokens(kv_cache, prefix_pages, 0, prefix_len)
     o_pre, lse_pre = _attend(q_latent.reshape(1, n * h, r), q_pe.reshape(1, n * h, -1), prefix, scale)
     o_pre, lse_pre = o_pre.view(n, h, r), lse_pre.view(n, h)
-    out = torch.empty_like(q_latent)
-    for i, length in enumerate(seq_lens.tolist()):
-        if length == prefix_len:
-            out[i] = o_pre[i].to(out.dtype)
-            continue
-        keys = gather_tokens(kv_cache, block_tables[i], prefix_len, length)
-        o_suf, lse_suf = _attend(q_latent[i:i + 1], q_pe[i:i + 1], keys, scale)
-        out[i] = merge_attention(o_pre[i], lse_pre[i], o_suf[0], lse_suf[0]).to(out.dtype)
-    return out
+    lengths = seq_lens.long().to(kv_cache.device)
+    width = int(lengths.max()) - prefix_len
+    if width <= 0:
+        return o_pre.to(q_latent.dtype)
+    page_size = kv_cache.shape[1]
+    positions = prefix_len + torch.arange(width, device=kv_cache.device)
+    valid = positions[None, :] < lengths[:, None]  # [N, W]
+    positions = torch.minimum(positions[None, :], lengths[:, None] - 1)  # padding re-reads a valid row
+    pages = block_tables.long().gather(1, positions // page_size)
+    keys = kv_cache[pages, positions % page_size].to(o_pre.dtype)  # [N, W, R + P]
+    scores = (torch.einsum("nhr,nwr->nhw", q_latent.to(keys.dtype), keys[..., :r])
+              + torch.einsum("nhp,nwp->nhw", q_pe.to(keys.dtype), keys[..., r:])) * scale
+    scores = scores.masked_fill_(~valid[:, None, :], float("-inf"))
+    lse_suf = torch.logsumexp(scores, dim=-1)  # -inf for a sequence with no suffix
+    lse = torch.logaddexp(lse_pre, lse_suf)
+    probs = (scores - lse[..., None]).exp_()
+    out = o_pre * (lse_pre - lse).exp()[..., None] + torch.einsum("nhw,nwr->nhr", probs, keys[..., :r])
+    return out.to(q_latent.dtype)
 
 
 def mla_prefill_reference(q_latent, q_pe, kv_cache, block_table, start_pos, scale):

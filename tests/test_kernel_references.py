@@ -1,0 +1,70 @@
+"""The PyTorch references, which are the CPU path, against the obvious forms in float64.
+
+The chunked and batched references are rewritten for CPU speed; the token-by-token recurrence and the
+per-sequence attention loop stay the oracles. No Triton needed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import kda_reference, mla_reference
+
+
+def kda_inputs(b, t, h, kd, vd):
+    q, k, v = torch.randn(b, t, h, kd), torch.randn(b, t, h, kd), torch.randn(b, t, h, vd)
+    g = F.logsigmoid(torch.randn(b, t, h, kd))
+    return (x.double() for x in (q, k, v, g, torch.rand(b, t, h)))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("chunk_size, t", [(32, 75), (64, 64), (16, 1)])
+def test_chunked_kda_equals_the_recurrence(chunk_size, t):
+    q, k, v, g, beta = kda_inputs(2, t, 3, 16, 8)
+    h0 = torch.randn(2, 3, 16, 8, dtype=torch.float64)
+    o, final = kda_reference.chunk_kda_reference(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                                 use_qk_l2norm=True, chunk_size=chunk_size)
+    ref_o, ref_final = kda_reference.naive_recurrent_kda(q, k, v, g, beta, initial_state=h0,
+                                                         output_final_state=True, use_qk_l2norm=True)
+    assert rel_err(o, ref_o) <= 1e-12 and rel_err(final, ref_final) <= 1e-12
+
+
+def test_recurrent_step_equals_the_recurrence_and_touches_only_its_rows():
+    q, k, v, g, beta = kda_inputs(3, 1, 2, 16, 8)
+    pool = torch.randn(6, 2, 16, 8, dtype=torch.float64)
+    slots = torch.tensor([4, 0, 2])
+    before = pool.clone()
+    o = kda_reference.recurrent_kda_reference(q, k, v, g, beta, pool, slots, scale=0.3)
+    ref_o, ref_final = kda_reference.naive_recurrent_kda(q, k, v, g, beta, scale=0.3, initial_state=before[slots],
+                                                         output_final_state=True)
+    assert rel_err(o, ref_o) <= 1e-12 and rel_err(pool[slots], ref_final) <= 1e-12
+    assert torch.equal(pool[[1, 3, 5]], before[[1, 3, 5]])
+    with pytest.raises(ValueError, match="one token"):
+        kda_reference.recurrent_kda_reference(*kda_inputs(3, 2, 2, 16, 8), pool, slots)
+
+
+def test_shared_prefix_decode_equals_per_sequence_decode():
+    """An 8-token prefix on two shared pages; suffixes of 0, 1 and 13 tokens, padded into one batch. Rows past a
+    sequence's end are NaN: padding must never read them."""
+    n, h, r, p, page = 3, 2, 16, 8, 4
+    lengths = [8, 9, 21]
+    kv = torch.randn(20, page, r + p, dtype=torch.float64)
+    prefix_pages = [7, 3]
+    tables = torch.full((n, 6), -1)
+    private = iter(range(10, 20))
+    for i, length in enumerate(lengths):
+        own = [next(private) for _ in range(-(-length // page) - 2)]
+        tables[i, :2 + len(own)] = torch.tensor(prefix_pages + own)
+        if own and length % page:
+            kv[own[-1], length % page:] = torch.nan
+    ql, qp = torch.randn(n, h, r, dtype=torch.float64), torch.randn(n, h, p, dtype=torch.float64)
+    seq_lens = torch.tensor(lengths, dtype=torch.int32)
+    shared = mla_reference.mla_decode_shared_reference(ql, qp, kv, torch.tensor(prefix_pages), 8, tables, seq_lens,
+                                                       0.2)
+    plain = mla_reference.mla_decode_reference(ql, qp, kv, tables, seq_lens, 0.2)
+    assert not plain.isnan().any() and rel_err(shared, plain) <= 1e-12
