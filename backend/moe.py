@@ -20,6 +20,10 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+DENSE_EXPERT_WORK = 1 << 24
+"""Multiply-adds per projection up to which running all experts densely beats looping over the chosen ones."""
+
+
 class StackedExperts(nn.Module):
     """All routed experts as [E, out, in] tensors (w1 gate, w3 up, w2 down), loaded from per-expert tensors."""
 
@@ -33,7 +37,27 @@ class StackedExperts(nn.Module):
         """x [M, D]; expert_ids, weights [M, k] -> fp32 [M, D] (fp64 for fp64 x). Tokens are grouped by expert."""
         if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
             return self._grouped(x, expert_ids, weights)
+        if self._dense_pays(x, expert_ids):
+            return self._dense(x, expert_ids, weights)
         return self._per_expert(x, expert_ids, weights)
+
+    def _dense_pays(self, x: torch.Tensor, expert_ids: torch.Tensor) -> bool:
+        """Small experts, a few tokens routed to most of them, on CPU: a per-expert loop costs more in dispatch
+        than running every expert on every token (the small default model's batched decode)."""
+        num_experts, m = self.w1.shape[0], x.shape[0]
+        work = m * num_experts * self.w1[0].numel()
+        return (not x.is_cuda and x.dtype != torch.float64 and expert_ids.numel() >= num_experts
+                and work <= DENSE_EXPERT_WORK)
+
+    def _dense(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token as three batched matmuls, weighted by a dense [M, E] routing map."""
+        num_experts, m = self.w1.shape[0], x.shape[0]
+        routing = torch.zeros(m, num_experts, dtype=torch.float32, device=x.device)
+        routing.scatter_(1, expert_ids, weights.float())
+        xe = x.unsqueeze(0).expand(num_experts, m, x.shape[-1])
+        h = F.silu(torch.bmm(xe, self.w1.transpose(1, 2))) * torch.bmm(xe, self.w3.transpose(1, 2))
+        y = torch.bmm(h, self.w2.transpose(1, 2))  # [E, M, D]
+        return torch.einsum("emd,me->md", y.float(), routing)
 
     def _grouped(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """One grouped GEMM per projection for all experts: no host sync, three launches."""
