@@ -2,8 +2,11 @@
 
     python -m benchmarks.engine                          # CPU, small config
     python -m benchmarks.engine --preset 48b --device cuda --prefix 65536   # GPU, real config
+    python -m benchmarks.engine --preset default --batches 1,8,20,32      # the shipped model (CPU path)
 
-Random weights (speed does not depend on their values). Fork time is measured for a short and a
+Random weights for small and 48b (speed hardly depends on their values; the router bias spreads tokens
+over experts, benchmarks/common.py says how); `default` loads the shipped checkpoint, whose trained router
+decides which experts a batch touches. Fork time is measured for a short and a
 long shared prefix: it must not depend on the prefix length.
 """
 
@@ -17,7 +20,9 @@ import time
 import torch
 
 from backend import Engine, SamplingParams
+from backend.default_model import default_model_path
 from backend.state_cache import CacheLayout
+from backend.weights import load_model
 from benchmarks.common import preset_config, random_model, sync
 
 
@@ -63,7 +68,8 @@ async def time_decode(engine: Engine, batch: int, prefix_len: int, steps: int, v
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small", help="small | 48b")
+    parser.add_argument("--preset", default="small",
+                        help="small | 48b (random weights) | default (the shipped checkpoint, trained routing)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--prefix", type=int, default=None, help="long shared prefix for the fork timing")
     parser.add_argument("--decode-prefix", type=int, default=256)
@@ -74,9 +80,13 @@ async def main() -> None:
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    config = preset_config(args.preset)
+    if args.preset == "default":
+        model = load_model(default_model_path(), device=device, dtype=dtype)
+        config = model.config
+    else:
+        config = preset_config(args.preset)
+        model = random_model(config, device, dtype)
     long_prefix = args.prefix or (65536 if device.type == "cuda" else 4096)
-    model = random_model(config, device, dtype)
     memory = int(args.memory_gib * 2**30) if args.memory_gib else (None if device.type == "cuda" else 2 << 30)
     engine = Engine(model, None, max_sessions=128, memory=memory, page_size=64, prefill_chunk=4096)
     vocab = config.vocab_size
