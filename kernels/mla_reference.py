@@ -16,12 +16,17 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def rows_at(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Cached rows at token `positions` through a block table: [W] positions of one sequence's [pages]
+    table, or [N, W] positions of N sequences' [N, pages] tables; returns [..., W, R + P]."""
+    page_size = kv_cache.shape[1]
+    pages = block_table.long().gather(-1, positions // page_size)
+    return kv_cache[pages, positions % page_size]
+
+
 def gather_tokens(kv_cache: torch.Tensor, block_table: torch.Tensor, start: int, end: int) -> torch.Tensor:
     """Rows of positions start..end-1 of one sequence, [end - start, R + P]."""
-    page_size = kv_cache.shape[1]
-    positions = torch.arange(start, end, device=kv_cache.device)
-    pages = block_table.long()[positions // page_size]
-    return kv_cache[pages, positions % page_size]
+    return rows_at(kv_cache, block_table, torch.arange(start, end, device=kv_cache.device))
 
 
 def _attend(q_latent, q_pe, keys, scale, mask=None):
@@ -74,12 +79,10 @@ def mla_decode_shared_reference(q_latent, q_pe, kv_cache, prefix_pages, prefix_l
     width = int(lengths.max()) - prefix_len
     if width <= 0:
         return o_pre.to(q_latent.dtype)
-    page_size = kv_cache.shape[1]
     positions = prefix_len + torch.arange(width, device=kv_cache.device)
     valid = positions[None, :] < lengths[:, None]  # [N, W]
     positions = torch.minimum(positions[None, :], lengths[:, None] - 1)  # padding re-reads a valid row
-    pages = block_tables.long().gather(1, positions // page_size)
-    keys = kv_cache[pages, positions % page_size].to(o_pre.dtype)  # [N, W, R + P]
+    keys = rows_at(kv_cache, block_tables, positions).to(o_pre.dtype)  # [N, W, R + P]
     scores = (torch.einsum("nhr,nwr->nhw", q_latent.to(keys.dtype), keys[..., :r])
               + torch.einsum("nhp,nwp->nhw", q_pe.to(keys.dtype), keys[..., r:])) * scale
     scores = scores.masked_fill_(~valid[:, None, :], float("-inf"))

@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from kernels import kda_reference, mla_reference
-
-
-def kda_inputs(b, t, h, kd, vd):
-    q, k, v = torch.randn(b, t, h, kd), torch.randn(b, t, h, kd), torch.randn(b, t, h, vd)
-    g = F.logsigmoid(torch.randn(b, t, h, kd))
-    return (x.double() for x in (q, k, v, g, torch.rand(b, t, h)))
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
+from tests.kernel_support import float64, kda_inputs, rel_err
 
 
 @pytest.mark.parametrize("chunk_size, t", [(32, 75), (64, 64), (16, 1)])
 def test_chunked_kda_equals_the_recurrence(chunk_size, t):
-    q, k, v, g, beta = kda_inputs(2, t, 3, 16, 8)
+    q, k, v, g, beta = float64(*kda_inputs(2, t, 3, 16, 8))
     h0 = torch.randn(2, 3, 16, 8, dtype=torch.float64)
     o, final = kda_reference.chunk_kda_reference(q, k, v, g, beta, initial_state=h0, output_final_state=True,
                                                  use_qk_l2norm=True, chunk_size=chunk_size)
@@ -35,7 +25,7 @@ def test_chunked_kda_equals_the_recurrence(chunk_size, t):
 
 
 def test_recurrent_step_equals_the_recurrence_and_touches_only_its_rows():
-    q, k, v, g, beta = kda_inputs(3, 1, 2, 16, 8)
+    q, k, v, g, beta = float64(*kda_inputs(3, 1, 2, 16, 8))
     pool = torch.randn(6, 2, 16, 8, dtype=torch.float64)
     slots = torch.tensor([4, 0, 2])
     before = pool.clone()
@@ -45,7 +35,7 @@ def test_recurrent_step_equals_the_recurrence_and_touches_only_its_rows():
     assert rel_err(o, ref_o) <= 1e-12 and rel_err(pool[slots], ref_final) <= 1e-12
     assert torch.equal(pool[[1, 3, 5]], before[[1, 3, 5]])
     with pytest.raises(ValueError, match="one token"):
-        kda_reference.recurrent_kda_reference(*kda_inputs(3, 2, 2, 16, 8), pool, slots)
+        kda_reference.recurrent_kda_reference(*float64(*kda_inputs(3, 2, 2, 16, 8)), pool, slots)
 
 
 def test_shared_prefix_decode_equals_per_sequence_decode():

@@ -20,12 +20,9 @@ pytest.importorskip("triton", reason="Triton is not installed; the GPU kernels c
 
 import kernels  # noqa: E402  (tests/conftest.py has set TRITON_INTERPRET=1 before this first import)
 from kernels import kda_reference, kda_triton, mla_reference, mla_triton, norm_reference, norm_triton  # noqa: E402
+from tests.kernel_support import float64, kda_inputs, rel_err  # noqa: E402
 
 FP32_TOL = 1e-4
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def poisoned_empty(*shape, device, dtype):
@@ -37,18 +34,6 @@ def poison_outputs(monkeypatch):
     monkeypatch.setattr(kda_triton, "_empty", poisoned_empty)
     monkeypatch.setattr(mla_triton, "_empty", poisoned_empty)
     monkeypatch.setattr(norm_triton, "_empty", poisoned_empty)
-
-
-def kda_inputs(b, t, h, kd, vd, *, gate_scale=1.0):
-    q, k = torch.randn(b, t, h, kd), torch.randn(b, t, h, kd)
-    v = torch.randn(b, t, h, vd)
-    g = F.logsigmoid(torch.randn(b, t, h, kd)) * gate_scale
-    beta = torch.rand(b, t, h)
-    return q, k, v, g, beta
-
-
-def float64(*xs):
-    return [x.double() for x in xs]
 
 
 @pytest.mark.parametrize("gate_scale", [1.0, 40.0], ids=["factored-decay", "exact-decay"])
