@@ -356,16 +356,21 @@ def remap_numbers(ids: torch.Tensor, spans: list[NumberSpan], rng: random.Random
     return out
 
 
-def load_examples(paths: list[Path], tokenizer: ByteTokenizer,
-                  max_len: int) -> tuple[list[torch.Tensor], list[Example]]:
+def load_examples(paths: list[Path], tokenizer: ByteTokenizer, max_len: int,
+                  orchestrator_repeats: int = 1) -> tuple[list[torch.Tensor], list[Example]]:
     """Shared prefixes (text before the first user turn) and, per trajectory, its prefix index, the
-    remaining ids and the target mask; segments are [text, is_assistant_output] pairs."""
+    remaining ids and the target mask; segments are [text, is_assistant_output] pairs.
+
+    Orchestrator trajectories are listed `orchestrator_repeats` times: their synthesis, copying every
+    sub-agent's value into one answer, is where the model fails, and with numbers redrawn per batch row
+    each repeat is a fresh copying exercise."""
     prefixes: dict[str, int] = {}
     examples, dropped = [], 0
     for file in paths:
         with lzma.open(file, "rt", encoding="utf-8") as lines:
             for line in lines:
-                segments = json.loads(line)["segments"]
+                record = json.loads(line)
+                segments = record["segments"]
                 head, cut, rest = segments[0][0].partition(USER_TURN)
                 if not cut or segments[0][1]:
                     raise ValueError(f"a trajectory in {file} does not start with context up to a user turn")
@@ -380,9 +385,10 @@ def load_examples(paths: list[Path], tokenizer: ByteTokenizer,
                     continue
                 index = prefixes.setdefault(head, len(prefixes))
                 ids_tensor = torch.tensor(ids, dtype=torch.int16)
-                examples.append(Example(index, ids_tensor, torch.tensor(mask), number_spans(ids_tensor)))
+                example = Example(index, ids_tensor, torch.tensor(mask), number_spans(ids_tensor))
+                examples.extend([example] * (orchestrator_repeats if record["role"] == "orchestrator" else 1))
     prefix_ids = [torch.tensor(tokenizer.encode(head)) for head in prefixes]
-    print(f"loaded {len(examples)} trajectories ({sum(len(e.ids) for e in examples):,} tokens after "
+    print(f"loaded {len(examples)} trajectories, repeats included ({sum(len(e.ids) for e in examples):,} tokens after "
           f"{len(prefix_ids)} shared prefixes of {[len(p) for p in prefix_ids]} tokens), "
           f"dropped {dropped} longer than {max_len}", flush=True)
     return prefix_ids, examples
@@ -390,7 +396,7 @@ def load_examples(paths: list[Path], tokenizer: ByteTokenizer,
 
 def make_batches(examples: list[Example], tokens_per_batch: int, rng: random.Random) -> list[list[int]]:
     """Batches of one prefix each, length-sorted, padded to a multiple of 256, at most tokens_per_batch."""
-    order = sorted(range(len(examples)), key=lambda i: (examples[i].prefix, len(examples[i].ids)))
+    order = sorted(range(len(examples)), key=lambda i: (examples[i].prefix, len(examples[i].ids), rng.random()))
     batches, current, width = [], [], 0
     for i in order:
         length = -(-len(examples[i].ids) // 256) * 256
@@ -514,7 +520,8 @@ def train(args: argparse.Namespace) -> None:
         print(f"validation loss before: {validation_loss(model, *validation, device):.4f}", flush=True)
     if args.eval_only:
         return
-    prefixes, examples = load_examples([Path(p) for p in args.data], tokenizer, args.max_len)
+    prefixes, examples = load_examples([Path(p) for p in args.data], tokenizer, args.max_len,
+                                       args.orchestrator_repeats)
     balancer = RouterBalancer(model)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "conv1d" not in n]
     no_decay = [p for n, p in model.named_parameters()
@@ -601,6 +608,8 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=16384)
     parser.add_argument("--remap-numbers", action=argparse.BooleanOptionalAction, default=True,
                         help="redraw every number of 3+ digits in each training trajectory (see remap_numbers)")
+    parser.add_argument("--orchestrator-repeats", type=int, default=1,
+                        help="times each orchestrator trajectory is listed per epoch (see load_examples)")
     parser.add_argument("--chunk-size", type=int, default=64, help="KDA chunk length of chunk_kda_parallel")
     parser.add_argument("--kda-core", choices=["fla", "parallel"], default="fla",
                         help="fla: fla-core's Triton kernels if installed and they match ours; parallel: our own")

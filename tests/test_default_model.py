@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import lzma
 import random
 from pathlib import Path
 
@@ -143,6 +144,26 @@ def test_number_remap_redraws_each_value_once_in_order_and_format():
     assert sorted(fresh, key=int) == sorted(fresh, key=lambda old: int(fresh[old]))
     assert fresh != {old: old for old in fresh}
     assert out.count("127.0.0.1:") == 2 and " and 73." in out and "item 051." in out
+
+
+def test_orchestrator_trajectories_are_repeated_and_batched_by_prefix(tmp_path):
+    """--orchestrator-repeats lists each orchestrator trajectory that many times and nothing else twice;
+    every batch still holds one shared prefix and every example exactly as often as it is listed."""
+    def record(role: str, head: str, body: str) -> str:
+        return json.dumps({"family": "compare", "role": role,
+                           "segments": [[f"{head}<|im_user|>user<|im_middle|>task<|im_end|>", False], [body, True]]})
+    lines = [record("orchestrator", "sys A", "plan 1234"), record("subagent", "sys A", "found 5678"),
+             record("subagent", "sys B", "found 42"), record("orchestrator", "sys B", "answer 9999")]
+    data = tmp_path / "t.jsonl.xz"
+    with lzma.open(data, "wt", encoding="utf-8") as sink:
+        sink.write("\n".join(lines) + "\n")
+    prefixes, examples = train.load_examples([data], ByteTokenizer(), max_len=1000, orchestrator_repeats=3)
+    assert len(prefixes) == 2 and len(examples) == 8
+    bodies = [ByteTokenizer().decode(e.ids.tolist()) for e in examples]
+    assert sum("plan 1234" in b for b in bodies) == 3 and sum("found 5678" in b for b in bodies) == 1
+    batches = train.make_batches(examples, tokens_per_batch=512, rng=random.Random(0))
+    assert sorted(i for batch in batches for i in batch) == list(range(8))
+    assert all(len({examples[i].prefix for i in batch}) == 1 for batch in batches)
 
 
 @pytest.fixture(scope="module")
