@@ -33,6 +33,14 @@ class BlockManager:
             seq.block_table.append(cache.alloc_page())
             cache.set_table_entry(seq.slot, len(seq.block_table) - 1, seq.block_table[-1])
 
+    def truncate(self, seq: Sequence, num_cached: int) -> None:
+        """Forget cached tokens past `num_cached` (their KDA state is the caller's to restore) and give back
+        the pages no longer needed, so a later append never writes into a page it does not own."""
+        seq.num_cached = num_cached
+        keep = self.cache.pages_for(num_cached)
+        self.cache.release_pages(seq.block_table[keep:])
+        del seq.block_table[keep:]
+
     def admit(self, seq: Sequence) -> None:
         seq.slot = self.cache.alloc_slot()
 

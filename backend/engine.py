@@ -27,12 +27,14 @@ from backend.model_runner import ModelRunner
 from backend.sampling import SamplingParams
 from backend.scheduler import Job, Scheduler
 from backend.sequence import Sequence
+from backend.speculation import lookup_draft
 from backend.session import Session
 from backend.state_cache import CacheCapacityError, StateCache
 from backend.tokenizer import Tokenizer, load_tokenizer
 from backend.weights import load_model
 
 STALL_SECONDS = 2.0
+CPU_SPECULATIVE_TOKENS = 8
 CPU_DEFAULT_FRACTION = 0.25
 CUDA_DEFAULT_FRACTION = 0.9
 
@@ -70,7 +72,7 @@ class Engine:
     def __init__(self, model: KimiLinearForCausalLM, tokenizer: Tokenizer | None = None, *,
                  max_sessions: int = 128, memory: int | float | None = None, page_size: int = 64,
                  prefill_chunk: int = 512, max_batch: int = 256, shared_prefix_attention: bool = True,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, speculative_tokens: int | None = None):
         self.model = model
         self.config = model.config
         self.tokenizer = tokenizer
@@ -82,6 +84,13 @@ class Engine:
                                   cuda_graphs=cuda_graphs)
         self.scheduler = Scheduler(self.blocks, prefill_chunk, max_batch)
         self.stop_ids = tokenizer.eos_token_ids if tokenizer is not None else self.config.eos_token_ids
+        if speculative_tokens is None:
+            speculative_tokens = CPU_SPECULATIVE_TOKENS if model.device.type == "cpu" else 0
+        if speculative_tokens < 0:
+            raise ValueError(f"speculative_tokens must be >= 0, got {speculative_tokens}")
+        self.speculative_tokens = speculative_tokens
+        """Prompt-lookup draft length for a lone greedy generation (backend.speculation); 0 turns it off.
+        On by default on CPU, where checking several tokens costs about one decode step."""
         self.vocab_limit = min(self.config.vocab_size, tokenizer.vocab_size if tokenizer else self.config.vocab_size)
         self._ids = itertools.count()
         self._cond = threading.Condition()
@@ -90,6 +99,8 @@ class Engine:
         self._barriers: list[Waiter] = []
         self.decode_steps: deque[tuple[int, float]] = deque(maxlen=100_000)
         """(batch size, seconds) of recent decode steps, for benchmarks and live displays."""
+        self.speculative_steps: deque[tuple[int, int, float]] = deque(maxlen=100_000)
+        """(draft tokens, tokens kept, seconds) of recent speculative steps (_speculate)."""
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._crash: EngineCrashedError | None = None
@@ -322,6 +333,8 @@ class Engine:
             job.waiter.resolve(None)
 
     def _decode(self, batch: list[Job]) -> None:
+        if len(batch) == 1 and self._speculate(batch[0]):
+            return
         started = time.perf_counter()
         try:
             for job in batch:
@@ -342,6 +355,51 @@ class Engine:
             if generation.finish_reason is not None:
                 self.scheduler.decoding.remove(job)
                 job.waiter.resolve(generation.completion())
+
+    def _speculate(self, job: Job) -> bool:
+        """Decode a lone greedy generation several tokens at a time from a prompt-lookup draft.
+
+        One forward checks the draft; the model's own choices are kept, up to and including its first
+        disagreement, so the output is what plain greedy decoding gives. If fewer tokens are kept than
+        were fed, the slot's KDA state is restored and the kept ones are run again. False if there is
+        no draft (or no room for it): the caller decodes normally.
+        """
+        generation, seq = job.generation, job.seq
+        room = generation.params.max_tokens - len(generation.token_ids) - 1
+        if not (self.speculative_tokens and generation.greedy and room > 0):
+            return False
+        draft = lookup_draft(seq.token_ids.tolist(), min(self.speculative_tokens, room))
+        if not draft or not self.blocks.can_append(seq, len(draft) + 1):
+            return False
+        started, start = time.perf_counter(), seq.num_cached
+        try:
+            self.blocks.prepare_append(seq, len(draft) + 1)
+            snapshot = self.cache.snapshot_slot(seq.slot)
+            chosen = self.runner.verify(seq, draft)[:, :self.vocab_limit].argmax(-1).tolist()
+            agreed = next((i for i, (d, c) in enumerate(zip(draft, chosen)) if d != c), len(draft))
+            kept = []
+            for token in [*draft[:agreed], chosen[agreed]]:
+                kept.append(token)
+                generation.accept(token)
+                if generation.finish_reason is not None:
+                    break
+            if len(kept) <= len(draft):  # the forward fed more tokens than are kept: undo and rerun the kept
+                self.cache.restore_slot(seq.slot, snapshot)
+                self.blocks.truncate(seq, start)
+                self.blocks.prepare_append(seq, len(kept))
+                seq.token_ids.extend(kept)
+                self.runner.prefill([seq], len(kept))
+            else:
+                seq.token_ids.extend(kept)
+            self.speculative_steps.append((len(draft), len(kept), time.perf_counter() - started))
+        except Exception as error:  # a failed forward fails its request, not the engine
+            self._fail(job, error)
+            return True
+        job.waiter.push(generation.take_delta())
+        if generation.finish_reason is not None:
+            self.scheduler.decoding.remove(job)
+            job.waiter.resolve(generation.completion())
+        return True
 
     def _fail(self, job: Job, error: BaseException) -> None:
         job.cancelled = True

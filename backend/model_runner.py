@@ -32,6 +32,18 @@ class ModelRunner:
             s.num_cached += num_tokens
 
     @torch.inference_mode()
+    def verify(self, seq: Sequence, draft: list[int]) -> torch.Tensor:
+        """Feed the session's pending token and `draft` in one forward; fp32 logits [len(draft) + 1, vocab]:
+        row i is the model's next-token distribution after the pending token and draft[:i]."""
+        start = seq.num_cached
+        ids = torch.tensor([[seq.token_ids[start], *draft]])
+        ctx = PagedContext(self.cache, [seq.slot], [seq.block_table], [start], ids.shape[1],
+                           shared_prefix=self.shared_prefix_attention)
+        logits = self.model(ids, ctx)[0]
+        seq.num_cached += ids.shape[1]
+        return logits
+
+    @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """Feed each session's last pending token; fp32 next-token logits [N, vocab], left on the device."""
         ids, slots, starts = ([s.token_ids[s.num_cached] for s in seqs], [s.slot for s in seqs],

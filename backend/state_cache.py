@@ -101,6 +101,14 @@ class StateCache:
         for pool in (*self.recurrent, *self.conv):
             pool.index_copy_(0, index, pool[src].clone().expand(len(dsts), *pool.shape[1:]))
 
+    def snapshot_slot(self, slot: int) -> list[torch.Tensor]:
+        """A copy of one slot's states, to undo a forward whose tokens are not all kept."""
+        return [pool[slot].clone() for pool in (*self.recurrent, *self.conv)]
+
+    def restore_slot(self, slot: int, snapshot: list[torch.Tensor]) -> None:
+        for pool, saved in zip((*self.recurrent, *self.conv), snapshot, strict=True):
+            pool[slot].copy_(saved)
+
     def set_table_entry(self, slot: int, index: int, page: int) -> None:
         """Block-table entry `index` of `slot` is `page` (written to the device at the next flush)."""
         if index >= self.tables.shape[1]:

@@ -88,7 +88,8 @@ async def main() -> None:
         model = random_model(config, device, dtype)
     long_prefix = args.prefix or (65536 if device.type == "cuda" else 4096)
     memory = int(args.memory_gib * 2**30) if args.memory_gib else (None if device.type == "cuda" else 2 << 30)
-    engine = Engine(model, None, max_sessions=128, memory=memory, page_size=64, prefill_chunk=4096)
+    engine = Engine(model, None, max_sessions=128, memory=memory, page_size=64, prefill_chunk=4096,
+                    speculative_tokens=0)  # plain decode steps: random ids give no drafts anyway
     vocab = config.vocab_size
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"# engine benchmark: preset={args.preset} device={name} dtype={dtype}", flush=True)

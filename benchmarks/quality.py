@@ -128,7 +128,8 @@ def write_section(results: Path, section: str) -> None:
 
 async def main_async(args: argparse.Namespace) -> list[FamilySummary]:
     model = Path(args.model) if args.model else default_model_path()
-    backend = EngineBackend.from_pretrained(model, device=args.device)
+    options = {} if args.speculative_tokens is None else {"speculative_tokens": args.speculative_tokens}
+    backend = EngineBackend.from_pretrained(model, device=args.device, **options)
     rng = random.Random(args.seed)
     plan: list[tuple[Family, int | None]] = (
         [("compare", None)] * args.compare + [("table", args.table_rows)] * args.tables + [("two_hop", None)] * args.two_hop)
@@ -170,6 +171,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=REPLY_TOKENS, help="completion tokens per model turn")
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--speculative-tokens", type=int, default=None,
+                        help="prompt-lookup draft length (0: off; default: the engine's, on for CPU)")
     parser.add_argument("--json", default=None, help="write every task's score and answer here")
     parser.add_argument("--results", default=None, help="update the ## Quality section of this RESULTS.md")
     parser.add_argument("--verbose", action="store_true", help="print every answer")
