@@ -185,7 +185,7 @@ def test_offline_web_run_records_and_replays_with_no_model_and_no_web(tmp_path):
                                        "--web", "offline", "--tools", "search,fetch", "--json", "--record", str(tape)])
     assert recorded.exit_code == 0, recorded.output
     data = json.loads(recorded.stdout)
-    assert re.search(rf"^Answer: {task.answer}, with .* \[http://127\.0\.0\.1:\d+{task.answer_url_path}\]\.$",
+    assert re.search(rf"^Answer: {task.answer}\. The .* of {task.answer} is .* \[http://127\.0\.0\.1:\d+{task.answer_url_path}\]\.$",
                      data["answer"], re.MULTILINE)
     assert sorted(c["url"].split("/", 3)[3] for c in data["citations"]) == sorted(
         lookup.url_path.lstrip("/") for lookup in task.waves[0])

@@ -45,7 +45,7 @@ def test_comparison_prints_the_cited_answer_and_usage():
 
     assert done.returncode == 0, done.stderr
     assert f"Task: {task.prompt}" in done.stdout
-    assert re.search(rf"^Answer: {task.answer}, with .* \[{SERVED}{task.answer_url_path}\]\.$", done.stdout,
+    assert re.search(rf"^Answer: {task.answer}\. The .* of {task.answer} is .* \[{SERVED}{task.answer_url_path}\]\.$", done.stdout,
                      re.MULTILINE)
     assert sorted(url.split("/", 3)[3] for url in cited_urls(done.stdout)) == sorted(
         lookup.url_path.lstrip("/") for lookup in task.waves[0])

@@ -11,7 +11,7 @@ import pytest
 
 from swarm.offline_web import OfflineWeb, generate_site, load_manifest
 from swarm.offline_web.site import MANIFEST_NAME
-from swarm.offline_web.tasks import compare_task, grade, sample_task
+from swarm.offline_web.tasks import compare_task, finding_text, grade, sample_task
 
 HREF = re.compile(r'href="([^"]+)"')
 TAGS = re.compile(r"<[^>]+>")
@@ -132,6 +132,17 @@ def test_grade_gives_the_teachers_answer_full_marks(site, family):
     task = sample_task(manifest, family, "heldout", random.Random(5), 4)
     score = grade(task, task.final_answer(BASE), BASE)
     assert score.correct == score.cited == score.total == (4 if family == "table" else 1)
+
+
+def test_teachers_comparison_answer_restates_the_winners_finding(site):
+    """The Answer line names the winner, then repeats its finding line word for word: its value then follows
+    the winner's name as it does in the sub-agent's report, which a small model copies reliably."""
+    _, manifest = site
+    task = sample_task(manifest, "compare", "heldout", random.Random(7), 4)
+    *findings, answer_line = task.final_answer(BASE).splitlines()
+    winner = task.winner()
+    own = finding_text(winner.attribute, winner.entity, winner.value, BASE.rstrip("/") + winner.url_path)
+    assert own in findings and answer_line == f"Answer: {task.answer}. {own}"
 
 
 def test_grade_wants_the_winners_own_value_and_page(site):

@@ -185,3 +185,12 @@ def test_heldout_split_writes_validation_runs_of_the_evaluated_web_only(tmp_path
     with pytest.raises(ValueError, match="evaluated web, seed 0"):
         asyncio.run(generate(out, tasks=3, shards=1, seed=0, subagents_per_wave=1, cache_dir=cache,
                              web_seeds=(1,), split="heldout"))
+
+
+def test_families_weight_the_task_mix_and_no_subagents_leaves_orchestrators(tmp_path):
+    out = tmp_path / "orchestrators.jsonl.xz"
+    asyncio.run(generate(out, tasks=3, shards=1, seed=0, subagents_per_wave=0, cache_dir=tmp_path / "cache",
+                         split="heldout", families=("compare", "compare", "two_hop")))
+    written = _written(out)
+    assert [t["family"] for t in written] == ["compare", "compare", "two_hop"]
+    assert {t["role"] for t in written} == {"orchestrator"}

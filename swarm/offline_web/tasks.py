@@ -108,9 +108,10 @@ class ResearchTask(BaseModel):
             return "\n".join(head + rows)
         lines = [finding_text(lk.attribute, lk.entity, lk.value, url + lk.url_path)
                  for wave in self.waves for lk in wave]
-        if self.family == "compare":
-            lines.append(f"Answer: {self.answer}, with {self.attribute.lower()} "
-                         f"{self.winner().value} [{url}{self.answer_url_path}].")
+        if self.family == "compare":  # the winner's finding again, so its value is copied right after its name
+            winner = self.winner()
+            lines.append(f"Answer: {self.answer}. "
+                         + finding_text(winner.attribute, winner.entity, winner.value, url + winner.url_path))
         else:
             lines.append(f"Answer: {self.answer} [{url}{self.answer_url_path}].")
         return "\n".join(lines)

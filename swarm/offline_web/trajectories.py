@@ -117,11 +117,12 @@ def heldout_pattern(*manifests: SiteManifest) -> re.Pattern[str]:
     return re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
 
 
-def task_stream(manifest: SiteManifest, rng: random.Random, count: int, split: Split = "train"
-                ) -> Iterator[ResearchTask]:
-    """Tasks of one split; tables lean large (wide tables are the hard case), comparisons use 2-5 entities."""
+def task_stream(manifest: SiteManifest, rng: random.Random, count: int, split: Split = "train",
+                families: tuple[Family, ...] = FAMILIES) -> Iterator[ResearchTask]:
+    """Tasks of one split, cycling through `families`; tables lean large (wide tables are the hard case),
+    comparisons use 2-5 entities."""
     for index in range(count):
-        family = FAMILIES[index % len(FAMILIES)]
+        family = families[index % len(families)]
         size = {"compare": rng.randint(2, 5), "table": rng.choice([rng.randint(3, 12), rng.randint(12, 25)]),
                 "two_hop": None}[family]
         yield sample_task(manifest, family, split, rng, size)
@@ -129,7 +130,7 @@ def task_stream(manifest: SiteManifest, rng: random.Random, count: int, split: S
 
 async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_wave: int,
                    cache_dir: Path | None = None, web_seeds: tuple[int, ...] = (EVALUATED_WEB_SEED,),
-                   split: Split = "train") -> Counter:
+                   split: Split = "train", families: tuple[Family, ...] = FAMILIES) -> Counter:
     """Write trajectories for `tasks` tasks, served on `shards` successive servers (each a new port).
 
     Shard i serves web_seeds[i % len(web_seeds)]. Held-out tasks come from the evaluated web alone.
@@ -148,7 +149,8 @@ async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_
                 web = offline_web_tools(offline, index_dir=(cache_dir / "search-index") if cache_dir else None)
                 declared = [web.search, web.fetch] if rng.random() < 0.2 else web.tools()
                 try:
-                    for task in task_stream(offline.manifest, rng, min(per_shard, tasks - shard * per_shard), split):
+                    for task in task_stream(offline.manifest, rng, min(per_shard, tasks - shard * per_shard), split,
+                                            families):
                         backend = await record_run(task, offline.manifest, offline.base_url, declared)
                         if backend.errors:
                             stats["failed_runs"] += 1
@@ -178,10 +180,12 @@ def main() -> None:
                         help="seeded webs the shards cycle through (other seeds: other entity names)")
     parser.add_argument("--split", choices=["train", "heldout"], default="train",
                         help="heldout: validation trajectories of the evaluated web's held-out entities")
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES),
+                        help="task families the tasks cycle through (name one twice to weight it)")
     args = parser.parse_args()
     started = time.time()
     stats = asyncio.run(generate(args.out, args.tasks, args.shards, args.seed, args.subagents_per_wave, args.cache_dir,
-                                 tuple(args.web_seeds), args.split))
+                                 tuple(args.web_seeds), args.split, tuple(args.families)))
     print(f"wrote {args.out} in {time.time() - started:.0f}s: {dict(stats)}")
 
 
