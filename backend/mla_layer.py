@@ -6,7 +6,8 @@ and W_UV (applied to the output), so one token reads the latent once. A prefill 
 is cheaper in the expanded form (per-head keys of 192 and values of 128 instead of 576 and 512): when
 the context offers `mla_cached_keys`, the cached latent is decompressed through kv_b_proj and attended
 with scaled_dot_product_attention (flash kernels on the GPU). Forks prefilled together decompress and
-attend the prefix they share once for all of them.
+attend the prefix they share once for all of them. On the CPU a chunk of few tokens stays absorbed
+(_expanding_pays).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class KimiMLAAttention(nn.Module):
         latent = torch.cat([rms_norm(kv[..., : self.rank], self.kv_a_layernorm.weight, LATENT_NORM_EPS),
                             kv[..., self.rank:]], dim=-1)
         cached_keys = getattr(ctx, "mla_cached_keys", None)
-        keys = cached_keys(self.mla_index, latent) if cached_keys is not None and t > 1 else None
+        expand = cached_keys is not None and t > 1 and self._expanding_pays(n * t, x.device)
+        keys = cached_keys(self.mla_index, latent) if expand else None
         if keys is not None:
             o = self._attend_expanded(torch.cat([q_nope, q_pe], dim=-1), keys)
             return self.o_proj(o.reshape(n, t, self.num_heads * self.v_dim))
@@ -76,6 +78,19 @@ class KimiMLAAttention(nn.Module):
         o_latent = ctx.mla_attend(self.mla_index, q_latent, q_pe.contiguous(), latent, self.scale)
         o = torch.einsum("nthr,hvr->nthv", o_latent, w_uv)
         return self.o_proj(o.reshape(n, t, self.num_heads * self.v_dim))
+
+    def _expanding_pays(self, queries: int, device: torch.device) -> bool:
+        """Whether `queries` new tokens attend more cheaply in the expanded form than in the absorbed one.
+
+        Per cached token, expanding costs rank x H x (nope + v) once plus 2 x H x (nope + rope) per query;
+        the absorbed form costs H x (2 x rank + rope) per query. On the CPU a few new tokens over a long
+        cache (a speculative draft, a short turn) therefore stay absorbed; the GPU always expands, its
+        flash kernels having been measured for that form only.
+        """
+        if device.type != "cpu":
+            return True
+        per_query = 2 * self.rank + self.rope_dim - 2 * (self.nope_dim + self.rope_dim)
+        return per_query <= 0 or self.rank * (self.nope_dim + self.v_dim) < queries * per_query
 
     def _attend_expanded(self, q: torch.Tensor, keys: CachedLatents) -> torch.Tensor:
         """Queries [N, T, H, D] (the last T positions of each sequence) over their cached latent; returns

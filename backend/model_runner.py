@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from backend.decode_graphs import DecodeGraphs
@@ -9,6 +12,10 @@ from backend.model import KimiLinearForCausalLM
 from backend.paged_context import PagedContext
 from backend.sequence import Sequence
 from backend.state_cache import StateCache
+
+SMALL_FORWARD_TOKENS = 32
+"""On the CPU a forward over at most this many tokens runs on one thread: waking the others costs more than
+they save at this size (benchmarks.engine, 2 cores: batch-8 decode 58 -> 28 ms a step, batch 20 even)."""
 
 
 class ModelRunner:
@@ -19,6 +26,19 @@ class ModelRunner:
         self.shared_prefix_attention = shared_prefix_attention
         self.graphs = DecodeGraphs(model, cache) if cuda_graphs and DecodeGraphs.supported(model) else None
         """Decode steps replay CUDA graphs while this is set; None runs them eagerly (CPU, fp32, or asked)."""
+        self.threads = torch.get_num_threads()
+
+    @contextmanager
+    def _threads_for(self, tokens: int) -> Iterator[None]:
+        """One intra-op thread for a small CPU forward (SMALL_FORWARD_TOKENS), all of them otherwise."""
+        if self.model.device.type != "cpu" or tokens > SMALL_FORWARD_TOKENS or self.threads == 1:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self.threads)
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence], num_tokens: int) -> None:
@@ -27,7 +47,8 @@ class ModelRunner:
         ids = torch.tensor([s.token_ids[p:p + num_tokens] for s, p in zip(seqs, starts)])
         ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs], starts, num_tokens,
                            shared_prefix=self.shared_prefix_attention)
-        self.model(ids, ctx, last_only=True)
+        with self._threads_for(ids.numel()):
+            self.model(ids, ctx, last_only=True)
         for s in seqs:
             s.num_cached += num_tokens
 
@@ -39,7 +60,8 @@ class ModelRunner:
         ids = torch.tensor([[seq.token_ids[start], *draft]])
         ctx = PagedContext(self.cache, [seq.slot], [seq.block_table], [start], ids.shape[1],
                            shared_prefix=self.shared_prefix_attention)
-        logits = self.model(ids, ctx)[0]
+        with self._threads_for(ids.numel()):
+            logits = self.model(ids, ctx)[0]
         seq.num_cached += ids.shape[1]
         return logits
 
@@ -52,7 +74,8 @@ class ModelRunner:
         logits = self.graphs.decode(ids, slots, starts, tables, self.shared_prefix_attention) if self.graphs else None
         if logits is None:
             ctx = PagedContext(self.cache, slots, tables, starts, 1, shared_prefix=self.shared_prefix_attention)
-            logits = self.model(torch.tensor(ids)[:, None], ctx, last_only=True)[:, 0]
+            with self._threads_for(len(ids)):
+                logits = self.model(torch.tensor(ids)[:, None], ctx, last_only=True)[:, 0]
         for s in seqs:
             s.num_cached += 1
         return logits

@@ -88,11 +88,12 @@ class PagedContext:
 
     def mla_attend(self, mla_index: int, q_latent: torch.Tensor, q_pe: torch.Tensor,
                    latent_new: torch.Tensor, scale: float) -> torch.Tensor:
-        """A decode step in the absorbed form; prefill chunks take the expanded form (mla_cached_keys)."""
-        if self.num_new != 1:
-            raise ValueError(f"PagedContext.mla_attend serves decode steps, not {self.num_new}-token chunks: "
-                             "prefill goes through mla_cached_keys")
+        """Attention in the absorbed form: a decode step, or a chunk too short to pay for expanding the
+        cache (the layer decides; longer chunks go through mla_cached_keys), causal within the chunk."""
         pool = self._store(mla_index, latent_new)
+        if self.num_new != 1:
+            return torch.stack([kernels.mla_prefill(q_latent[i], q_pe[i], pool, self.block_tables[i], start, scale)
+                                for i, start in enumerate(self.starts)])
         if self.shared_pages:
             out = kernels.mla_decode_shared(q_latent[:, 0], q_pe[:, 0], pool, self.block_tables[0, :self.shared_pages],
                                             self.shared_pages * self.cache.page_size, self.block_tables,

@@ -60,3 +60,21 @@ def test_fused_lower_right_causal_attention_matches_float64_on_cuda():
         got = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(9, 206), scale=0.1)
     want, _ = attention.attention_with_lse(*(x[0].transpose(0, 1).double() for x in (q, k, v)), 0.1, causal=True)
     assert float((got[0].transpose(0, 1).double() - want).norm() / want.norm()) < 2e-2
+
+
+@pytest.mark.parametrize("preset, crossover", [("48b", 186), ("small", None)])
+def test_mla_chunks_expand_the_cache_only_when_that_is_cheaper(preset, crossover):
+    """Expanding the cached latent costs rank x H x (nope + v) per cached token, once; the absorbed form costs
+    H x (2 rank + rope) per query and cached token. On the CPU few queries stay absorbed; the GPU expands."""
+    from backend.mla_layer import KimiMLAAttention
+    from benchmarks.common import preset_config
+
+    config = preset_config(preset)
+    with torch.device("meta"):
+        layer = KimiMLAAttention(config, 0)
+    cpu = torch.device("cpu")
+    per_query = 2 * layer.rank + layer.rope_dim - 2 * (layer.nope_dim + layer.rope_dim)
+    expected = crossover or layer.rank * (layer.nope_dim + layer.v_dim) // per_query
+    assert not layer._expanding_pays(1, cpu) and not layer._expanding_pays(expected, cpu)
+    assert layer._expanding_pays(expected + 1, cpu) and layer._expanding_pays(4096, cpu)
+    assert layer._expanding_pays(1, torch.device("cuda"))

@@ -194,10 +194,15 @@ async def test_a_crashed_worker_fails_every_request_instead_of_hanging(engine, m
         await engine.session([4, 5])
 
 
-def test_paged_prefill_in_expanded_form_matches_the_dense_absorbed_form(engine):
-    """Prefill chunks attend with decompressed keys (SDPA), decode and DenseContext in the absorbed form."""
+@pytest.mark.parametrize("expand", [True, False], ids=["expanded", "absorbed"])
+def test_paged_prefill_in_either_form_matches_the_dense_absorbed_form(engine, monkeypatch, expand):
+    """Prefill chunks attend with decompressed keys (SDPA) or, when that does not pay, in the absorbed form
+    over the pages; DenseContext always absorbed. Both chunk forms must give the dense logits."""
     from backend.context import DenseContext
+    from backend.mla_layer import KimiMLAAttention
     from backend.paged_context import PagedContext
+
+    monkeypatch.setattr(KimiMLAAttention, "_expanding_pays", lambda self, queries, device: expand)
 
     model, cache = engine.model, engine.cache
     ids = torch.tensor([random_ids(random.Random(5), 40)])
@@ -211,9 +216,12 @@ def test_paged_prefill_in_expanded_form_matches_the_dense_absorbed_form(engine):
     assert torch.allclose(paged, dense, atol=1e-4, rtol=1e-4), (paged - dense).abs().max()
 
 
-def test_forks_prefilled_together_attend_their_shared_prefix_once_with_the_same_result(engine):
+def test_forks_prefilled_together_attend_their_shared_prefix_once_with_the_same_result(engine, monkeypatch):
     """A batch of forks' new tokens attends the shared pages in one call (merged by log-sum-exp with each
     fork's own keys); it must give the logits of prefilling each fork alone."""
+    from backend.mla_layer import KimiMLAAttention
+
+    monkeypatch.setattr(KimiMLAAttention, "_expanding_pays", lambda self, queries, device: True)
     together, alone = forks_prefilled_with_and_without_sharing(engine.model, engine.cache, seed=11)
     assert torch.allclose(together, alone, atol=1e-4, rtol=1e-4), (together - alone).abs().max()
 

@@ -1,0 +1,104 @@
+"""Speculative greedy decoding on the orchestrator's synthesis: with and without prompt-lookup drafts.
+
+The prompt is a real held-out orchestrator conversation of the offline web up to its last turn (the teacher
+plays every agent, the tools are real), so the model is asked for the answer it writes from its sub-agents'
+reports. Each prompt is decoded greedily by the default model with drafts of each length given, and the
+outputs must match the plain decode's token for token. Prints one table: tokens/s, tokens per forward pass,
+speed-up.
+
+    python -m benchmarks.speculation --tasks compare table --draft 0 4 8 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import time
+from pathlib import Path
+
+from backend.chat_format import render
+from backend.default_model import default_model_path
+from backend.engine import Engine
+from backend.sampling import SamplingParams
+from swarm.offline_web import OfflineWeb
+from swarm.offline_web.tasks import sample_task
+from swarm.offline_web.trajectories import offline_web_tools, record_run
+
+TABLE_ROWS = 20
+
+
+async def synthesis_prompts(families: list[str], seed: int) -> list[tuple[str, str]]:
+    """(family, rendered prompt) of each task's orchestrator, cut before its final answer."""
+    rng = random.Random(seed)
+    prompts = []
+    with OfflineWeb.start(seed=0) as offline:
+        web = offline_web_tools(offline)
+        try:
+            for family in families:
+                task = sample_task(offline.manifest, family, "heldout", rng, TABLE_ROWS if family == "table" else None)
+                backend = await record_run(task, offline.manifest, offline.base_url, web.tools())
+                orchestrator = backend.conversations[0]
+                prompts.append((family, render(orchestrator.messages[:-1], orchestrator.tools,
+                                               add_generation_prompt=True)))
+        finally:
+            await web.aclose()
+    return prompts
+
+
+async def decode(engine: Engine, prompt: str, max_tokens: int) -> tuple[list[int], float]:
+    session = await engine.session(prompt)
+    try:
+        started = time.perf_counter()
+        out = await session.generate(SamplingParams(max_tokens=max_tokens))
+        return out.token_ids, time.perf_counter() - started
+    finally:
+        session.close()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    prompts = await synthesis_prompts(args.tasks, args.seed)
+    rows = []
+    for family, prompt in prompts:
+        baseline = None
+        for draft in args.draft:
+            engine = Engine.from_pretrained(args.model or default_model_path(), speculative_tokens=draft)
+            try:
+                await decode(engine, prompt, 8)  # warm-up
+                engine.speculative_steps.clear()
+                times, tokens = [], None
+                for _ in range(args.repeats):
+                    tokens, seconds = await decode(engine, prompt, args.max_tokens)
+                    times.append(seconds)
+                steps = list(engine.speculative_steps)
+            finally:
+                engine.shutdown()
+            seconds = statistics.median(times)
+            baseline = baseline or (tokens, seconds)
+            same = "yes" if tokens == baseline[0] else "NO"
+            # a step that keeps less than it fed runs a second forward over what it keeps
+            speculative_forwards = sum(1 + (kept <= drafted) for drafted, kept, _ in steps) / args.repeats
+            forwards = speculative_forwards + len(tokens) - sum(kept for _, kept, _ in steps) / args.repeats
+            rows.append((family, draft, len(tokens), len(tokens) / seconds, len(tokens) / max(forwards, 1),
+                         baseline[1] / seconds, same))
+    print("| synthesis | draft tokens | tokens | tokens/s | tokens per forward | speed-up | same output |")
+    print("|---|---|---|---|---|---|---|")
+    for family, draft, count, rate, per_forward, speedup, same in rows:
+        print(f"| {family} | {draft} | {count} | {rate:.1f} | {per_forward:.2f} | {speedup:.2f}x | {same} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["compare", "table"], choices=["compare", "table", "two_hop"])
+    parser.add_argument("--draft", nargs="+", type=int, default=[0, 4, 8, 16], help="draft lengths; the first is "
+                                                                                   "the baseline (use 0)")
+    parser.add_argument("--max-tokens", type=int, default=2500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: the embedded model)")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
