@@ -10,8 +10,5 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q -e ".[dev,browser]"
 
 if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+    bash scripts/apt-install.sh chromium
 fi
