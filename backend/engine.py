@@ -35,6 +35,9 @@ from backend.weights import load_model
 
 STALL_SECONDS = 2.0
 CPU_SPECULATIVE_TOKENS = 8
+PREFILL_CHUNK = {"cpu": 1024, "cuda": 512}
+"""Tokens per prefill forward. The CPU is dispatch-bound, so bigger chunks pay: 16 forks prefilling about
+1,000 tokens each ran at 657 tok/s with 1,024 against 495 with 512 (2-core dev machine)."""
 CPU_DEFAULT_FRACTION = 0.25
 CUDA_DEFAULT_FRACTION = 0.9
 
@@ -71,7 +74,7 @@ def cache_budget_bytes(memory: int | float | None, device: torch.device) -> int:
 class Engine:
     def __init__(self, model: KimiLinearForCausalLM, tokenizer: Tokenizer | None = None, *,
                  max_sessions: int = 128, memory: int | float | None = None, page_size: int = 64,
-                 prefill_chunk: int = 512, max_batch: int = 256, shared_prefix_attention: bool = True,
+                 prefill_chunk: int | None = None, max_batch: int = 256, shared_prefix_attention: bool = True,
                  cuda_graphs: bool = True, speculative_tokens: int | None = None):
         self.model = model
         self.config = model.config
@@ -82,6 +85,8 @@ class Engine:
         self.blocks = BlockManager(self.cache)
         self.runner = ModelRunner(model, self.cache, shared_prefix_attention=shared_prefix_attention,
                                   cuda_graphs=cuda_graphs)
+        if prefill_chunk is None:
+            prefill_chunk = PREFILL_CHUNK.get(model.device.type, PREFILL_CHUNK["cuda"])
         self.scheduler = Scheduler(self.blocks, prefill_chunk, max_batch)
         self.stop_ids = tokenizer.eos_token_ids if tokenizer is not None else self.config.eos_token_ids
         if speculative_tokens is None:
