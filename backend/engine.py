@@ -356,10 +356,15 @@ class Engine:
             token = greedy_token if generation.greedy else generation.sample(row)
             generation.accept(token)
             job.seq.token_ids.append(token)
-            job.waiter.push(generation.take_delta())
-            if generation.finish_reason is not None:
-                self.scheduler.decoding.remove(job)
-                job.waiter.resolve(generation.completion())
+            self._deliver(job)
+
+    def _deliver(self, job: Job) -> None:
+        """Stream what a decode step added to a generation, and complete it if it finished."""
+        generation = job.generation
+        job.waiter.push(generation.take_delta())
+        if generation.finish_reason is not None:
+            self.scheduler.decoding.remove(job)
+            job.waiter.resolve(generation.completion())
 
     def _speculate(self, job: Job) -> bool:
         """Decode a lone greedy generation several tokens at a time from a prompt-lookup draft.
@@ -388,22 +393,17 @@ class Engine:
                 generation.accept(token)
                 if generation.finish_reason is not None:
                     break
+            seq.token_ids.extend(kept)
             if len(kept) <= len(draft):  # the forward fed more tokens than are kept: undo and rerun the kept
                 self.cache.restore_slot(seq.slot, snapshot)
                 self.blocks.truncate(seq, start)
                 self.blocks.prepare_append(seq, len(kept))
-                seq.token_ids.extend(kept)
                 self.runner.prefill([seq], len(kept))
-            else:
-                seq.token_ids.extend(kept)
             self.speculative_steps.append((len(draft), len(kept), time.perf_counter() - started))
         except Exception as error:  # a failed forward fails its request, not the engine
             self._fail(job, error)
             return True
-        job.waiter.push(generation.take_delta())
-        if generation.finish_reason is not None:
-            self.scheduler.decoding.remove(job)
-            job.waiter.resolve(generation.completion())
+        self._deliver(job)
         return True
 
     def _fail(self, job: Job, error: BaseException) -> None:

@@ -40,42 +40,37 @@ class ModelRunner:
         finally:
             torch.set_num_threads(self.threads)
 
+    def _forward(self, seqs: list[Sequence], ids: torch.Tensor, *, last_only: bool) -> torch.Tensor:
+        """Run ids [N, T], the next T tokens of each session, into its state and pages; fp32 logits."""
+        ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs],
+                           [s.num_cached for s in seqs], ids.shape[1], shared_prefix=self.shared_prefix_attention)
+        with self._threads_for(ids.numel()):
+            logits = self.model(ids, ctx, last_only=last_only)
+        for s in seqs:
+            s.num_cached += ids.shape[1]
+        return logits
+
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence], num_tokens: int) -> None:
         """Run the next `num_tokens` pending tokens of each session into its state and pages."""
-        starts = [s.num_cached for s in seqs]
-        ids = torch.tensor([s.token_ids[p:p + num_tokens] for s, p in zip(seqs, starts)])
-        ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs], starts, num_tokens,
-                           shared_prefix=self.shared_prefix_attention)
-        with self._threads_for(ids.numel()):
-            self.model(ids, ctx, last_only=True)
-        for s in seqs:
-            s.num_cached += num_tokens
+        ids = torch.tensor([s.token_ids[s.num_cached:s.num_cached + num_tokens] for s in seqs])
+        self._forward(seqs, ids, last_only=True)
 
     @torch.inference_mode()
     def verify(self, seq: Sequence, draft: list[int]) -> torch.Tensor:
         """Feed the session's pending token and `draft` in one forward; fp32 logits [len(draft) + 1, vocab]:
         row i is the model's next-token distribution after the pending token and draft[:i]."""
-        start = seq.num_cached
-        ids = torch.tensor([[seq.token_ids[start], *draft]])
-        ctx = PagedContext(self.cache, [seq.slot], [seq.block_table], [start], ids.shape[1],
-                           shared_prefix=self.shared_prefix_attention)
-        with self._threads_for(ids.numel()):
-            logits = self.model(ids, ctx)[0]
-        seq.num_cached += ids.shape[1]
-        return logits
+        return self._forward([seq], torch.tensor([[seq.token_ids[seq.num_cached], *draft]]), last_only=False)[0]
 
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """Feed each session's last pending token; fp32 next-token logits [N, vocab], left on the device."""
-        ids, slots, starts = ([s.token_ids[s.num_cached] for s in seqs], [s.slot for s in seqs],
-                              [s.num_cached for s in seqs])
-        tables = [s.block_table for s in seqs]
-        logits = self.graphs.decode(ids, slots, starts, tables, self.shared_prefix_attention) if self.graphs else None
-        if logits is None:
-            ctx = PagedContext(self.cache, slots, tables, starts, 1, shared_prefix=self.shared_prefix_attention)
-            with self._threads_for(len(ids)):
-                logits = self.model(torch.tensor(ids)[:, None], ctx, last_only=True)[:, 0]
-        for s in seqs:
-            s.num_cached += 1
-        return logits
+        ids = [s.token_ids[s.num_cached] for s in seqs]
+        if self.graphs is not None:
+            logits = self.graphs.decode(ids, [s.slot for s in seqs], [s.num_cached for s in seqs],
+                                        [s.block_table for s in seqs], self.shared_prefix_attention)
+            if logits is not None:
+                for s in seqs:
+                    s.num_cached += 1
+                return logits
+        return self._forward(seqs, torch.tensor(ids)[:, None], last_only=True)[:, 0]
