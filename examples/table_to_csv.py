@@ -12,30 +12,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 from pathlib import Path
 
 from common import offline_task, parser, research, run_main
-from swarm.offline_web.tasks import PLURALS, TABLE_TEMPLATES, join_names
-
-URL = re.compile(r"https?://[^\s|\]\)>]+")
+from swarm.offline_web.tasks import PLURALS, TABLE_TEMPLATES, join_names, table_rows
 
 
 def table_prompt(kind: str, attribute: str, entities: list[str]) -> str:
     return TABLE_TEMPLATES[0].format(attribute=attribute.lower(), plural=PLURALS.get(kind, kind + "s"),
                                      names=join_names(entities))
-
-
-def table_rows(answer: str) -> dict[str, tuple[str, str]]:
-    """Markdown table rows of the answer: first cell -> (second cell, first URL in the row)."""
-    rows: dict[str, tuple[str, str]] = {}
-    for line in answer.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if not line.lstrip().startswith("|") or len(cells) < 2 or set("".join(cells)) <= set("-: "):
-            continue
-        source = URL.search(" ".join(cells[2:]))
-        rows[cells[0]] = (cells[1], source.group(0) if source else "")
-    return rows
 
 
 def write_csv(path: Path, header: list[str], entities: list[str], rows: dict[str, tuple[str, str]]) -> list[str]:
@@ -62,7 +47,7 @@ async def main(options: argparse.Namespace) -> None:
         expected = {lookup.entity: lookup.value for lookup in task.waves[0]}
         kind, attribute, prompt = task.kind, task.attribute, task.prompt
     result = await research(options, prompt)
-    rows = table_rows(result.answer)
+    rows = table_rows(result.answer, attribute)
     missing = write_csv(options.out, [kind.capitalize(), attribute.capitalize(), "Source"], entities, rows)
     print(f"\nWrote {options.out}: {len(entities) - len(missing)} of {len(entities)} rows filled"
           + (f"; no row for {', '.join(missing)}" if missing else ""))

@@ -11,7 +11,7 @@ import pytest
 
 from swarm.offline_web import OfflineWeb, generate_site, load_manifest
 from swarm.offline_web.site import MANIFEST_NAME
-from swarm.offline_web.tasks import compare_task, finding_text, grade, sample_task
+from swarm.offline_web.tasks import compare_task, finding_text, grade, sample_task, table_rows
 
 HREF = re.compile(r'href="([^"]+)"')
 TAGS = re.compile(r"<[^>]+>")
@@ -164,5 +164,32 @@ def test_grade_counts_table_cells_one_by_one(site):
     _, manifest = site
     task = sample_task(manifest, "table", "heldout", random.Random(5), 4)
     first = task.waves[0][0]
-    answer = task.final_answer(BASE).replace(f"| {first.entity} | {first.value} |", f"| {first.entity} | 1{first.value} |")
-    assert grade(task, answer, BASE).correct == 3
+    lines = task.final_answer(BASE).splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith(f"| {first.entity} |"))
+    assert lines[row].endswith(f" | {first.value} |")
+    lines[row] = lines[row].removesuffix(f" | {first.value} |") + f" | 1{first.value} |"
+    assert grade(task, "\n".join(lines), BASE).correct == 3
+
+
+def test_table_rows_read_the_value_column_by_its_header():
+    """Our model's layout (the finding quoted before the value) and a large model's usual one read alike."""
+    ours = ("| City | Finding | Population |\n| --- | --- | --- |\n"
+            "| Oslo | The population of Oslo is 709,037 [http://h/city/oslo.html]. | 709,037 |")
+    usual = "Here it is:\n\n| City | Population | Source |\n|:--|--:|---|\n| Oslo | 709,037 | http://h/city/oslo.html |"
+    for answer in (ours, usual):
+        assert table_rows(answer, "population") == {"Oslo": ("709,037", "http://h/city/oslo.html")}
+
+
+def test_teachers_comparison_keeps_a_running_best_after_each_finding(site):
+    """Each "Best so far" line compares two nearby values (the last best and the new finding), and the
+    last one names the winner."""
+    _, manifest = site
+    for seed in range(6):
+        task = sample_task(manifest, "compare", "heldout", random.Random(seed), 4)
+        best_lines = [line for line in task.final_answer(BASE).splitlines() if line.startswith("Best so far:")]
+        assert len(best_lines) == len(task.waves[0])
+        for count, line in enumerate(best_lines, start=1):
+            seen = task.waves[0][:count]
+            leader = (max if task.largest else min)(seen, key=lambda lk: lk.number())
+            assert line == f"Best so far: the {leader.attribute.lower()} of {leader.entity} is {leader.value}."
+        assert best_lines[-1].endswith(f" of {task.answer} is {task.winner().value}.")

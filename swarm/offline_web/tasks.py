@@ -87,6 +87,10 @@ class Lookup(BaseModel):
     def task(self) -> str:
         return subtask_text(self.attribute, self.entity)
 
+    def number(self) -> int:
+        """The value as a number ("1,234 m" is 1234), for comparisons."""
+        return int(re.match(r"[\d,]+", self.value).group().replace(",", ""))
+
 
 class ResearchTask(BaseModel):
     """A user task, the teacher's waves of lookups, and the expected answer."""
@@ -98,21 +102,36 @@ class ResearchTask(BaseModel):
     waves: list[list[Lookup]]
     answer: str
     answer_url_path: str | None = None
+    largest: bool | None = None
+    """A comparison's direction: the answer has the largest value (True) or the smallest (False)."""
 
     def final_answer(self, base_url: str) -> str:
-        """The orchestrator's cited answer, as the teacher writes it."""
+        """The orchestrator's cited answer, as the teacher writes it.
+
+        Every value the answer states is a copy of text just above it: a small model copies a value
+        reliably after the words that precede it in the report, not after its name in another layout.
+        A comparison keeps a running best after each finding (two nearby numbers to compare, never N),
+        then restates the winner's finding; a table row quotes the finding before the value cell."""
         url = base_url.rstrip("/")
         if self.family == "table":
-            head = [f"| {COLUMN_TITLES[self.kind]} | {self.attribute} | Source |", "| --- | --- | --- |"]
-            rows = [f"| {lk.entity} | {lk.value} | [{url}{lk.url_path}] |" for lk in self.waves[0]]
+            head = [f"| {COLUMN_TITLES[self.kind]} | Finding | {self.attribute} |", "| --- | --- | --- |"]
+            rows = [f"| {lk.entity} | {finding_text(lk.attribute, lk.entity, lk.value, url + lk.url_path)} "
+                    f"| {lk.value} |" for lk in self.waves[0]]
             return "\n".join(head + rows)
-        lines = [finding_text(lk.attribute, lk.entity, lk.value, url + lk.url_path)
-                 for wave in self.waves for lk in wave]
-        if self.family == "compare":  # the winner's finding again, so its value is copied right after its name
+        lines: list[str] = []
+        if self.family == "compare":
+            best: Lookup | None = None
+            for lk in self.waves[0]:
+                if best is None or (lk.number() > best.number()) == self.largest:
+                    best = lk
+                lines += [finding_text(lk.attribute, lk.entity, lk.value, url + lk.url_path),
+                          f"Best so far: the {best.attribute.lower()} of {best.entity} is {best.value}."]
             winner = self.winner()
             lines.append(f"Answer: {self.answer}. "
                          + finding_text(winner.attribute, winner.entity, winner.value, url + winner.url_path))
         else:
+            lines = [finding_text(lk.attribute, lk.entity, lk.value, url + lk.url_path)
+                     for wave in self.waves for lk in wave]
             lines.append(f"Answer: {self.answer} [{url}{self.answer_url_path}].")
         return "\n".join(lines)
 
@@ -140,7 +159,7 @@ def compare_task(manifest: SiteManifest, split: Split, rng: random.Random, size:
                                                  names=join_names([e.name for e in chosen]))
     return ResearchTask(family="compare", prompt=prompt, kind=kind, attribute=attribute,
                         waves=[[_lookup(e, attribute) for e in chosen]], answer=winner.name,
-                        answer_url_path=winner.url_path)
+                        answer_url_path=winner.url_path, largest=largest)
 
 
 def table_task(manifest: SiteManifest, split: Split, rng: random.Random, size: int) -> ResearchTask:
@@ -181,7 +200,30 @@ class Grade(BaseModel):
 
 
 ANSWER_LINE = re.compile(r"^Answer:(.*)$", re.MULTILINE)
-TABLE_ROW = re.compile(r"^\|\s*(?P<name>[^|]+?)\s*\|\s*(?P<value>[^|]*?)\s*\|\s*(?P<source>[^|]*?)\s*\|\s*$", re.MULTILINE)
+URL = re.compile(r"https?://[^\s|\])>]+")
+
+
+def table_rows(answer: str, attribute: str) -> dict[str, tuple[str, str]]:
+    """A Markdown table's rows: first cell -> (the cell under the header that names `attribute`, else the
+    second cell; the row's first URL). Tables of any column order, ours or a large model's, read alike."""
+    rows: dict[str, tuple[str, str]] = {}
+    column, previous = 1, None
+    for line in answer.splitlines():
+        if not line.lstrip().startswith("|"):
+            previous = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if set("".join(cells)) <= set("-: "):
+            if previous:  # the line above is the header
+                rows.pop(previous[0], None)
+                titles = [title.lower() for title in previous]
+                column = titles.index(attribute.lower()) if attribute.lower() in titles else 1
+            continue
+        previous = cells
+        if len(cells) > column:
+            source = URL.search(line)
+            rows[cells[0]] = (cells[column], source.group(0) if source else "")
+    return rows
 
 
 def grade(task: ResearchTask, answer: str, base_url: str) -> Grade:
@@ -191,13 +233,13 @@ def grade(task: ResearchTask, answer: str, base_url: str) -> Grade:
     """
     url = base_url.rstrip("/")
     if task.family == "table":
-        rows = {m["name"]: (m["value"], m["source"]) for m in TABLE_ROW.finditer(answer)}
+        rows = table_rows(answer, task.attribute)
         correct = cited = 0
         for lk in task.waves[0]:
             value, source = rows.get(lk.entity, ("", ""))
             if value == lk.value:
                 correct += 1
-                cited += f"{url}{lk.url_path}" in source
+                cited += source == f"{url}{lk.url_path}"
         return Grade(correct=correct, cited=cited, total=len(task.waves[0]))
     match = ANSWER_LINE.search(answer)
     line = match.group(1) if match else ""
