@@ -19,13 +19,16 @@ import functools
 import json
 import lzma
 import math
+import os
 import random
 import re
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -356,37 +359,56 @@ def remap_numbers(ids: torch.Tensor, spans: list[NumberSpan], rng: random.Random
     return out
 
 
+TokenizedTrajectory = tuple[int, str, np.ndarray, np.ndarray]
+"""(prefix index, role, ids, target mask)."""
+
+
+def read_trajectories(file: Path, max_len: int) -> tuple[list[str], list[TokenizedTrajectory], int]:
+    """One file's trajectories, tokenized (a worker process reads each file): the shared prefixes (text
+    before the first user turn), per trajectory (prefix index, role, ids, target mask), and how many were
+    dropped for being longer than max_len."""
+    tokenizer = ByteTokenizer()
+    heads: dict[str, int] = {}
+    records, dropped = [], 0
+    with lzma.open(file, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            record = json.loads(line)
+            segments = record["segments"]
+            head, cut, rest = segments[0][0].partition(USER_TURN)
+            if not cut or segments[0][1]:
+                raise ValueError(f"a trajectory in {file} does not start with context up to a user turn")
+            ids: list[int] = []
+            mask: list[bool] = []
+            for text, target in [[cut + rest, False], *segments[1:]]:
+                piece = tokenizer.encode(text)
+                ids.extend(piece)
+                mask.extend([bool(target)] * len(piece))
+            if len(ids) > max_len:
+                dropped += 1
+                continue
+            records.append((heads.setdefault(head, len(heads)), record["role"], np.array(ids, dtype=np.int16),
+                            np.array(mask, dtype=np.bool_)))
+    return list(heads), records, dropped
+
+
 def load_examples(paths: list[Path], tokenizer: ByteTokenizer, max_len: int,
                   orchestrator_repeats: int = 1) -> tuple[list[torch.Tensor], list[Example]]:
-    """Shared prefixes (text before the first user turn) and, per trajectory, its prefix index, the
-    remaining ids and the target mask; segments are [text, is_assistant_output] pairs.
+    """Shared prefixes and, per trajectory, its prefix index, the remaining ids and the target mask;
+    files are read in parallel (on the GPU machine this took minutes of its time, one file after another).
 
     Orchestrator trajectories are listed `orchestrator_repeats` times: their synthesis, copying every
     sub-agent's value into one answer, is where the model fails, and with numbers redrawn per batch row
     each repeat is a fresh copying exercise."""
     prefixes: dict[str, int] = {}
     examples, dropped = [], 0
-    for file in paths:
-        with lzma.open(file, "rt", encoding="utf-8") as lines:
-            for line in lines:
-                record = json.loads(line)
-                segments = record["segments"]
-                head, cut, rest = segments[0][0].partition(USER_TURN)
-                if not cut or segments[0][1]:
-                    raise ValueError(f"a trajectory in {file} does not start with context up to a user turn")
-                ids: list[int] = []
-                mask: list[bool] = []
-                for text, target in [[cut + rest, False], *segments[1:]]:
-                    piece = tokenizer.encode(text)
-                    ids.extend(piece)
-                    mask.extend([bool(target)] * len(piece))
-                if len(ids) > max_len:
-                    dropped += 1
-                    continue
-                index = prefixes.setdefault(head, len(prefixes))
-                ids_tensor = torch.tensor(ids, dtype=torch.int16)
-                example = Example(index, ids_tensor, torch.tensor(mask), number_spans(ids_tensor))
-                examples.extend([example] * (orchestrator_repeats if record["role"] == "orchestrator" else 1))
+    with ProcessPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+        for heads, records, file_dropped in pool.map(read_trajectories, paths, [max_len] * len(paths)):
+            dropped += file_dropped
+            for head_index, role, ids, mask in records:
+                ids_tensor = torch.from_numpy(ids)
+                example = Example(prefixes.setdefault(heads[head_index], len(prefixes)), ids_tensor,
+                                  torch.from_numpy(mask), number_spans(ids_tensor))
+                examples.extend([example] * (orchestrator_repeats if role == "orchestrator" else 1))
     prefix_ids = [torch.tensor(tokenizer.encode(head)) for head in prefixes]
     print(f"loaded {len(examples)} trajectories, repeats included ({sum(len(e.ids) for e in examples):,} tokens after "
           f"{len(prefix_ids)} shared prefixes of {[len(p) for p in prefix_ids]} tokens), "

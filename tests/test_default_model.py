@@ -7,6 +7,7 @@ import importlib.util
 import json
 import lzma
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ BASE_URL = "http://127.0.0.1:40123/"
 def _load_training_script():
     spec = importlib.util.spec_from_file_location("train_default_model", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its worker processes find their function by module name
     spec.loader.exec_module(module)
     return module
 
