@@ -120,6 +120,20 @@ class KimiMLAAttention(nn.Module):
         """One sequence with nothing shared: queries [T, H, D] are the last T of keys [L, H, D]."""
         t, length = q.shape[0], k.shape[0]
         q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # fused kernels want [B, H, T, D]
-        with sdpa_kernel(_FUSED_ATTENTION if q.is_cuda else _CPU_ATTENTION):
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, length), scale=self.scale)
+        if q.device.type == "cpu" and q.dtype == torch.float32 and length > t:
+            o = _past_then_own(q, k, v, self.scale)
+        else:
+            with sdpa_kernel(_FUSED_ATTENTION if q.is_cuda else _CPU_ATTENTION):
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, length), scale=self.scale)
         return o[0].transpose(0, 1)[..., :self.v_dim]
+
+
+def _past_then_own(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Bottom-right causal attention on the CPU for queries [1, H, T, D], the last T of keys [1, H, L, D]:
+    the L - T earlier keys unmasked, the T own keys with the flash kernel's top-left causal mask, merged by
+    log-sum-exp. Building the [T, L] mask for one masked call cost as much as the attention itself."""
+    past = k.shape[-2] - q.shape[-2]
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    o_past, lse_past = flash(q, k[..., :past, :], v[..., :past, :], 0.0, False, scale=scale)[:2]
+    o_own, lse_own = flash(q, k[..., past:, :], v[..., past:, :], 0.0, True, scale=scale)[:2]
+    return merge_attention(o_past, lse_past, o_own, lse_own)

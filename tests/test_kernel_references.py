@@ -24,6 +24,17 @@ def test_chunked_kda_equals_the_recurrence(chunk_size, t):
     assert rel_err(o, ref_o) <= 1e-12 and rel_err(final, ref_final) <= 1e-12
 
 
+def test_chunked_kda_stays_exact_in_float32_when_decays_span_hundreds_of_nats():
+    """A trained model's chunks hold channels that decay by up to ~1,700 nats (measured on the shipped
+    model); exp(-G) of such a channel overflows float32, so the chunked form must never form it."""
+    q, k, v, g, beta = kda_inputs(1, 96, 2, 16, 8, gate_scale=60.0)
+    assert -g.sum(dim=1).min() > 1000
+    o, final = kda_reference.chunk_kda_reference(q, k, v, g, beta, output_final_state=True, use_qk_l2norm=True)
+    ref_o, ref_final = kda_reference.naive_recurrent_kda(*float64(q, k, v, g, beta), output_final_state=True,
+                                                         use_qk_l2norm=True)
+    assert torch.isfinite(o).all() and rel_err(o, ref_o) <= 1e-5 and rel_err(final, ref_final) <= 1e-5
+
+
 def test_recurrent_step_equals_the_recurrence_and_touches_only_its_rows():
     q, k, v, g, beta = float64(*kda_inputs(3, 1, 2, 16, 8))
     pool = torch.randn(6, 2, 16, 8, dtype=torch.float64)
