@@ -343,6 +343,7 @@ class Engine:
         started = time.perf_counter()
         try:
             for job in batch:
+                self._catch_up(job.seq)
                 self.blocks.prepare_append(job.seq, 1)
             logits = self.runner.decode([job.seq for job in batch])[:, :self.vocab_limit]
             greedy = logits.argmax(-1).tolist()
@@ -371,19 +372,20 @@ class Engine:
 
         One forward checks the draft; the model's own choices are kept, up to and including its first
         disagreement, so the output is what plain greedy decoding gives. If fewer tokens are kept than
-        were fed, the slot's KDA state is restored and the kept ones are run again. False if there is
-        no draft (or no room for it): the caller decodes normally.
+        were fed, the slot's KDA state is restored and the kept tokens stay pending: the next forward
+        (the next draft's check, or `_catch_up`) runs them, so a partly kept draft costs no extra
+        forward. False if there is no draft (or no room for it): the caller decodes normally.
         """
         generation, seq = job.generation, job.seq
         room = generation.params.max_tokens - len(generation.token_ids) - 1
         if not (self.speculative_tokens and generation.greedy and room > 0):
             return False
         draft = lookup_draft(seq.token_ids.tolist(), min(self.speculative_tokens, room))
-        if not draft or not self.blocks.can_append(seq, len(draft) + 1):
+        if not draft or not self.blocks.can_append(seq, seq.num_pending + len(draft)):
             return False
         started, start = time.perf_counter(), seq.num_cached
         try:
-            self.blocks.prepare_append(seq, len(draft) + 1)
+            self.blocks.prepare_append(seq, seq.num_pending + len(draft))
             snapshot = self.cache.snapshot_slot(seq.slot)
             chosen = self.runner.verify(seq, draft)[:, :self.vocab_limit].argmax(-1).tolist()
             agreed = next((i for i, (d, c) in enumerate(zip(draft, chosen)) if d != c), len(draft))
@@ -393,18 +395,22 @@ class Engine:
                 generation.accept(token)
                 if generation.finish_reason is not None:
                     break
-            seq.token_ids.extend(kept)
-            if len(kept) <= len(draft):  # the forward fed more tokens than are kept: undo and rerun the kept
+            if len(kept) <= len(draft):  # the forward ran tokens that are not kept: undo it
                 self.cache.restore_slot(seq.slot, snapshot)
                 self.blocks.truncate(seq, start)
-                self.blocks.prepare_append(seq, len(kept))
-                self.runner.prefill([seq], len(kept))
+            seq.token_ids.extend(kept)
             self.speculative_steps.append((len(draft), len(kept), time.perf_counter() - started))
         except Exception as error:  # a failed forward fails its request, not the engine
             self._fail(job, error)
             return True
         self._deliver(job)
         return True
+
+    def _catch_up(self, seq: Sequence) -> None:
+        """Run the tokens a partly kept draft left pending, all but the last one, which a decode step feeds."""
+        if seq.num_pending > 1:
+            self.blocks.prepare_append(seq, seq.num_pending - 1)
+            self.runner.prefill([seq], seq.num_pending - 1)
 
     def _fail(self, job: Job, error: BaseException) -> None:
         job.cancelled = True

@@ -58,9 +58,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def verify(self, seq: Sequence, draft: list[int]) -> torch.Tensor:
-        """Feed the session's pending token and `draft` in one forward; fp32 logits [len(draft) + 1, vocab]:
-        row i is the model's next-token distribution after the pending token and draft[:i]."""
-        return self._forward([seq], torch.tensor([[seq.token_ids[seq.num_cached], *draft]]), last_only=False)[0]
+        """Feed the session's pending tokens and `draft` in one forward; fp32 logits [len(draft) + 1, vocab]:
+        row i is the model's next-token distribution after the pending tokens and draft[:i]. More than one
+        token is pending after a step that kept part of its draft."""
+        ids = [*seq.token_ids[seq.num_cached:], *draft]
+        return self._forward([seq], torch.tensor([ids]), last_only=False)[0, -(len(draft) + 1):]
 
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
