@@ -33,7 +33,7 @@ from swarm.offline_web.tasks import Family, ResearchTask, grade, sample_task  # 
 from swarm.offline_web.trajectories import offline_web_tools  # noqa: E402
 from swarm.orchestrator import Swarm  # noqa: E402
 
-REPLY_TOKENS = 4096  # a byte-level model writes a 25-row table in about 2,000 tokens; --max-tokens changes it
+REPLY_TOKENS = 4096  # a byte-level model writes a 25-row table in about 2,800 tokens; --max-tokens changes it
 
 
 class TaskScore(BaseModel):

@@ -25,7 +25,7 @@ from swarm.offline_web import SiteManifest, ensure_site
 from swarm.offline_web.tasks import Family, ResearchTask, sample_task
 
 REPLY_TOKENS = 4096
-"""Completion tokens per model turn: the default model writes a 25-row table in about 2,000."""
+"""Completion tokens per model turn: the default model writes a 25-row table in about 2,800."""
 
 
 def parser(description: str) -> argparse.ArgumentParser:

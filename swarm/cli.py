@@ -72,7 +72,7 @@ def run(
     deadline: Annotated[float | None, typer.Option(min=0.001, help="Wall-clock seconds for the whole run.")] = None,
     token_budget: Annotated[int | None, typer.Option(min=1, help="Prompt + completion tokens of the run.")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Completion tokens per model turn (a 25-row table "
-                                                         "takes the default model about 2,000).")] = 4096,
+                                                         "takes the default model about 2,800).")] = 4096,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 0.0,
     tools: Annotated[str, typer.Option(
         help=f"Comma-separated web tools to give the sub-agents, from: {', '.join(WEB_TOOLS)}.")
