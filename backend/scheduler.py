@@ -43,24 +43,26 @@ class Scheduler:
     def next_prefill(self) -> tuple[list[Job], int]:
         """Waiting jobs to prefill together, n tokens each, within one chunk's token budget.
 
-        The oldest runnable job sets n; later jobs with at least n tokens left join it (equal
-        lengths make one batched forward), as far as the budget and the free pages allow.
+        The oldest runnable job sets n; a later job joins if it has at least half that many tokens
+        left, and n shrinks to what every member has (a rectangular batch), as far as the budget and
+        the free pages allow. Forks extended at once with prompts of similar length (a wave of
+        sub-agents' tasks) then share one forward instead of taking one each.
         """
-        free = len(self.blocks.cache.free_pages)
+        available = len(self.blocks.cache.free_pages)
         batch: list[Job] = []
-        n = 0
+        n = needed = 0
         for job in self.prefilling:
             seq = job.seq
             if seq.slot < 0 or seq.pinned or seq.prefill_pending == 0:
                 continue
-            if not batch:
-                n = min(self.prefill_chunk, seq.prefill_pending)
-            elif seq.prefill_pending < n or (len(batch) + 1) * n > self.prefill_chunk:
+            width = min(self.prefill_chunk, seq.prefill_pending) if not batch else min(n, seq.prefill_pending)
+            if batch and (2 * width < n or (len(batch) + 1) * width > self.prefill_chunk):
                 continue
-            need = self.blocks.pages_needed(seq, n)
-            if need <= free:
-                free -= need
+            members = needed if width == n else sum(self.blocks.pages_needed(m.seq, width) for m in batch)
+            total = members + self.blocks.pages_needed(seq, width)
+            if total <= available:
                 batch.append(job)
+                n, needed = width, total
         return batch, n
 
     def promote_ready(self) -> list[Job]:

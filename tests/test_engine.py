@@ -41,6 +41,35 @@ async def assert_released(engine: Engine) -> None:
     assert (stats["used_slots"], stats["used_pages"]) == (0, 0), stats
 
 
+async def test_forks_with_prompts_of_similar_length_prefill_together(checkpoint):
+    """Six forks extended at once by 30-36 tokens share forwards (n shrinks to what every member has left);
+    each still generates what it generates alone."""
+    rng = random.Random(4)
+    prefix = random_ids(rng, PAGE + 3)
+    suffixes = [random_ids(rng, n) for n in (36, 33, 30, 35, 31, 34)]
+    engine = Engine.from_pretrained(checkpoint, max_sessions=16, memory=64 << 20, page_size=PAGE, prefill_chunk=256)
+    try:
+        parent = await engine.session(prefix)
+        widths = []
+        prefill = engine.runner.prefill
+        engine.runner.prefill = lambda seqs, n: (widths.append((len(seqs), n)), prefill(seqs, n))[1]
+        children = parent.fork(len(suffixes))
+        together = await asyncio.gather(*(extend_then_generate(c, s, GREEDY) for c, s in zip(children, suffixes)))
+        engine.runner.prefill = prefill
+        alone = []
+        for suffix in suffixes:
+            (child,) = parent.fork(1)
+            children.append(child)
+            alone.append(await extend_then_generate(child, suffix, GREEDY))
+        for session in (parent, *children):
+            session.close()
+        await assert_released(engine)
+    finally:
+        engine.shutdown()
+    assert [out.token_ids for out in together] == [out.token_ids for out in alone]
+    assert widths[0] == (6, 30), widths  # all six together for the 30 tokens each has (one pending token each)
+
+
 async def test_fork_equals_fresh_session(engine):
     rng = random.Random(0)
     prefix = random_ids(rng, 3 * PAGE + 5)  # ends inside a page, so the tail page is copy-on-write
