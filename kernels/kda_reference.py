@@ -127,27 +127,30 @@ def chunk_kda_reference(q, k, v, g, beta, *, scale=None, initial_state=None, out
                         cu_seqlens=None, use_qk_l2norm=False, chunk_size=32):
     """Chunked (WY / UT-transform) form of the same recurrence; any T, varlen via cu_seqlens (B=1).
 
-    Chunks of 32 and 64 (the Triton kernel's) prefill at the same speed on the CPU.
+    Equal-length batch rows run together, every (row, head) pair as one row of `chunked_kda_rows`: a
+    batch of forks prefilling a few tokens each costs about one forward, not one per fork. Chunks of 32
+    and 64 (the Triton kernel's) prefill at the same speed on the CPU.
     """
     in_dtype = q.dtype
     q, k, v, g, beta = _prepare(q, k, v, g, beta, scale, use_qk_l2norm)
     b, t, h, kd = k.shape
     vd = v.shape[-1]
     if cu_seqlens is None:
-        bounds = [(i, 0, t) for i in range(b)]
-        n = b
-    else:
-        if b != 1:
-            raise ValueError(f"cu_seqlens needs batch size 1, got {b}")
-        cu = cu_seqlens.tolist()
-        bounds = [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
-        n = len(bounds)
-    states = _initial_state(initial_state, n, h, kd, vd, v)
+        rows = [x.transpose(1, 2).flatten(0, 1) for x in (q, k, v, g, beta)]  # [b*h, t, ...]
+        state = _initial_state(initial_state, b, h, kd, vd, v).flatten(0, 1)
+        o, state = chunked_kda_rows(*rows, state, chunk_size)
+        out, states = o.unflatten(0, (b, h)).transpose(1, 2), state.unflatten(0, (b, h))
+        return out.to(in_dtype), (states if output_final_state else None)
+    if b != 1:
+        raise ValueError(f"cu_seqlens needs batch size 1, got {b}")
+    cu = cu_seqlens.tolist()
+    bounds = list(zip(cu[:-1], cu[1:]))
+    states = _initial_state(initial_state, len(bounds), h, kd, vd, v)
     out = torch.empty_like(v)
-    for seq, (row, start, end) in enumerate(bounds):
-        per_head = [x[row, start:end].transpose(0, 1) for x in (q, k, v, g)]
-        o, states[seq] = chunked_kda_rows(*per_head, beta[row, start:end].transpose(0, 1), states[seq], chunk_size)
-        out[row, start:end] = o.transpose(0, 1)
+    for seq, (start, end) in enumerate(bounds):
+        per_head = [x[0, start:end].transpose(0, 1) for x in (q, k, v, g, beta)]
+        o, states[seq] = chunked_kda_rows(*per_head, states[seq], chunk_size)
+        out[0, start:end] = o.transpose(0, 1)
     return out.to(in_dtype), (states if output_final_state else None)
 
 

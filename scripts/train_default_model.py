@@ -2,10 +2,10 @@
 
 Uses the project's own model code (backend.model: KDA, MLA, MoE layers) through a stateless
 full-sequence context, with one swap: the KDA core is fla-core's Triton chunk_kda when it is
-installed and matches ours on the GPU at start-up, else `chunk_kda_parallel`, the same chunked
-UT-transform math as kernels.kda_reference vectorised over chunks (tests/test_default_model.py
-checks it against the reference). Loss is on assistant tokens only; bf16 autocast; the MoE router
-is balanced without an auxiliary loss by nudging e_score_correction_bias (DeepSeek-V3 style).
+installed and matches ours on the GPU at start-up, else kernels.kda_reference's `chunk_kda_reference`
+(the engine's CPU path: every chunk, row and head at once, one op per chunk in its Python loop). Loss
+is on assistant tokens only; bf16 autocast; the MoE router is balanced without an auxiliary loss by
+nudging e_score_correction_bias (DeepSeek-V3 style).
 Writes an official-format checkpoint (safetensors shards under 16 MiB, with their index).
 
     python -m swarm.offline_web.trajectories --out part1.jsonl.xz --tasks 2000 --shards 4 --seed 1
@@ -41,7 +41,7 @@ from backend.model import KimiLinearForCausalLM  # noqa: E402
 from backend.chat_format import IM_USER  # noqa: E402
 from backend.tokenizer import ByteTokenizer  # noqa: E402
 from backend.weights import load_model  # noqa: E402
-from kernels.kda_reference import chunked_kda_rows, l2norm  # noqa: E402
+from kernels.kda_reference import chunk_kda_reference  # noqa: E402
 
 PROCESS_START = time.time()  # the training budget counts from here, so data loading is inside it
 BYTE_VOCAB = ByteTokenizer().vocab_size
@@ -71,29 +71,6 @@ def default_config(vocab_size: int = BYTE_VOCAB, hidden: int = 256, layers: int 
         "use_cache": True, "initializer_range": 0.02, "dtype": "bfloat16",
         "bos_token_id": special["[BOS]"], "eos_token_id": special["<|im_end|>"], "pad_token_id": special["[PAD]"],
     }
-
-
-def chunk_kda_parallel(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
-                       use_qk_l2norm=False, chunk_size=32, **_unused):
-    """kernels.kda_reference.chunk_kda_reference for equal-length batches: every (row, head) pair at once.
-
-    The reference computes everything inside a chunk for all chunks at once and leaves one op per chunk
-    in its Python loop; on the GPU this model's training step is bound by op launches in that loop, so
-    the batch's rows and heads share one loop instead of one loop each.
-    """
-    in_dtype = q.dtype
-    b, t, h, kd = k.shape
-    vd = v.shape[-1]
-    q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
-    if use_qk_l2norm:
-        q, k = l2norm(q), l2norm(k)
-    q = q * (kd ** -0.5 if scale is None else scale)
-    rows = [x.transpose(1, 2).flatten(0, 1) for x in (q, k, v, g, beta)]  # [b*h, t, ...]
-    state = (torch.zeros(b * h, kd, vd, device=q.device) if initial_state is None
-             else initial_state.float().reshape(b * h, kd, vd))
-    o, state = chunked_kda_rows(*rows, state, chunk_size)
-    o = o.view(b, h, t, vd).transpose(1, 2)
-    return o.to(in_dtype), (state.view(b, h, kd, vd) if output_final_state else None)
 
 
 class TrainingContext:
@@ -188,7 +165,7 @@ def fla_kda_core():
 
 
 def core_mismatch(core, device: torch.device, seed: int = 0) -> str | None:
-    """How `core` differs from chunk_kda_parallel in outputs and gradients (None if it agrees to 5e-2).
+    """How `core` differs from chunk_kda_reference in outputs and gradients (None if it agrees to 5e-2).
 
     Inputs mimic the layer under autocast: bf16 q/k/v on the GPU, fp32 gates, beta and initial state.
     """
@@ -199,7 +176,7 @@ def core_mismatch(core, device: torch.device, seed: int = 0) -> str | None:
     inputs += [-torch.rand(b, t, h, d, generator=gen) * 2, torch.rand(b, t, h, generator=gen),
                torch.randn(b, h, d, d, generator=gen)]
     results = []
-    for candidate in (core, chunk_kda_parallel):
+    for candidate in (core, chunk_kda_reference):
         leaves = [x.to(device).requires_grad_() for x in inputs]
         out, final = candidate(*leaves[:5], initial_state=leaves[5], output_final_state=True, use_qk_l2norm=True)
         (out.float().square().sum() + final.float().square().sum()).backward()
@@ -214,7 +191,7 @@ def core_mismatch(core, device: torch.device, seed: int = 0) -> str | None:
 
 def training_core(name: str, chunk_size: int, device: torch.device):
     """The KDA core to train with: fla's kernels when asked for and they agree with ours, else our own."""
-    own = recomputed(functools.partial(chunk_kda_parallel, chunk_size=chunk_size))
+    own = recomputed(functools.partial(chunk_kda_reference, chunk_size=chunk_size))
     if name == "parallel":
         return own
     try:
@@ -223,9 +200,9 @@ def training_core(name: str, chunk_size: int, device: torch.device):
     except Exception as error:  # a missing wheel or a kernel that fails on this GPU: train anyway, say so
         problem = f"{type(error).__name__}: {error}"
     if problem is None:
-        print("KDA core: fla-core chunk_kda (checked against chunk_kda_parallel)", flush=True)
+        print("KDA core: fla-core chunk_kda (checked against chunk_kda_reference)", flush=True)
         return core
-    print(f"KDA core: fla-core unusable ({problem}); using chunk_kda_parallel", flush=True)
+    print(f"KDA core: fla-core unusable ({problem}); using chunk_kda_reference", flush=True)
     return own
 
 
@@ -596,7 +573,7 @@ def main() -> None:
                         help="redraw every number of 3+ digits in each training trajectory (see remap_numbers)")
     parser.add_argument("--orchestrator-repeats", type=int, default=1,
                         help="times each orchestrator trajectory is listed per epoch (see load_examples)")
-    parser.add_argument("--chunk-size", type=int, default=64, help="KDA chunk length of chunk_kda_parallel")
+    parser.add_argument("--chunk-size", type=int, default=64, help="KDA chunk length of chunk_kda_reference")
     parser.add_argument("--kda-core", choices=["fla", "parallel"], default="fla",
                         help="fla: fla-core's Triton kernels if installed and they match ours; parallel: our own")
     parser.add_argument("--seed", type=int, default=0)

@@ -49,39 +49,25 @@ train = _load_training_script()
 @pytest.fixture
 def tiny_model(monkeypatch) -> KimiLinearForCausalLM:
     monkeypatch.setattr(backend.kda_layer, "chunk_kda",
-                        train.recomputed(functools.partial(train.chunk_kda_parallel, chunk_size=16)))
+                        train.recomputed(functools.partial(chunk_kda_reference, chunk_size=16)))
     model = KimiLinearForCausalLM(KimiLinearConfig.from_dict(train.default_config(hidden=64, layers=4)))
     train.init_weights(model, seed=0)
     return model
 
 
-def test_training_kda_core_matches_the_reference():
-    torch.manual_seed(0)
-    b, t, h, k, v = 2, 75, 3, 16, 8
-    q, key = torch.randn(b, t, h, k), torch.randn(b, t, h, k)
-    value, gate = torch.randn(b, t, h, v), -torch.rand(b, t, h, k) * 3
-    beta, state = torch.rand(b, t, h), torch.randn(b, h, k, v)
-    expected, expected_state = chunk_kda_reference(q, key, value, gate, beta, initial_state=state,
-                                                   output_final_state=True, use_qk_l2norm=True)
-    out, final = train.chunk_kda_parallel(q, key, value, gate, beta, initial_state=state, output_final_state=True,
-                                          use_qk_l2norm=True, chunk_size=32)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(final, expected_state, atol=1e-5, rtol=1e-5)
-
-
 def test_core_check_accepts_a_matching_core_and_names_what_a_wrong_one_gets_wrong():
     cpu = torch.device("cpu")
-    assert train.core_mismatch(functools.partial(train.chunk_kda_parallel, chunk_size=64), cpu) is None
+    assert train.core_mismatch(functools.partial(chunk_kda_reference, chunk_size=64), cpu) is None
 
     def forgets_the_initial_state(*args, initial_state=None, **kwargs):
-        return train.chunk_kda_parallel(*args, initial_state=initial_state * 0, **kwargs)
+        return chunk_kda_reference(*args, initial_state=initial_state * 0, **kwargs)
 
     assert train.core_mismatch(forgets_the_initial_state, cpu).startswith("output relative error")
 
 
 def test_training_falls_back_to_its_own_core_without_fla(capsys):
     core = train.training_core("fla", 32, torch.device("cpu"))
-    assert "using chunk_kda_parallel" in capsys.readouterr().out
+    assert "using chunk_kda_reference" in capsys.readouterr().out
     assert train.core_mismatch(core, torch.device("cpu")) is None
 
 
