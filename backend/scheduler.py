@@ -55,7 +55,7 @@ class Scheduler:
             seq = job.seq
             if seq.slot < 0 or seq.pinned or seq.prefill_pending == 0:
                 continue
-            width = min(self.prefill_chunk, seq.prefill_pending) if not batch else min(n, seq.prefill_pending)
+            width = min(n if batch else self.prefill_chunk, seq.prefill_pending)
             if batch and (2 * width < n or (len(batch) + 1) * width > self.prefill_chunk):
                 continue
             members = needed if width == n else sum(self.blocks.pages_needed(m.seq, width) for m in batch)

@@ -88,7 +88,7 @@ def _intra_chunk_scores(q: torch.Tensor, k: torch.Tensor, gc: torch.Tensor) -> t
     return scores
 
 
-def chunked_kda_rows(q, k, v, g, beta, state, chunk_size):
+def _chunked_rows(q, k, v, g, beta, state, chunk_size):
     """The chunked recurrence for R independent rows (heads, or batch x heads) of one length.
 
     q, k, g [R, T, K]; v [R, T, V]; beta [R, T]; state [R, K, V] -> (o [R, T, V], final state [R, K, V]).
@@ -127,7 +127,7 @@ def chunk_kda_reference(q, k, v, g, beta, *, scale=None, initial_state=None, out
                         cu_seqlens=None, use_qk_l2norm=False, chunk_size=32):
     """Chunked (WY / UT-transform) form of the same recurrence; any T, varlen via cu_seqlens (B=1).
 
-    Equal-length batch rows run together, every (row, head) pair as one row of `chunked_kda_rows`: a
+    Equal-length batch rows run together, every (row, head) pair as one row of `_chunked_rows`: a
     batch of forks prefilling a few tokens each costs about one forward, not one per fork. Chunks of 32
     and 64 (the Triton kernel's) prefill at the same speed on the CPU.
     """
@@ -138,7 +138,7 @@ def chunk_kda_reference(q, k, v, g, beta, *, scale=None, initial_state=None, out
     if cu_seqlens is None:
         rows = [x.transpose(1, 2).flatten(0, 1) for x in (q, k, v, g, beta)]  # [b*h, t, ...]
         state = _initial_state(initial_state, b, h, kd, vd, v).flatten(0, 1)
-        o, state = chunked_kda_rows(*rows, state, chunk_size)
+        o, state = _chunked_rows(*rows, state, chunk_size)
         out, states = o.unflatten(0, (b, h)).transpose(1, 2), state.unflatten(0, (b, h))
         return out.to(in_dtype), (states if output_final_state else None)
     if b != 1:
@@ -149,7 +149,7 @@ def chunk_kda_reference(q, k, v, g, beta, *, scale=None, initial_state=None, out
     out = torch.empty_like(v)
     for seq, (start, end) in enumerate(bounds):
         per_head = [x[0, start:end].transpose(0, 1) for x in (q, k, v, g, beta)]
-        o, states[seq] = chunked_kda_rows(*per_head, states[seq], chunk_size)
+        o, states[seq] = _chunked_rows(*per_head, states[seq], chunk_size)
         out[0, start:end] = o.transpose(0, 1)
     return out.to(in_dtype), (states if output_final_state else None)
 

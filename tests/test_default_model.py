@@ -27,7 +27,7 @@ from backend.tokenizer import ByteTokenizer, load_tokenizer
 from kernels.kda_reference import chunk_kda_reference
 from swarm import prompts
 from swarm.offline_web import generate_site
-from swarm.offline_web.tasks import finding_text, grade, sample_task
+from swarm.offline_web.tasks import grade, sample_task
 from swarm.tool import as_tool
 from tools import Web
 
@@ -245,8 +245,7 @@ async def test_default_model_plans_and_answers_a_heldout_comparison(engine, held
     assert plan.malformed == [] and [c.name for c in plan.tool_calls] == [prompts.SPAWN_TOOL_NAME]
     assert json.loads(plan.tool_calls[0].arguments)["tasks"] == [lk.task for lk in task.waves[0]]
     call = plan.tool_calls[0]
-    outcomes = [prompts.SubagentOutcome(task=lk.task, status="done", result=finding_text(
-                    lk.attribute, lk.entity, lk.value, BASE_URL.rstrip("/") + lk.url_path))
+    outcomes = [prompts.SubagentOutcome(task=lk.task, status="done", result=lk.finding(BASE_URL))
                 for lk in task.waves[0]]
     messages += [Message(role="assistant", tool_calls=[call]), prompts.spawn_result_message(call.id, outcomes)]
     answer = parse_assistant(await _greedy(engine, render(messages, specs), 600))

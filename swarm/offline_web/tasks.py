@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from swarm.offline_web.site import SiteManifest
-from swarm.offline_web.world import Entity, Kind, Split
+from swarm.offline_web.world import Entity, Kind, Split, leading_number
 
 Family = Literal["compare", "table", "two_hop"]
 FAMILIES: tuple[Family, ...] = ("compare", "table", "two_hop")
@@ -89,7 +89,11 @@ class Lookup(BaseModel):
 
     def number(self) -> int:
         """The value as a number ("1,234 m" is 1234), for comparisons."""
-        return int(re.match(r"[\d,]+", self.value).group().replace(",", ""))
+        return leading_number(self.value, f"the {self.attribute.lower()} of {self.entity}")
+
+    def finding(self, base_url: str) -> str:
+        """The sub-agent's report of this fact, citing its page on the site served at `base_url`."""
+        return finding_text(self.attribute, self.entity, self.value, base_url.rstrip("/") + self.url_path)
 
 
 class ResearchTask(BaseModel):
@@ -115,8 +119,7 @@ class ResearchTask(BaseModel):
         url = base_url.rstrip("/")
         if self.family == "table":
             head = [f"| {COLUMN_TITLES[self.kind]} | Finding | {self.attribute} |", "| --- | --- | --- |"]
-            rows = [f"| {lk.entity} | {finding_text(lk.attribute, lk.entity, lk.value, url + lk.url_path)} "
-                    f"| {lk.value} |" for lk in self.waves[0]]
+            rows = [f"| {lk.entity} | {lk.finding(url)} | {lk.value} |" for lk in self.waves[0]]
             return "\n".join(head + rows)
         lines: list[str] = []
         if self.family == "compare":
@@ -124,14 +127,11 @@ class ResearchTask(BaseModel):
             for lk in self.waves[0]:
                 if best is None or (lk.number() > best.number()) == self.largest:
                     best = lk
-                lines += [finding_text(lk.attribute, lk.entity, lk.value, url + lk.url_path),
+                lines += [lk.finding(url),
                           f"Best so far: the {best.attribute.lower()} of {best.entity} is {best.value}."]
-            winner = self.winner()
-            lines.append(f"Answer: {self.answer}. "
-                         + finding_text(winner.attribute, winner.entity, winner.value, url + winner.url_path))
+            lines.append(f"Answer: {self.answer}. {self.winner().finding(url)}")
         else:
-            lines = [finding_text(lk.attribute, lk.entity, lk.value, url + lk.url_path)
-                     for wave in self.waves for lk in wave]
+            lines = [lk.finding(url) for wave in self.waves for lk in wave]
             lines.append(f"Answer: {self.answer} [{url}{self.answer_url_path}].")
         return "\n".join(lines)
 

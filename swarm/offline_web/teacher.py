@@ -15,7 +15,7 @@ from backend.conversation import ChatBackend, Conversation, Reply, ReplyOptions
 from backend.messages import Message, ToolCall, ToolSpec
 from swarm import prompts
 from swarm.offline_web.site import SiteManifest
-from swarm.offline_web.tasks import Lookup, ResearchTask, finding_text
+from swarm.offline_web.tasks import Lookup, ResearchTask
 
 SEARCH_RESULTS = 3
 SUBTASK = re.compile(r"using the tools: Find the (?P<attribute>.+?) of (?P<name>.+?)\.\n")
@@ -53,7 +53,7 @@ class Teacher:
         results = "\n".join(m.content for m in messages if m.role == "tool")
         for wave in self.task.waves[:waves_done]:
             for lk in wave:
-                if finding_text(lk.attribute, lk.entity, lk.value, self.url(lk)) not in results:
+                if lk.finding(self.base_url) not in results:
                     raise TeacherError(f"the spawn results lack the finding for {lk.task!r}")
         if waves_done < len(self.task.waves):
             tasks = [lk.task for lk in self.task.waves[waves_done]]
@@ -78,7 +78,7 @@ class Teacher:
             return self._call(messages, "fetch", {"url": url})
         if lookup.value not in last or lookup.entity not in last:
             raise TeacherError(f"the page {url} does not show {lookup.attribute} {lookup.value!r}")
-        return Reply(content=finding_text(lookup.attribute, lookup.entity, lookup.value, url), finish_reason="stop")
+        return Reply(content=lookup.finding(self.base_url), finish_reason="stop")
 
     def url(self, lookup: Lookup) -> str:
         return self.base_url + lookup.url_path

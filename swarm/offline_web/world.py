@@ -32,6 +32,14 @@ OCCUPATIONS = ["engineer", "architect", "novelist", "economist", "physician", "c
 NEAR_DUPLICATE_PATTERNS = ["North {}", "New {}", "{} Heights", "Port {}", "Upper {}"]
 
 
+def leading_number(text: str, what: str) -> int:
+    """The integer a numeric fact shows ("1,234,567", "12,345 km²", "1843"); `what` names it in the error."""
+    digits = re.match(r"[\d,]+", text)
+    if digits is None:
+        raise ValueError(f"{what} is not numeric: {text!r}")
+    return int(digits.group().replace(",", ""))
+
+
 class Entity(BaseModel):
     """One entity page: `facts` are the infobox rows in order, `links` the rows that name another entity."""
 
@@ -44,11 +52,7 @@ class Entity(BaseModel):
     links: dict[str, str] = Field(default_factory=dict)
 
     def number(self, label: str) -> int:
-        """The integer a numeric fact shows ("1,234,567", "12,345 km²", "1843")."""
-        digits = re.match(r"[\d,]+", self.facts[label])
-        if digits is None:
-            raise ValueError(f"fact {label!r} of {self.name} is not numeric: {self.facts[label]!r}")
-        return int(digits.group().replace(",", ""))
+        return leading_number(self.facts[label], f"fact {label!r} of {self.name}")
 
 
 class ArchivedPage(BaseModel):
