@@ -67,7 +67,7 @@ class KimiMLAAttention(nn.Module):
         latent = torch.cat([rms_norm(kv[..., : self.rank], self.kv_a_layernorm.weight, LATENT_NORM_EPS),
                             kv[..., self.rank:]], dim=-1)
         cached_keys = getattr(ctx, "mla_cached_keys", None)
-        expand = cached_keys is not None and t > 1 and self._expanding_pays(n * t, x.device)
+        expand = cached_keys is not None and t > 1 and self._expanding_pays(t, x.device)
         keys = cached_keys(self.mla_index, latent) if expand else None
         if keys is not None:
             o = self._attend_expanded(torch.cat([q_nope, q_pe], dim=-1), keys)
@@ -80,12 +80,15 @@ class KimiMLAAttention(nn.Module):
         return self.o_proj(o.reshape(n, t, self.num_heads * self.v_dim))
 
     def _expanding_pays(self, queries: int, device: torch.device) -> bool:
-        """Whether `queries` new tokens attend more cheaply in the expanded form than in the absorbed one.
+        """Whether `queries` new tokens of each sequence attend more cheaply in the expanded form than in the
+        absorbed one.
 
         Per cached token, expanding costs rank x H x (nope + v) once plus 2 x H x (nope + rope) per query;
-        the absorbed form costs H x (2 x rank + rope) per query. On the CPU a few new tokens over a long
-        cache (a speculative draft, a short turn) therefore stay absorbed; the GPU always expands, its
-        flash kernels having been measured for that form only.
+        the absorbed form costs H x (2 x rank + rope) per query. Each sequence's own rows are expanded for
+        its queries alone, so the count is per sequence, not per batch: a wave of forks finishing a few
+        tokens each stays absorbed, its shared prefix read once (PagedContext.mla_attend). On the CPU a few
+        new tokens over a long cache (a speculative draft, a short turn) therefore stay absorbed; the GPU
+        always expands, its flash kernels having been measured for that form only.
         """
         if device.type != "cpu":
             return True

@@ -14,7 +14,7 @@ import torch
 
 import kernels
 from backend.state_cache import StateCache
-from kernels.mla_reference import gather_tokens
+from kernels.mla_reference import gather_tokens, mla_prefill_shared_reference
 
 
 class CachedLatents(NamedTuple):
@@ -89,8 +89,14 @@ class PagedContext:
     def mla_attend(self, mla_index: int, q_latent: torch.Tensor, q_pe: torch.Tensor,
                    latent_new: torch.Tensor, scale: float) -> torch.Tensor:
         """Attention in the absorbed form: a decode step, or a chunk too short to pay for expanding the
-        cache (the layer decides; longer chunks go through mla_cached_keys), causal within the chunk."""
+        cache (the layer decides; longer chunks go through mla_cached_keys), causal within the chunk. Forks
+        sharing leading pages attend them once for the whole batch, in a decode step and a chunk alike; a
+        chunk only reaches here on the CPU (the GPU always expands), so it uses the PyTorch reference."""
         pool = self._store(mla_index, latent_new)
+        if self.num_new != 1 and self.shared_pages:
+            return mla_prefill_shared_reference(q_latent, q_pe, pool, self.block_tables[0, :self.shared_pages],
+                                                self.shared_pages * self.cache.page_size, self.block_tables,
+                                                self.seq_lens.long() - self.num_new, scale)
         if self.num_new != 1:
             return torch.stack([kernels.mla_prefill(q_latent[i], q_pe[i], pool, self.block_tables[i], start, scale)
                                 for i, start in enumerate(self.starts)])

@@ -88,6 +88,28 @@ def _intra_chunk_scores(q: torch.Tensor, k: torch.Tensor, gc: torch.Tensor) -> t
     return scores
 
 
+def _chunk_length(t: int, chunk_size: int) -> int:
+    """The chunk for T tokens: `chunk_size`, or for fewer tokens the shortest whole number of sub-blocks
+    that holds them (T itself up to one sub-block). A decode wave of forks feeding 2 tokens each, or a
+    speculative check of 9, would otherwise pay for a full chunk of padding in every row."""
+    if t >= chunk_size:
+        return chunk_size
+    return t if t <= SUB_BLOCK else -(-t // SUB_BLOCK) * SUB_BLOCK
+
+
+def _unit_lower_inverse(a: torch.Tensor) -> torch.Tensor:
+    """(I + a)^-1 for strictly lower-triangular a [..., c, c], as (I + M)(I + M^2)(I + M^4)... with M = -a
+    (M^c = 0): log2(c) batched matmuls. A batched triangular solve costs about 45 us per small matrix on
+    the CPU, which made it the largest op of a forward over a few tokens for many forks."""
+    m = -a
+    inverse = m + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    power = m
+    for _ in range(max(a.shape[-1] - 1, 1).bit_length() - 1):
+        power = power @ power
+        inverse = inverse + inverse @ power
+    return inverse
+
+
 def _chunked_rows(q, k, v, g, beta, state, chunk_size):
     """The chunked recurrence for R independent rows (heads, or batch x heads) of one length.
 
@@ -97,7 +119,7 @@ def _chunked_rows(q, k, v, g, beta, state, chunk_size):
     """
     rows, t, kd = k.shape
     vd = v.shape[-1]
-    c = chunk_size
+    c = _chunk_length(t, chunk_size)
     pad = (-t) % c
     if pad:  # zero keys, values and beta and zero log-decay leave the state untouched
         q, k, v, g = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, g))
@@ -109,7 +131,7 @@ def _chunked_rows(q, k, v, g, beta, state, chunk_size):
     a_qk, a_kk = _intra_chunk_scores(q, k, gc)
     a_kk = (a_kk * beta[..., None]).masked_fill(torch.eye(c, dtype=torch.bool, device=q.device), 0.0)
     rhs = torch.cat([v * beta[..., None], k * beta[..., None] * gc.exp()], dim=-1)
-    u, w = torch.linalg.solve_triangular(a_kk, rhs, upper=False, unitriangular=True).split([vd, kd], dim=-1)
+    u, w = (_unit_lower_inverse(a_kk) @ rhs).split([vd, kd], dim=-1)
     g_last = gc[..., -1, :]  # [R, n, K]
     k_to_end = (k * (g_last[..., None, :] - gc).exp()).transpose(-1, -2)  # [R, n, K, c]
     carry = torch.diag_embed(g_last.exp()) - k_to_end @ w  # P_n [R, n, K, K]

@@ -22,6 +22,8 @@ import math
 import os
 import random
 import re
+import shutil
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -180,7 +182,7 @@ def core_mismatch(core, device: torch.device, seed: int = 0) -> str | None:
         leaves = [x.to(device).requires_grad_() for x in inputs]
         out, final = candidate(*leaves[:5], initial_state=leaves[5], output_final_state=True, use_qk_l2norm=True)
         (out.float().square().sum() + final.float().square().sum()).backward()
-        results.append([out.float(), final.float()] + [x.grad.float() for x in leaves])
+        results.append([out.detach().float(), final.detach().float()] + [x.grad.float() for x in leaves])
     names = ["output", "final state", "dq", "dk", "dv", "dg", "dbeta", "dstate"]
     for name, got, want in zip(names, *results):
         error = float((got - want).norm() / want.norm().clamp_min(1e-12))
@@ -406,10 +408,15 @@ def official_state_dict(model: KimiLinearForCausalLM) -> dict[str, torch.Tensor]
 
 
 def save_checkpoint(model: KimiLinearForCausalLM, config: dict, out: Path) -> None:
-    """config.json, tokenizer_config.json and safetensors shards of at most MAX_SHARD_BYTES, with an index."""
+    """config.json, tokenizer_config.json and safetensors shards of at most MAX_SHARD_BYTES, with an index.
+
+    Written beside `out` and moved into place when complete: a run killed mid-save (the device's time
+    limit) leaves the previous checkpoint whole, or the new one whole under `<out>.saving`."""
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
+    final, out = out, out.with_name(out.name + ".saving")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     ByteTokenizer().save(out)
     tensors = official_state_dict(model)
@@ -430,6 +437,8 @@ def save_checkpoint(model: KimiLinearForCausalLM, config: dict, out: Path) -> No
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     (out / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    out.rename(final)
 
 
 def assistant_loss(model: KimiLinearForCausalLM, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
@@ -494,6 +503,7 @@ def train(args: argparse.Namespace) -> None:
     budget = args.minutes * 60 - (time.time() - PROCESS_START)
     start = time.time()
     step, epoch, last_save, skipped, tokens = 0, 0, start, 0, 0
+    step_seconds: list[float] = []
     pad = tokenizer.special_ids["[PAD]"]
     tokens_per_batch = args.tokens_per_batch
     done = False
@@ -501,7 +511,8 @@ def train(args: argparse.Namespace) -> None:
         epoch += 1
         for batch in make_batches(examples, tokens_per_batch, rng):
             elapsed = time.time() - start
-            if elapsed > budget:
+            typical_step = statistics.median(step_seconds[-10:]) if step_seconds else 0.0
+            if elapsed + typical_step > budget:  # stop before a step that would overrun, not after it
                 done = True
                 break
             progress = elapsed / budget
@@ -521,6 +532,7 @@ def train(args: argparse.Namespace) -> None:
                       flush=True)
                 break  # rebuild the batches with the smaller budget
             imbalance = balancer.step()
+            step_seconds.append(time.time() - start - elapsed)
             step += 1
             tokens += ids.numel()
             if step % args.log_every == 0 or step <= FIRST_STEPS_LOGGED:

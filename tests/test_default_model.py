@@ -96,19 +96,23 @@ def test_shared_prefix_training_equals_the_full_forward(tiny_model):
 
 def test_checkpoint_is_written_in_the_official_format(tiny_model, tmp_path):
     config = train.default_config(hidden=64, layers=4)
-    train.save_checkpoint(tiny_model, config, tmp_path)
-    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "stale.safetensors").write_bytes(b"from an older save")
+    train.save_checkpoint(tiny_model, config, out)  # replaces the whole folder once the new one is complete
+    assert not (out / "stale.safetensors").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
     assert "model.layers.1.block_sparse_moe.experts.7.w2.weight" in index
     assert "model.layers.0.mlp.gate_proj.weight" in index
     assert "model.layers.3.self_attn.kv_a_proj_with_mqa.weight" in index
-    loaded = load_model(tmp_path)
+    loaded = load_model(out)
     with torch.no_grad():  # the checkpoint keeps the KDA decay parameters and router bias in fp32, the rest in bf16
         for name, param in tiny_model.named_parameters():
             if not name.endswith(("A_log", "dt_bias", "e_score_correction_bias")):
                 param.copy_(param.bfloat16().float())
     ids = torch.randint(0, 273, (1, 40), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(loaded(ids), tiny_model(ids), atol=1e-5, rtol=1e-5)
-    assert isinstance(load_tokenizer(tmp_path), ByteTokenizer)
+    assert isinstance(load_tokenizer(out), ByteTokenizer)
 
 
 def test_number_remap_redraws_each_value_once_in_order_and_format():

@@ -13,7 +13,7 @@ from kernels import kda_reference, mla_reference
 from tests.kernel_support import float64, kda_inputs, rel_err
 
 
-@pytest.mark.parametrize("chunk_size, t", [(32, 75), (64, 64), (16, 1)])
+@pytest.mark.parametrize("chunk_size, t", [(32, 75), (64, 64), (16, 1), (32, 2), (32, 9), (64, 20)])
 def test_chunked_kda_equals_the_recurrence(chunk_size, t):
     q, k, v, g, beta = float64(*kda_inputs(2, t, 3, 16, 8))
     h0 = torch.randn(2, 3, 16, 8, dtype=torch.float64)
@@ -69,3 +69,41 @@ def test_shared_prefix_decode_equals_per_sequence_decode():
                                                        0.2)
     plain = mla_reference.mla_decode_reference(ql, qp, kv, tables, seq_lens, 0.2)
     assert not plain.isnan().any() and rel_err(shared, plain) <= 1e-12
+
+
+def test_shared_prefix_chunk_equals_per_sequence_prefill():
+    """Three forks of an 8-token prefix (two shared pages) run 3 new tokens each at different starts, in one
+    call: each query sees the prefix, its own earlier rows and nothing past itself. Rows past a sequence's
+    end are NaN: padding must never read them."""
+    n, t, h, r, p, page = 3, 3, 2, 16, 8, 4
+    starts = [8, 9, 18]
+    kv = torch.randn(24, page, r + p, dtype=torch.float64)
+    prefix_pages = [7, 3]
+    tables = torch.full((n, 7), -1)
+    private = iter(range(10, 24))
+    for i, start in enumerate(starts):
+        end = start + t
+        own = [next(private) for _ in range(-(-end // page) - 2)]
+        tables[i, :2 + len(own)] = torch.tensor(prefix_pages + own)
+        if end % page:
+            kv[own[-1], end % page:] = torch.nan
+    ql, qp = torch.randn(n, t, h, r, dtype=torch.float64), torch.randn(n, t, h, p, dtype=torch.float64)
+    shared = mla_reference.mla_prefill_shared_reference(ql, qp, kv, torch.tensor(prefix_pages), 8, tables,
+                                                        torch.tensor(starts), 0.2)
+    plain = torch.stack([mla_reference.mla_prefill_reference(ql[i], qp[i], kv, tables[i], start, 0.2)
+                         for i, start in enumerate(starts)])
+    assert not plain.isnan().any() and rel_err(shared, plain) <= 1e-12
+
+
+def test_float32_shared_prefix_attention_matches_float64():
+    """Float32 on the CPU attends the shared prefix through the flash kernel; it must agree with the float64
+    score-matrix form, output and log-sum-exp alike (the merge with each sequence's own rows uses both)."""
+    n, t, h, r, p, page = 2, 3, 4, 16, 8, 4
+    kv = torch.randn(12, page, r + p, dtype=torch.float64)
+    tables = torch.tensor([[0, 1, 2, 3, 4], [0, 1, 2, 5, 6]])
+    starts = torch.tensor([13, 16])
+    ql, qp = torch.randn(n, t, h, r, dtype=torch.float64), torch.randn(n, t, h, p, dtype=torch.float64)
+    want = mla_reference.mla_prefill_shared_reference(ql, qp, kv, tables[0, :3], 12, tables, starts, 0.3)
+    got = mla_reference.mla_prefill_shared_reference(ql.float(), qp.float(), kv.float(), tables[0, :3], 12, tables,
+                                                     starts, 0.3)
+    assert got.dtype == torch.float32 and rel_err(got.double(), want) <= 1e-5
