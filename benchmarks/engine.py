@@ -7,7 +7,8 @@
 Random weights for small and 48b (speed hardly depends on their values; the router bias spreads tokens
 over experts, benchmarks/common.py says how); `default` loads the shipped checkpoint, whose trained router
 decides which experts a batch touches. Fork time is measured for a short and a
-long shared prefix: it must not depend on the prefix length.
+long shared prefix: it must not depend on the prefix length. The wave rows time forks of the long prefix
+taking a few tokens each in one forward, as sub-agents do when their tool results arrive together.
 """
 
 from __future__ import annotations
@@ -66,6 +67,29 @@ async def time_decode(engine: Engine, batch: int, prefix_len: int, steps: int, v
     return elapsed / steps
 
 
+async def time_wave(engine: Engine, prefix_len: int, children: int, private: int, widths: list[int],
+                    vocab: int, repeats: int = 3) -> dict[int, float]:
+    """Median ms for `children` forks of one prefix, each holding `private` tokens of its own, to take
+    `width` more tokens each: the forward a wave of sub-agents finishing a tool call together runs."""
+    parent = await engine.session(random_ids(prefix_len, vocab, 2))
+    forks = parent.fork(children)
+    await asyncio.gather(*(f.extend(random_ids(private, vocab, 10 + i)) for i, f in enumerate(forks)))
+    medians = {}
+    for width in widths:
+        times = []
+        for repeat in range(repeats):
+            tails = [random_ids(width, vocab, 1000 * repeat + i) for i in range(children)]
+            start = time.perf_counter()
+            await asyncio.gather(*(f.extend(tail) for f, tail in zip(forks, tails)))
+            sync(engine.model.device)
+            times.append(time.perf_counter() - start)
+        medians[width] = statistics.median(times) * 1e3
+    for f in [parent, *forks]:
+        f.close()
+    await engine.drain()
+    return medians
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small",
@@ -76,6 +100,8 @@ async def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batches", default="1,8,32,100")
     parser.add_argument("--memory-gib", type=float, default=None, help="engine cache budget")
+    parser.add_argument("--wave-forks", type=int, default=27,
+                        help="forks in the wave timing (a 20-row table spawned 27 sub-agents)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -108,6 +134,9 @@ async def main() -> None:
                                               f"{batch / step * step_1:.1f}x batch 1)"))
         if batch == 100:
             rows.append(("fork 100 vs one decode step of 100", f"{long_ms / (step * 1e3):.2f}x"))
+    wave = await time_wave(engine, long_prefix, args.wave_forks, 1200, [2, 8], vocab)
+    for width, ms in wave.items():
+        rows.append((f"wave: {args.wave_forks} forks (1,200 own tokens) take {width} tokens each", f"{ms:.0f} ms"))
     layout = CacheLayout.for_config(config, dtype, 64)
     rows.append(("KDA state per session", f"{layout.slot_bytes / 2**20:.2f} MiB"))
     rows.append(("latent cache per token", f"{layout.page_bytes / 64 / 1024:.1f} KiB"))
