@@ -49,47 +49,42 @@ def test_recurrent_step_equals_the_recurrence_and_touches_only_its_rows():
         kda_reference.recurrent_kda_reference(*float64(*kda_inputs(3, 2, 2, 16, 8)), pool, slots)
 
 
-def test_shared_prefix_decode_equals_per_sequence_decode():
-    """An 8-token prefix on two shared pages; suffixes of 0, 1 and 13 tokens, padded into one batch. Rows past a
-    sequence's end are NaN: padding must never read them."""
-    n, h, r, p, page = 3, 2, 16, 8, 4
-    lengths = [8, 9, 21]
-    kv = torch.randn(20, page, r + p, dtype=torch.float64)
+def _forked_cache(ends: list[int], r: int, p: int, page: int = 4):
+    """A float64 paged cache of forks of an 8-token prefix on two shared pages (7, 3), each with its own pages
+    up to `ends[i]` tokens; rows past a sequence's end are NaN, so reading padding shows. (cache, prefix
+    pages, block tables)"""
     prefix_pages = [7, 3]
-    tables = torch.full((n, 6), -1)
-    private = iter(range(10, 20))
-    for i, length in enumerate(lengths):
-        own = [next(private) for _ in range(-(-length // page) - 2)]
+    kv = torch.randn(10 + sum(-(-end // page) for end in ends), page, r + p, dtype=torch.float64)
+    tables = torch.full((len(ends), max(-(-end // page) for end in ends) + 1), -1)
+    private = iter(range(10, kv.shape[0]))
+    for i, end in enumerate(ends):
+        own = [next(private) for _ in range(-(-end // page) - 2)]
         tables[i, :2 + len(own)] = torch.tensor(prefix_pages + own)
-        if own and length % page:
-            kv[own[-1], length % page:] = torch.nan
+        if own and end % page:
+            kv[own[-1], end % page:] = torch.nan
+    return kv, torch.tensor(prefix_pages), tables
+
+
+def test_shared_prefix_decode_equals_per_sequence_decode():
+    """An 8-token prefix on two shared pages; suffixes of 0, 1 and 13 tokens, padded into one batch."""
+    n, h, r, p = 3, 2, 16, 8
+    lengths = [8, 9, 21]
+    kv, prefix_pages, tables = _forked_cache(lengths, r, p)
     ql, qp = torch.randn(n, h, r, dtype=torch.float64), torch.randn(n, h, p, dtype=torch.float64)
     seq_lens = torch.tensor(lengths, dtype=torch.int32)
-    shared = mla_reference.mla_decode_shared_reference(ql, qp, kv, torch.tensor(prefix_pages), 8, tables, seq_lens,
-                                                       0.2)
+    shared = mla_reference.mla_decode_shared_reference(ql, qp, kv, prefix_pages, 8, tables, seq_lens, 0.2)
     plain = mla_reference.mla_decode_reference(ql, qp, kv, tables, seq_lens, 0.2)
     assert not plain.isnan().any() and rel_err(shared, plain) <= 1e-12
 
 
 def test_shared_prefix_chunk_equals_per_sequence_prefill():
     """Three forks of an 8-token prefix (two shared pages) run 3 new tokens each at different starts, in one
-    call: each query sees the prefix, its own earlier rows and nothing past itself. Rows past a sequence's
-    end are NaN: padding must never read them."""
-    n, t, h, r, p, page = 3, 3, 2, 16, 8, 4
+    call: each query sees the prefix, its own earlier rows and nothing past itself."""
+    n, t, h, r, p = 3, 3, 2, 16, 8
     starts = [8, 9, 18]
-    kv = torch.randn(24, page, r + p, dtype=torch.float64)
-    prefix_pages = [7, 3]
-    tables = torch.full((n, 7), -1)
-    private = iter(range(10, 24))
-    for i, start in enumerate(starts):
-        end = start + t
-        own = [next(private) for _ in range(-(-end // page) - 2)]
-        tables[i, :2 + len(own)] = torch.tensor(prefix_pages + own)
-        if end % page:
-            kv[own[-1], end % page:] = torch.nan
+    kv, prefix_pages, tables = _forked_cache([start + t for start in starts], r, p)
     ql, qp = torch.randn(n, t, h, r, dtype=torch.float64), torch.randn(n, t, h, p, dtype=torch.float64)
-    shared = mla_reference.mla_prefill_shared_reference(ql, qp, kv, torch.tensor(prefix_pages), 8, tables,
-                                                        torch.tensor(starts), 0.2)
+    shared = mla_reference.mla_prefill_shared_reference(ql, qp, kv, prefix_pages, 8, tables, torch.tensor(starts), 0.2)
     plain = torch.stack([mla_reference.mla_prefill_reference(ql[i], qp[i], kv, tables[i], start, 0.2)
                          for i, start in enumerate(starts)])
     assert not plain.isnan().any() and rel_err(shared, plain) <= 1e-12
