@@ -94,12 +94,18 @@ def mla_prefill_shared_reference(q_latent, q_pe, kv_cache, prefix_pages, prefix_
     The prefix is read once and attended by all N*T queries in one product; each sequence's own rows,
     padded to the longest, in one batched product with the causal mask; the two merged by log-sum-exp.
     A wave of forks each finishing a few tokens otherwise gathered and attended its whole context alone.
+    One sequence with its own past as the "prefix" (N = 1, prefix_len = start) is a chunk's causal
+    attention with the unmasked part, its past, in one unmasked product (the CPU flash kernel).
     """
     n, t, h, r = q_latent.shape
     dtype = _compute_dtype(q_latent)
-    prefix = gather_tokens(kv_cache, prefix_pages, 0, prefix_len)
-    o_pre, lse_pre = _attend(q_latent.reshape(1, n * t * h, r), q_pe.reshape(1, n * t * h, -1), prefix, scale)
-    o_pre, lse_pre = o_pre.view(n, t, h, r), lse_pre.view(n, t, h)
+    if prefix_len:
+        prefix = gather_tokens(kv_cache, prefix_pages, 0, prefix_len)
+        o_pre, lse_pre = _attend(q_latent.reshape(1, n * t * h, r), q_pe.reshape(1, n * t * h, -1), prefix, scale)
+        o_pre, lse_pre = o_pre.view(n, t, h, r), lse_pre.view(n, t, h)
+    else:  # nothing shared: every row is the sequence's own
+        o_pre = q_latent.new_zeros(n, t, h, r, dtype=dtype)
+        lse_pre = q_latent.new_full((n, t, h), float("-inf"), dtype=dtype)
     ends = starts.long().to(kv_cache.device) + t  # [N]
     width = int(ends.max()) - prefix_len
     if width <= 0:

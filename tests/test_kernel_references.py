@@ -88,6 +88,11 @@ def test_shared_prefix_chunk_equals_per_sequence_prefill():
     plain = torch.stack([mla_reference.mla_prefill_reference(ql[i], qp[i], kv, tables[i], start, 0.2)
                          for i, start in enumerate(starts)])
     assert not plain.isnan().any() and rel_err(shared, plain) <= 1e-12
+    for i, start in enumerate(starts):  # one sequence alone: its own past as the unmasked part, or nothing shared
+        for past in (start, 0):
+            alone = mla_reference.mla_prefill_shared_reference(ql[i:i + 1], qp[i:i + 1], kv, tables[i], past,
+                                                               tables[i:i + 1], torch.tensor([start]), 0.2)
+            assert rel_err(alone[0], plain[i]) <= 1e-12
 
 
 def test_float32_shared_prefix_attention_matches_float64():
