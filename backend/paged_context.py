@@ -93,15 +93,16 @@ class PagedContext:
         sharing leading pages attend them once for the whole batch, in a decode step and a chunk alike; a
         chunk only reaches here on the CPU (the GPU always expands), so it uses the PyTorch reference."""
         pool = self._store(mla_index, latent_new)
-        starts = self.seq_lens.long() - self.num_new
-        if self.num_new != 1 and self.shared_pages:
-            return mla_prefill_shared_reference(q_latent, q_pe, pool, self.block_tables[0, :self.shared_pages],
-                                                self.shared_pages * self.cache.page_size, self.block_tables,
-                                                starts, scale)
-        if self.num_new != 1:  # each sequence's own past is its unmasked part
-            return torch.cat([mla_prefill_shared_reference(q_latent[i:i + 1], q_pe[i:i + 1], pool, self.block_tables[i],
-                                                           start, self.block_tables[i:i + 1], starts[i:i + 1], scale)
-                              for i, start in enumerate(self.starts)])
+        if self.num_new != 1:
+            starts = self.seq_lens.long() - self.num_new
+            if self.shared_pages:
+                return mla_prefill_shared_reference(q_latent, q_pe, pool, self.block_tables[0, :self.shared_pages],
+                                                    self.shared_pages * self.cache.page_size, self.block_tables,
+                                                    starts, scale)
+            return torch.cat([  # each sequence alone, its own past as the unmasked part
+                mla_prefill_shared_reference(q_latent[i:i + 1], q_pe[i:i + 1], pool, self.block_tables[i], start,
+                                             self.block_tables[i:i + 1], starts[i:i + 1], scale)
+                for i, start in enumerate(self.starts)])
         if self.shared_pages:
             out = kernels.mla_decode_shared(q_latent[:, 0], q_pe[:, 0], pool, self.block_tables[0, :self.shared_pages],
                                             self.shared_pages * self.cache.page_size, self.block_tables,
