@@ -66,9 +66,13 @@ def subtask_text(attribute: str, name: str) -> str:
     return f"Find the {attribute.lower()} of {name}."
 
 
+def statement_text(attribute: str, name: str, value: str, article: str = "The") -> str:
+    return f"{article} {attribute.lower()} of {name} is {value}"
+
+
 def finding_text(attribute: str, name: str, value: str, url: str) -> str:
     """A sub-agent's answer, and the line the orchestrator builds its answer from."""
-    return f"The {attribute.lower()} of {name} is {value} [{url}]."
+    return f"{statement_text(attribute, name, value)} [{url}]."
 
 
 def join_names(names: list[str]) -> str:
@@ -91,6 +95,10 @@ class Lookup(BaseModel):
         """The value as a number ("1,234 m" is 1234), for comparisons."""
         return leading_number(self.value, f"the {self.attribute.lower()} of {self.entity}")
 
+    def statement(self, article: str = "The") -> str:
+        """The fact as a clause, without its source: "The population of Oslo is 709,037"."""
+        return statement_text(self.attribute, self.entity, self.value, article)
+
     def finding(self, base_url: str) -> str:
         """The sub-agent's report of this fact, citing its page on the site served at `base_url`."""
         return finding_text(self.attribute, self.entity, self.value, base_url.rstrip("/") + self.url_path)
@@ -112,10 +120,13 @@ class ResearchTask(BaseModel):
     def final_answer(self, base_url: str) -> str:
         """The orchestrator's cited answer, as the teacher writes it.
 
-        Every value the answer states is a copy of text just above it: a small model copies a value
-        reliably after the words that precede it in the report, not after its name in another layout.
-        A comparison keeps a running best after each finding (two nearby numbers to compare, never N),
-        then restates the winner's finding; a table row quotes the finding before the value cell."""
+        Every value the answer states is a copy of text with the same few bytes before it: a small model
+        copies a value reliably after "The population of X is ", not after its name in another layout.
+        A comparison takes the findings one by one. Each line states the new finding and the leader's
+        finding side by side, so two numbers on one line are compared, never N, and names the leader
+        ("..., so the largest so far is B."). No value is carried from line to line: a carried value
+        invites copying it by position, which goes wrong whenever the leader changes. The answer then
+        restates the winner's finding. A table row quotes the finding before the value cell."""
         url = base_url.rstrip("/")
         if self.family == "table":
             head = [f"| {COLUMN_TITLES[self.kind]} | Finding | {self.attribute} |", "| --- | --- | --- |"]
@@ -123,12 +134,13 @@ class ResearchTask(BaseModel):
             return "\n".join(head + rows)
         lines: list[str] = []
         if self.family == "compare":
+            direction = "largest" if self.largest else "smallest"
             best: Lookup | None = None
             for lk in self.waves[0]:
+                stated = lk.statement() if best is None else f"{lk.statement()} and {best.statement('the')}"
                 if best is None or (lk.number() > best.number()) == self.largest:
                     best = lk
-                lines += [lk.finding(url),
-                          f"Best so far: the {best.attribute.lower()} of {best.entity} is {best.value}."]
+                lines.append(f"{stated}, so the {direction} so far is {best.entity}.")
             lines.append(f"Answer: {self.answer}. {self.winner().finding(url)}")
         else:
             lines = [lk.finding(url) for wave in self.waves for lk in wave]
