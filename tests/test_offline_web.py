@@ -170,9 +170,9 @@ def test_table_rows_read_the_value_column_by_its_header():
 
 
 def test_teachers_comparison_states_two_findings_a_line_and_names_the_leader(site):
-    """Each comparison line states the new finding beside the leader's (two numbers, never N) and names
-    the new leader; no value is carried from one line to the next. The Answer line names the winner, then
-    repeats its finding word for word, so its value follows the winner's name as in the sub-agent's report."""
+    """Each comparison line states the new finding beside the leader's (two numbers, never N), names the
+    new leader and restates its statement, which the next line copies from the line's end. The Answer line
+    names the winner, then repeats its finding word for word."""
     _, manifest = site
     for seed in range(6):
         task = sample_task(manifest, "compare", "heldout", random.Random(seed), 4)
@@ -180,13 +180,15 @@ def test_teachers_comparison_states_two_findings_a_line_and_names_the_leader(sit
         assert len(lines) == len(task.waves[0]) + 1
         direction = "largest" if task.largest else "smallest"
         leader = task.waves[0][0]
-        assert lines[0] == f"{leader.statement()}, so the {direction} so far is {leader.entity}."
+        attribute = task.attribute.lower()
+        assert lines[0] == (f"The {attribute} of {leader.entity} is {leader.value}, so the {direction} so far is "
+                            f"{leader.entity}: the {attribute} of {leader.entity} is {leader.value}.")
         for line, new in zip(lines[1:], task.waves[0][1:]):
             previous = leader
             leader = new if (new.number() > previous.number()) == task.largest else previous
-            assert line == (f"The {task.attribute.lower()} of {new.entity} is {new.value} and the "
-                            f"{task.attribute.lower()} of {previous.entity} is {previous.value}, "
-                            f"so the {direction} so far is {leader.entity}.")
+            assert line == (f"The {attribute} of {new.entity} is {new.value} and the {attribute} of {previous.entity} "
+                            f"is {previous.value}, so the {direction} so far is {leader.entity}: the {attribute} of "
+                            f"{leader.entity} is {leader.value}.")
         winner = task.winner()
         own = finding_text(winner.attribute, winner.entity, winner.value, BASE + winner.url_path)
         assert leader is winner and lines[-1] == f"Answer: {task.answer}. {own}"

@@ -120,13 +120,15 @@ class ResearchTask(BaseModel):
     def final_answer(self, base_url: str) -> str:
         """The orchestrator's cited answer, as the teacher writes it.
 
-        Every value the answer states is a copy of text with the same few bytes before it: a small model
-        copies a value reliably after "The population of X is ", not after its name in another layout.
-        A comparison takes the findings one by one. Each line states the new finding and the leader's
-        finding side by side, so two numbers on one line are compared, never N, and names the leader
-        ("..., so the largest so far is B."). No value is carried from line to line: a carried value
-        invites copying it by position, which goes wrong whenever the leader changes. The answer then
-        restates the winner's finding. A table row quotes the finding before the value cell."""
+        Every value the answer states is a copy that a small model makes reliably: from the same place
+        in the line above, or from the same line after the same name ("of X is "). Finding a value by
+        its entity's name farther up, past lines that hold other values at the same place, is what
+        such a model gets wrong. So a comparison takes the findings one by one, and each line states
+        the new finding beside the leader's (two numbers to compare, never N), names the leader, and
+        restates the leader's statement from the two just written ("..., so the largest so far is B:
+        the population of B is 5,678."). The next line copies that statement from the line's end, and
+        the Answer line ends with the winner's finding. A table row quotes the finding before the
+        value cell."""
         url = base_url.rstrip("/")
         if self.family == "table":
             head = [f"| {COLUMN_TITLES[self.kind]} | Finding | {self.attribute} |", "| --- | --- | --- |"]
@@ -140,7 +142,7 @@ class ResearchTask(BaseModel):
                 stated = lk.statement() if best is None else f"{lk.statement()} and {best.statement('the')}"
                 if best is None or (lk.number() > best.number()) == self.largest:
                     best = lk
-                lines.append(f"{stated}, so the {direction} so far is {best.entity}.")
+                lines.append(f"{stated}, so the {direction} so far is {best.entity}: {best.statement('the')}.")
             lines.append(f"Answer: {self.answer}. {self.winner().finding(url)}")
         else:
             lines = [lk.finding(url) for wave in self.waves for lk in wave]
