@@ -134,6 +134,17 @@ def test_grade_gives_the_teachers_answer_full_marks(site, family):
     assert score.correct == score.cited == score.total == (4 if family == "table" else 1)
 
 
+def test_teachers_comparison_answer_restates_the_winners_finding(site):
+    """The Answer line names the winner, then repeats its finding line word for word: its value then follows
+    the winner's name as it does in the sub-agent's report, which a small model copies reliably."""
+    _, manifest = site
+    task = sample_task(manifest, "compare", "heldout", random.Random(7), 4)
+    *findings, answer_line = task.final_answer(BASE).splitlines()
+    winner = task.winner()
+    own = finding_text(winner.attribute, winner.entity, winner.value, BASE.rstrip("/") + winner.url_path)
+    assert own in findings and answer_line == f"Answer: {task.answer}. {own}"
+
+
 def test_grade_wants_the_winners_own_value_and_page(site):
     """A right name with a wrong value, a value inside a longer number, or another page are not full marks."""
     _, manifest = site
@@ -169,26 +180,16 @@ def test_table_rows_read_the_value_column_by_its_header():
         assert table_rows(answer, "population") == {"Oslo": ("709,037", "http://h/city/oslo.html")}
 
 
-def test_teachers_comparison_states_two_findings_a_line_and_names_the_leader(site):
-    """Each comparison line states the new finding beside the leader's (two numbers, never N), names the
-    new leader and restates its statement, which the next line copies from the line's end. The Answer line
-    names the winner, then repeats its finding word for word."""
+def test_teachers_comparison_keeps_a_running_best_after_each_finding(site):
+    """Each "Best so far" line compares two nearby values (the last best and the new finding), and the
+    last one names the winner."""
     _, manifest = site
     for seed in range(6):
         task = sample_task(manifest, "compare", "heldout", random.Random(seed), 4)
-        lines = task.final_answer(BASE).splitlines()
-        assert len(lines) == len(task.waves[0]) + 1
-        direction = "largest" if task.largest else "smallest"
-        leader = task.waves[0][0]
-        attribute = task.attribute.lower()
-        assert lines[0] == (f"The {attribute} of {leader.entity} is {leader.value}, so the {direction} so far is "
-                            f"{leader.entity}: the {attribute} of {leader.entity} is {leader.value}.")
-        for line, new in zip(lines[1:], task.waves[0][1:]):
-            previous = leader
-            leader = new if (new.number() > previous.number()) == task.largest else previous
-            assert line == (f"The {attribute} of {new.entity} is {new.value} and the {attribute} of {previous.entity} "
-                            f"is {previous.value}, so the {direction} so far is {leader.entity}: the {attribute} of "
-                            f"{leader.entity} is {leader.value}.")
-        winner = task.winner()
-        own = finding_text(winner.attribute, winner.entity, winner.value, BASE + winner.url_path)
-        assert leader is winner and lines[-1] == f"Answer: {task.answer}. {own}"
+        best_lines = [line for line in task.final_answer(BASE).splitlines() if line.startswith("Best so far:")]
+        assert len(best_lines) == len(task.waves[0])
+        for count, line in enumerate(best_lines, start=1):
+            seen = task.waves[0][:count]
+            leader = (max if task.largest else min)(seen, key=lambda lk: lk.number())
+            assert line == f"Best so far: the {leader.attribute.lower()} of {leader.entity} is {leader.value}."
+        assert best_lines[-1].endswith(f" of {task.answer} is {task.winner().value}.")

@@ -66,13 +66,9 @@ def subtask_text(attribute: str, name: str) -> str:
     return f"Find the {attribute.lower()} of {name}."
 
 
-def statement_text(attribute: str, name: str, value: str, article: str = "The") -> str:
-    return f"{article} {attribute.lower()} of {name} is {value}"
-
-
 def finding_text(attribute: str, name: str, value: str, url: str) -> str:
     """A sub-agent's answer, and the line the orchestrator builds its answer from."""
-    return f"{statement_text(attribute, name, value)} [{url}]."
+    return f"The {attribute.lower()} of {name} is {value} [{url}]."
 
 
 def join_names(names: list[str]) -> str:
@@ -95,10 +91,6 @@ class Lookup(BaseModel):
         """The value as a number ("1,234 m" is 1234), for comparisons."""
         return leading_number(self.value, f"the {self.attribute.lower()} of {self.entity}")
 
-    def statement(self, article: str = "The") -> str:
-        """The fact as a clause, without its source: "The population of Oslo is 709,037"."""
-        return statement_text(self.attribute, self.entity, self.value, article)
-
     def finding(self, base_url: str) -> str:
         """The sub-agent's report of this fact, citing its page on the site served at `base_url`."""
         return finding_text(self.attribute, self.entity, self.value, base_url.rstrip("/") + self.url_path)
@@ -120,15 +112,10 @@ class ResearchTask(BaseModel):
     def final_answer(self, base_url: str) -> str:
         """The orchestrator's cited answer, as the teacher writes it.
 
-        Every value the answer states is a copy that a small model makes reliably: from the same place
-        in the line above, or from the same line after the same name ("of X is "). Finding a value by
-        its entity's name farther up, past lines that hold other values at the same place, is what
-        such a model gets wrong. So a comparison takes the findings one by one, and each line states
-        the new finding beside the leader's (two numbers to compare, never N), names the leader, and
-        restates the leader's statement from the two just written ("..., so the largest so far is B:
-        the population of B is 5,678."). The next line copies that statement from the line's end, and
-        the Answer line ends with the winner's finding. A table row quotes the finding before the
-        value cell."""
+        Every value the answer states is a copy of text just above it: a small model copies a value
+        reliably after the words that precede it in the report, not after its name in another layout.
+        A comparison keeps a running best after each finding (two nearby numbers to compare, never N),
+        then restates the winner's finding; a table row quotes the finding before the value cell."""
         url = base_url.rstrip("/")
         if self.family == "table":
             head = [f"| {COLUMN_TITLES[self.kind]} | Finding | {self.attribute} |", "| --- | --- | --- |"]
@@ -136,13 +123,12 @@ class ResearchTask(BaseModel):
             return "\n".join(head + rows)
         lines: list[str] = []
         if self.family == "compare":
-            direction = "largest" if self.largest else "smallest"
             best: Lookup | None = None
             for lk in self.waves[0]:
-                stated = lk.statement() if best is None else f"{lk.statement()} and {best.statement('the')}"
                 if best is None or (lk.number() > best.number()) == self.largest:
                     best = lk
-                lines.append(f"{stated}, so the {direction} so far is {best.entity}: {best.statement('the')}.")
+                lines += [lk.finding(url),
+                          f"Best so far: the {best.attribute.lower()} of {best.entity} is {best.value}."]
             lines.append(f"Answer: {self.answer}. {self.winner().finding(url)}")
         else:
             lines = [lk.finding(url) for wave in self.waves for lk in wave]
