@@ -52,9 +52,12 @@ async def time_fork(engine: Engine, prefix_len: int, children: int, vocab: int) 
 
 
 async def time_decode(engine: Engine, batch: int, prefix_len: int, steps: int, vocab: int) -> float:
-    """Seconds per decode step with `batch` forks of one prefix generating together."""
+    """Seconds per decode step with `batch` forks of one prefix generating together. Each fork first takes
+    8 tokens of its own: forks that stayed alike would decode the same token in every row, which routes every
+    row to the same experts and flatters the MoE (agents' rows differ)."""
     parent = await engine.session(random_ids(prefix_len, vocab, 1))
     forks = parent.fork(batch)
+    await asyncio.gather(*(f.extend(random_ids(8, vocab, 100 + i)) for i, f in enumerate(forks)))
     params = SamplingParams(max_tokens=steps, stop_token_ids=[])
     warm = SamplingParams(max_tokens=2, stop_token_ids=[])
     await asyncio.gather(*(f.generate(warm) for f in forks))
