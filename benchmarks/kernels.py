@@ -404,20 +404,20 @@ def mla_section(n=100, prefix_len=32768, suffix_len=256, page_size=64, prefill_t
 
     kv, tables, lens = mla_cache(n, prefix_len, [suffix_len] * n, page_size, distinct_prefix=True)
     base_ms = math.inf
-    for block_n, warps, splits in ((32, 8, None), (64, 8, None), (32, 4, None)):
+    for block_n, warps, stages in ((32, 4, 3), (64, 4, 3), (64, 8, 2)):
         def run_decode():
             return mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale, block_n=block_n,
-                                                num_warps=warps, n_splits=splits)
+                                                num_warps=warps, num_stages=stages)
         try:
             ms = bench(run_decode)
         except OutOfTime:
             raise
         except Exception as exc:  # a tile shape that does not fit shared memory on this GPU
-            ROWS.append(Row("mla_decode", shape, f"decode BN={block_n} w={warps} splits={splits}", float("nan"),
+            ROWS.append(Row("mla_decode", shape, f"decode BN={block_n} w={warps} s={stages}", float("nan"),
                             check=f"skipped: {type(exc).__name__}"))
             continue
         base_ms = min(base_ms, ms)
-        ROWS.append(Row("mla_decode", shape + " own prefix copies", f"decode BN={block_n} w={warps} splits={splits}",
+        ROWS.append(Row("mla_decode", shape + " own prefix copies", f"decode BN={block_n} w={warps} s={stages}",
                         ms, *gbs(kv_bytes, ms)))
     BEST["mla_no_sharing"] = base_ms
     BEST["mla_no_sharing_copy_pct"] = 100 * kv_bytes / base_ms / 1e6 / CEIL["copy_gbs"]
@@ -425,13 +425,13 @@ def mla_section(n=100, prefix_len=32768, suffix_len=256, page_size=64, prefill_t
     torch.cuda.empty_cache()
 
     kv, tables, lens = mla_cache(n, prefix_len, [suffix_len] * n, page_size, distinct_prefix=False)
-    plain = mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale, num_warps=8)
-    ms = bench(lambda: mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale, num_warps=8))
-    ROWS.append(Row("mla_decode", shape + " shared pages", "decode BN=32 w=8 (no dedup, L2 reuse)", ms,
+    plain = mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale)
+    ms = bench(lambda: mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, scale))
+    ROWS.append(Row("mla_decode", shape + " shared pages", "decode, default tiles (no dedup, L2 reuse)", ms,
                     *tfs(flops, ms), ratio(base_ms, ms)))
     prefix_pages = tables[0, :prefix_len // page_size].contiguous()
     best = math.inf
-    for block_m, block_n, warps, stages in ((64, 64, 8, 2), (64, 32, 8, 2), (32, 64, 8, 2)):
+    for block_m, block_n, warps, stages in ((64, 64, 8, 2), (64, 64, 8, 3), (64, 32, 8, 2)):
         def run_shared():
             return mla_triton.mla_decode_shared_triton(ql, qp, kv, prefix_pages, prefix_len, tables, lens, scale,
                                                        block_m=block_m, block_n=block_n, num_warps=warps,

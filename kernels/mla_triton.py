@@ -12,6 +12,8 @@ Same maths and layouts as kernels/mla_reference.py.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -150,19 +152,33 @@ class _Launch:
                                         BS=triton.next_power_of_2(slots), num_warps=4)
 
 
-def _splits(programs: int, kv_tokens: int, device: torch.device, min_tokens: int = 256) -> int:
-    """Enough key splits to give every SM about two programs, none shorter than min_tokens."""
-    want = triton.cdiv(2 * _sm_count(device), max(programs, 1))
-    return max(1, min(want, triton.cdiv(max(kv_tokens, 1), min_tokens), 64))
+def _splits(programs: int, kv_tokens: int, device: torch.device, *, waves: int, per_sm: int,
+            min_tokens: int = 256) -> int:
+    """Key splits for `programs` row blocks: at least `waves` waves of per_sm programs on every SM, and of the
+    counts from there to twice that, the one whose last wave is fullest (a part-empty wave takes as long as a
+    full one); no split shorter than min_tokens, at most 64. per_sm is how many programs of the launch's tiles
+    fit on one SM (registers and shared memory), measured on H100."""
+    slots = per_sm * _sm_count(device)
+    programs = max(programs, 1)
+    cap = max(1, min(triton.cdiv(max(kv_tokens, 1), min_tokens), 64))
+    least = triton.cdiv(waves * slots, programs)
+    if least >= cap:
+        return cap
+
+    def last_wave_fill(splits: int) -> float:
+        full = splits * programs / slots
+        return full / math.ceil(full)
+
+    return max(range(least, min(2 * least, cap + 1)), key=lambda splits: (last_wave_fill(splits), -splits))
 
 
 def _decode_splits(launch, block_tables, kv_cache, n, device):
     capacity = block_tables.shape[1] * kv_cache.shape[1]
-    return _splits(n * triton.cdiv(launch.heads, launch.block_m), capacity, device)
+    return _splits(n * triton.cdiv(launch.heads, launch.block_m), capacity, device, waves=8, per_sm=2)
 
 
-def mla_decode_triton(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale, *, block_n=64, num_warps=8,
-                      num_stages=2, n_splits=None):
+def mla_decode_triton(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale, *, block_n=32, num_warps=4,
+                      num_stages=3, n_splits=None):
     """Same contract as kernels.mla_reference.mla_decode_reference."""
     _check(q_latent, q_pe, kv_cache)
     n = q_latent.shape[0]
@@ -191,10 +207,12 @@ def mla_decode_shared_triton(q_latent, q_pe, kv_cache, prefix_pages, prefix_len,
             raise ValueError(f"every seq_len must cover the shared prefix of {prefix_len}: {seq_lens.tolist()}")
     device = q_latent.device
     shared = _Launch(q_latent, q_pe, kv_cache, scale, block_m)
-    prefix_splits = prefix_splits or _splits(triton.cdiv(n * h, block_m), prefix_len, device)
+    # fewer waves than decode: the merge reads and writes every split's partial output for all N*H rows
+    prefix_splits = prefix_splits or _splits(triton.cdiv(n * h, block_m), prefix_len, device, waves=3, per_sm=1)
     private = _Launch(q_latent, q_pe, kv_cache, scale, _block(h))
     capacity = block_tables.shape[1] * page_size - prefix_len
-    suffix_splits = suffix_splits or _splits(n * triton.cdiv(h, private.block_m), capacity, device)
+    suffix_splits = suffix_splits or _splits(n * triton.cdiv(h, private.block_m), capacity, device, waves=4,
+                                             per_sm=2)
     slots = prefix_splits + suffix_splits
     part_o, part_lse = shared.partials(slots)
     out = _empty(*q_latent.shape, device=q_latent.device, dtype=q_latent.dtype)
@@ -219,7 +237,8 @@ def mla_prefill_triton(q_latent, q_pe, kv_cache, block_table, start_pos, scale, 
         raise ValueError(f"block_table of {block_table.numel()} pages cannot hold {start_pos + t} tokens")
     device = q_latent.device
     launch = _Launch(q_latent, q_pe, kv_cache, scale, block_m)
-    n_splits = n_splits or _splits(triton.cdiv(t * h, block_m), start_pos + t, device, min_tokens=1024)
+    n_splits = n_splits or _splits(triton.cdiv(t * h, block_m), start_pos + t, device, waves=2, per_sm=1,
+                                   min_tokens=1024)
     table = block_table.reshape(1, -1).to(torch.int32)
     lens = torch.full((1,), start_pos + t, device=device, dtype=torch.int32)
     out = _empty(*q_latent.shape, device=q_latent.device, dtype=q_latent.dtype)

@@ -136,6 +136,19 @@ def test_mla_decode_matches_reference(n_splits):
     assert rel_err(out, ref) <= FP32_TOL
 
 
+def test_mla_decode_ignores_unwritten_page_rows():
+    """A page's rows past a sequence's end hold whatever was there (NaN here); no output may see them."""
+    n, h, r, p = 3, 4, 32, 16
+    kv, _, tables, lens = paged_cache(n, 0, [7, 40, 23], r, p, page_size=8)
+    for i, length in enumerate(lens.tolist()):
+        for pos in range(length, -(-length // 8) * 8):
+            kv[tables[i, pos // 8], pos % 8] = float("nan")
+    ql, qp = torch.randn(n, h, r), torch.randn(n, h, p)
+    out = mla_triton.mla_decode_triton(ql, qp, kv, tables, lens, 0.2, n_splits=2)
+    ref = mla_reference.mla_decode_reference(*float64(ql, qp, kv), tables, lens, 0.2)
+    assert rel_err(out, ref) <= FP32_TOL
+
+
 @pytest.mark.parametrize("splits", [(None, None), (2, 3)])
 def test_mla_decode_shared_equals_plain_decode(splits):
     """A 19-token prefix over 8-token pages (a shared partial page), suffixes of 0..26 tokens."""
