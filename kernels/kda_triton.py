@@ -1,8 +1,10 @@
 """Triton kernels for Kimi Delta Attention: chunked prefill and the pooled one-token decode step.
 
-Chunked prefill is three launches:
-  1. `_kda_blockrow_kernel`, one program per (64-token chunk, head, 16-token block row), all in parallel:
-     l2norm, the gate's cumsum G, the decay-weighted products A_qk and beta A_kk of block row i against
+Chunked prefill is four launches:
+  0. `_kda_block_ends_kernel`, one program per (64-token chunk, head, 16-token block): the block's keys as a
+     column block for later rows, k e^(G_end - G), and the gate summed over the block.
+  1. `_kda_blockrow_kernel`, one program per (chunk, head, block row), all in parallel: l2norm, the gate's
+     cumsum G over its own 16 rows, the decay-weighted products A_qk and beta A_kk of block row i against
      blocks j <= i, and the decayed rows q e^G, beta k e^G and k e^(G_last - G) for the later launches.
   2. `_kda_solve_kernel`, one program per (chunk, head): the UT transform T = (I + beta A_kk)^-1 by 16x16
      blocks, then w = T (beta k e^G) and u = T (beta v).
@@ -11,9 +13,9 @@ Chunked prefill is three launches:
      S <- e^(G_last) S + (k e^(G_last - G))^T v'. The output is written here, so the per-chunk states
      never leave the chip.
 The decay products need exp(G_r - G_c) per key channel without overflow. Against earlier blocks they
-factor through the start of block i, both factors <= 1. Inside a block they factor through the block
-start, exact while the block decays by at most MAX_BLOCK_DECAY; faster-decaying blocks (rare) take an
-exact row-by-row form. Same maths and layouts as kernels/kda_reference.py.
+factor through the block boundaries between r and c, every factor <= 1. Inside a block they factor through
+the block start, exact while the block decays by at most MAX_BLOCK_DECAY; faster-decaying blocks (rare) take
+an exact row-by-row form. Same maths and layouts as kernels/kda_reference.py.
 """
 
 from __future__ import annotations
@@ -66,35 +68,51 @@ def _diag_products(b_q, b_k, b_G, gref, BC: tl.constexpr, MAX_DECAY: tl.constexp
 
 
 @triton.jit
-def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, aqk, akk, kb, qd, kd, glast, scale,
+def _kda_block_ends_kernel(k, g, chunk_starts, chunk_ends, kend, bsum, H: tl.constexpr, K: tl.constexpr,
+                           BK: tl.constexpr, BC: tl.constexpr, L2NORM: tl.constexpr):
+    """Block j (16 tokens) of one chunk as a column block for later rows: k e^(G_end - G), G_end being G at the
+    block's last token (each factor <= 1), and the gate summed over the block."""
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_b = tl.program_id(2)
+    n_blocks = tl.num_programs(2)
+    start = tl.load(chunk_starts + i_c).to(tl.int64)
+    end = tl.load(chunk_ends + i_c).to(tl.int64)
+    cc = tl.arange(0, BC)
+    ck = tl.arange(0, BK)
+    tok = start + i_b * BC + cc
+    mask = (tok < end)[:, None] & (ck[None, :] < K)
+    offs = (tok[:, None] * H + i_h) * K + ck[None, :]
+    b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
+    b_g = tl.load(g + offs, mask=mask, other=0.0).to(tl.float32)
+    if L2NORM:
+        b_k = b_k / tl.sqrt(tl.sum(b_k * b_k, axis=1) + 1e-6)[:, None]
+    after = tl.cumsum(b_g, axis=0, reverse=True) - b_g
+    tl.store(kend + offs, (b_k * tl.exp(after)).to(kend.dtype.element_ty), mask=mask)
+    tl.store(bsum + ((i_c * H + i_h) * n_blocks + i_b) * BK + ck, tl.sum(b_g, axis=0))
+
+
+@triton.jit
+def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, kend, bsum, aqk, akk, kb, qd, kd, glast, scale,
                          H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
                          L2NORM: tl.constexpr, DOT_PREC: tl.constexpr, MAX_DECAY: tl.constexpr):
     """Block row i (16 tokens) of one chunk: A_qk[i, :], beta A_kk[i, :], and the decayed q / k rows.
 
-    Against earlier blocks, exp(G_r - G_c) = exp(G_r - gref) exp(gref - G_c) with gref = G just before
-    block i: both factors <= 1, so one matrix product covers all earlier blocks.
+    Tile (i, j < i) factors exp(G_r - G_c) = e^(G_r - gref) e^(skip) e^(G_end(j) - G_c): gref is G just before
+    block i, skip the gate summed over the blocks between j and i, and the last factor is already in kend.
+    Every factor is <= 1, so nothing overflows however fast the gate decays.
     """
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
     i_b = tl.program_id(2)
     start = tl.load(chunk_starts + i_c).to(tl.int64)
     end = tl.load(chunk_ends + i_c).to(tl.int64)
-    rows = tl.arange(0, C)
     cc = tl.arange(0, BC)
     ck = tl.arange(0, BK)
-    tok = start + rows
-    mask = (tok < end)[:, None] & (ck[None, :] < K)
-    offs = (tok[:, None] * H + i_h) * K + ck[None, :]
-    b_g = tl.load(g + offs, mask=mask, other=0.0).to(tl.float32)
-    G_last = tl.sum(b_g, axis=0)
-    gref = tl.sum(tl.where(rows[:, None] < i_b * BC, b_g, 0.0), axis=0)
-    tail = tl.sum(tl.where(rows[:, None] >= (i_b + 1) * BC, b_g, 0.0), axis=0)
-    earlier = rows[:, None] < i_b * BC
-    b_G = tl.cumsum(tl.where(earlier, b_g, 0.0), axis=0)
-    b_k = tl.load(k + offs, mask=mask & earlier, other=0.0).to(tl.float32)
-    if L2NORM:
-        b_k = b_k / tl.sqrt(tl.sum(b_k * b_k, axis=1) + 1e-6)[:, None]
-    k_cols = tl.trans(b_k * tl.exp(tl.where(earlier, gref[None, :] - b_G, float("-inf"))))
+    blocks = tl.arange(0, C // BC)
+    sums = tl.load(bsum + ((i_c * H + i_h) * (C // BC) + blocks[:, None]) * BK + ck[None, :])
+    gref = tl.sum(tl.where(blocks[:, None] < i_b, sums, 0.0), axis=0)
+    tail = tl.sum(tl.where(blocks[:, None] > i_b, sums, 0.0), axis=0)
 
     tok_i = start + i_b * BC + cc
     ok_i = tok_i < end
@@ -103,7 +121,8 @@ def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, aqk, akk, kb, 
     q_i = tl.load(q + offs_i, mask=mask_i, other=0.0).to(tl.float32)
     k_i = tl.load(k + offs_i, mask=mask_i, other=0.0).to(tl.float32)
     g_i = tl.load(g + offs_i, mask=mask_i, other=0.0).to(tl.float32)
-    G_i = gref[None, :] + tl.cumsum(g_i, axis=0)
+    within = tl.cumsum(g_i, axis=0)
+    G_i = gref[None, :] + within
     # G_last - G_i as a sum over the later tokens only: a difference of two long prefix sums would cancel
     # (the last token's exponent must be exactly 0, not the rounding error of the whole chunk's sum)
     after_i = tail[None, :] + (tl.cumsum(g_i, axis=0, reverse=True) - g_i)
@@ -112,16 +131,22 @@ def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, aqk, akk, kb, 
         q_i = q_i / tl.sqrt(tl.sum(q_i * q_i, axis=1) + 1e-6)[:, None]
         k_i = k_i / tl.sqrt(tl.sum(k_i * k_i, axis=1) + 1e-6)[:, None]
     q_i = q_i * scale
-    up = tl.exp(G_i - gref[None, :])
-    a_qk = tl.dot(q_i * up, k_cols, input_precision=DOT_PREC)
-    a_kk = tl.dot(k_i * up, k_cols, input_precision=DOT_PREC) * beta_i[:, None]
-    d_qk, d_kk = _diag_products(q_i, k_i, G_i, gref, BC, MAX_DECAY, DOT_PREC)
-
+    up = tl.exp(within)
+    q_up = q_i * up
+    k_up = k_i * up * beta_i[:, None]
     ty = qd.dtype.element_ty
     row_a = (tok_i[:, None] * H + i_h) * C
-    before = ok_i[:, None] & (rows[None, :] < i_b * BC)
-    tl.store(aqk + row_a + rows[None, :], a_qk.to(ty), mask=before)
-    tl.store(akk + row_a + rows[None, :], a_kk, mask=before)
+    for j in range(0, i_b):
+        tok_j = start + j * BC + cc
+        cols = tl.load(kend + (tok_j[:, None] * H + i_h) * K + ck[None, :],
+                       mask=(tok_j < end)[:, None] & (ck[None, :] < K), other=0.0).to(tl.float32)
+        skip = tl.sum(tl.where((blocks[:, None] > j) & (blocks[:, None] < i_b), sums, 0.0), axis=0)
+        across = tl.exp(skip)[None, :]
+        a_qk = tl.dot(q_up * across, tl.trans(cols), input_precision=DOT_PREC)
+        a_kk = tl.dot(k_up * across, tl.trans(cols), input_precision=DOT_PREC)
+        tl.store(aqk + row_a + j * BC + cc[None, :], a_qk.to(ty), mask=ok_i[:, None])
+        tl.store(akk + row_a + j * BC + cc[None, :], a_kk, mask=ok_i[:, None])
+    d_qk, d_kk = _diag_products(q_i, k_i, G_i, gref, BC, MAX_DECAY, DOT_PREC)
     tl.store(aqk + row_a + i_b * BC + cc[None, :], d_qk.to(ty), mask=ok_i[:, None])
     tl.store(akk + row_a + i_b * BC + cc[None, :], d_kk * beta_i[:, None], mask=ok_i[:, None])
     decay = tl.exp(G_i)
@@ -129,7 +154,7 @@ def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, aqk, akk, kb, 
     tl.store(qd + offs_i, (q_i * decay).to(ty), mask=mask_i)
     tl.store(kd + offs_i, (k_i * tl.exp(after_i)).to(ty), mask=mask_i)
     if i_b == 0:
-        tl.store(glast + (i_c * H + i_h) * BK + ck, tl.exp(G_last))
+        tl.store(glast + (i_c * H + i_h) * BK + ck, tl.exp(tl.sum(sums, axis=0)))
 
 
 @triton.jit
@@ -370,8 +395,12 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
     glast = _empty(n_chunks, h, bk, device=q.device, dtype=torch.float32)
     prec = _dot_precision(ty)
     if n_chunks:
+        kend = _empty(b * t, h, kd, device=q.device, dtype=ty)
+        bsum = _empty(n_chunks, h, CHUNK // SUB, bk, device=q.device, dtype=torch.float32)
+        _kda_block_ends_kernel[(n_chunks, h, CHUNK // SUB)](
+            k, g, starts, ends, kend, bsum, H=h, K=kd, BK=bk, BC=SUB, L2NORM=use_qk_l2norm, num_warps=intra_warps)
         _kda_blockrow_kernel[(n_chunks, h, CHUNK // SUB)](
-            q, k, g, beta, starts, ends, aqk, akk, kb, qd, kdec, glast, scale,
+            q, k, g, beta, starts, ends, kend, bsum, aqk, akk, kb, qd, kdec, glast, scale,
             H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, L2NORM=use_qk_l2norm, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY,
             num_warps=intra_warps)
         _kda_solve_kernel[(n_chunks, h)](
