@@ -68,16 +68,21 @@ def _diag_products(b_q, b_k, b_G, gref, BC: tl.constexpr, MAX_DECAY: tl.constexp
 
 
 @triton.jit
+def _block_program(chunk_starts, chunk_ends):
+    """This program's chunk, head and 16-token block (grid axes 0, 1, 2) and the chunk's token range."""
+    i_c = tl.program_id(0)
+    start = tl.load(chunk_starts + i_c).to(tl.int64)
+    end = tl.load(chunk_ends + i_c).to(tl.int64)
+    return i_c, tl.program_id(1), tl.program_id(2), start, end
+
+
+@triton.jit
 def _kda_block_ends_kernel(k, g, chunk_starts, chunk_ends, kend, bsum, H: tl.constexpr, K: tl.constexpr,
                            BK: tl.constexpr, BC: tl.constexpr, L2NORM: tl.constexpr):
     """Block j (16 tokens) of one chunk as a column block for later rows: k e^(G_end - G), G_end being G at the
     block's last token (each factor <= 1), and the gate summed over the block."""
-    i_c = tl.program_id(0)
-    i_h = tl.program_id(1)
-    i_b = tl.program_id(2)
+    i_c, i_h, i_b, start, end = _block_program(chunk_starts, chunk_ends)
     n_blocks = tl.num_programs(2)
-    start = tl.load(chunk_starts + i_c).to(tl.int64)
-    end = tl.load(chunk_ends + i_c).to(tl.int64)
     cc = tl.arange(0, BC)
     ck = tl.arange(0, BK)
     tok = start + i_b * BC + cc
@@ -102,11 +107,7 @@ def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, kend, bsum, aq
     block i, skip the gate summed over the blocks between j and i, and the last factor is already in kend.
     Every factor is <= 1, so nothing overflows however fast the gate decays.
     """
-    i_c = tl.program_id(0)
-    i_h = tl.program_id(1)
-    i_b = tl.program_id(2)
-    start = tl.load(chunk_starts + i_c).to(tl.int64)
-    end = tl.load(chunk_ends + i_c).to(tl.int64)
+    i_c, i_h, i_b, start, end = _block_program(chunk_starts, chunk_ends)
     cc = tl.arange(0, BC)
     ck = tl.arange(0, BK)
     blocks = tl.arange(0, C // BC)
