@@ -52,9 +52,8 @@ HIDDEN, NORM_ROWS, NORM_EPS = 2304, (1, 100), 1e-5
 CHUNK_CONFIGS = (
     dict(block_v=32),
     dict(block_v=16),
-    dict(block_v=32, intra_warps=8, solve_warps=8),
-    dict(block_v=16, intra_warps=8, solve_warps=8),
-    dict(block_v=32, intra_warps=8, solve_warps=8, inter_stages=3),
+    dict(block_v=32, intra_warps=4, solve_warps=4),
+    dict(block_v=32, inter_stages=2),
 )
 
 
