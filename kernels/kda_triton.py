@@ -1,11 +1,12 @@
 """Triton kernels for Kimi Delta Attention: chunked prefill and the pooled one-token decode step.
 
 Chunked prefill is four launches:
-  0. `_kda_block_ends_kernel`, one program per (64-token chunk, head, 16-token block): the block's keys as a
-     column block for later rows, k e^(G_end - G), and the gate summed over the block.
-  1. `_kda_blockrow_kernel`, one program per (chunk, head, block row), all in parallel: l2norm, the gate's
-     cumsum G over its own 16 rows, the decay-weighted products A_qk and beta A_kk of block row i against
-     blocks j <= i, and the decayed rows q e^G, beta k e^G and k e^(G_last - G) for the later launches.
+  0. `_kda_block_local_kernel`, one program per (64-token chunk, head, 16-token block): l2norm, the gate's
+     cumsum inside the block, the diagonal tiles of A_qk and beta A_kk, the block's rows decayed from its
+     start (q, beta k) and to its end (k), and the gate summed over the block.
+  1. `_kda_blockrow_kernel`, one program per (chunk, head, block row), all in parallel: the tiles of A_qk and
+     beta A_kk against earlier blocks, and the rows decayed from the chunk's start (q e^G, beta k e^G) and to
+     its end (k e^(G_last - G)) for the later launches.
   2. `_kda_solve_kernel`, one program per (chunk, head): the UT transform T = (I + beta A_kk)^-1 by 16x16
      blocks, then w = T (beta k e^G) and u = T (beta v).
   3. `_kda_inter_kernel`, one program per (sequence, head, V block), walks its chunks in order and
@@ -77,35 +78,53 @@ def _block_program(chunk_starts, chunk_ends):
 
 
 @triton.jit
-def _kda_block_ends_kernel(k, g, chunk_starts, chunk_ends, kend, bsum, H: tl.constexpr, K: tl.constexpr,
-                           BK: tl.constexpr, BC: tl.constexpr, L2NORM: tl.constexpr):
-    """Block j (16 tokens) of one chunk as a column block for later rows: k e^(G_end - G), G_end being G at the
-    block's last token (each factor <= 1), and the gate summed over the block."""
+def _kda_block_local_kernel(q, k, g, beta, chunk_starts, chunk_ends, qup, kbup, kend, bsum, aqk, akk, scale,
+                            H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
+                            L2NORM: tl.constexpr, DOT_PREC: tl.constexpr, MAX_DECAY: tl.constexpr):
+    """What one 16-token block gives alone: its diagonal tiles of A_qk and beta A_kk, its rows decayed from the
+    block's start, q e^(G - G_start) and beta k e^(G - G_start) (as a row block), and to the block's end,
+    k e^(G_end - G) (as a column block for later rows), each factor <= 1; and the gate summed over the block."""
     i_c, i_h, i_b, start, end = _block_program(chunk_starts, chunk_ends)
-    n_blocks = tl.num_programs(2)
     cc = tl.arange(0, BC)
     ck = tl.arange(0, BK)
     tok = start + i_b * BC + cc
-    mask = (tok < end)[:, None] & (ck[None, :] < K)
+    ok = tok < end
+    mask = ok[:, None] & (ck[None, :] < K)
     offs = (tok[:, None] * H + i_h) * K + ck[None, :]
+    b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
     b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
-    b_g = tl.load(g + offs, mask=mask, other=0.0).to(tl.float32)
+    b_beta = tl.load(beta + tok * H + i_h, mask=ok, other=0.0).to(tl.float32)[:, None]
     if L2NORM:
+        b_q = b_q / tl.sqrt(tl.sum(b_q * b_q, axis=1) + 1e-6)[:, None]
         b_k = b_k / tl.sqrt(tl.sum(b_k * b_k, axis=1) + 1e-6)[:, None]
+    b_q = b_q * scale
+    b_g = tl.load(g + offs, mask=mask, other=0.0).to(tl.float32)
+    within = tl.cumsum(b_g, axis=0)
+    # G_end - G as a sum over the later tokens only: a difference of two prefix sums would cancel (the last
+    # token's exponent must be exactly 0, not the rounding error of the block's sum)
     after = tl.cumsum(b_g, axis=0, reverse=True) - b_g
-    tl.store(kend + offs, (b_k * tl.exp(after)).to(kend.dtype.element_ty), mask=mask)
-    tl.store(bsum + ((i_c * H + i_h) * n_blocks + i_b) * BK + ck, tl.sum(b_g, axis=0))
+    ty = qup.dtype.element_ty
+    tl.store(kend + offs, (b_k * tl.exp(after)).to(ty), mask=mask)
+    tl.store(bsum + ((i_c * H + i_h) * (C // BC) + i_b) * BK + ck, tl.sum(b_g, axis=0))
+    row_a = (tok[:, None] * H + i_h) * C + i_b * BC + cc[None, :]
+    d_qk, d_kk = _diag_products(b_q, b_k, within, tl.zeros([BK], dtype=tl.float32), BC, MAX_DECAY, DOT_PREC)
+    tl.store(aqk + row_a, d_qk.to(ty), mask=ok[:, None])
+    tl.store(akk + row_a, d_kk * b_beta, mask=ok[:, None])
+    up = tl.exp(within)
+    tl.store(qup + offs, (b_q * up).to(ty), mask=mask)
+    tl.store(kbup + offs, (b_k * up * b_beta).to(ty), mask=mask)
 
 
 @triton.jit
-def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, kend, bsum, aqk, akk, kb, qd, kd, glast, scale,
+def _kda_blockrow_kernel(qup, kbup, kend, bsum, chunk_starts, chunk_ends, aqk, akk, kb, qd, kd, glast,
                          H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
-                         L2NORM: tl.constexpr, DOT_PREC: tl.constexpr, MAX_DECAY: tl.constexpr):
-    """Block row i (16 tokens) of one chunk: A_qk[i, :], beta A_kk[i, :], and the decayed q / k rows.
+                         DOT_PREC: tl.constexpr):
+    """Block row i (16 tokens) of one chunk: A_qk[i, j] and beta A_kk[i, j] for j < i, and the rows decayed from
+    the chunk's start (q e^G, beta k e^G) and to its end (k e^(G_last - G)).
 
     Tile (i, j < i) factors exp(G_r - G_c) = e^(G_r - gref) e^(skip) e^(G_end(j) - G_c): gref is G just before
-    block i, skip the gate summed over the blocks between j and i, and the last factor is already in kend.
-    Every factor is <= 1, so nothing overflows however fast the gate decays.
+    block i, skip the gate summed over the blocks between j and i; the first factor is in qup / kbup and the last
+    in kend. Every factor is <= 1, so nothing overflows however fast the gate decays.
     """
     i_c, i_h, i_b, start, end = _block_program(chunk_starts, chunk_ends)
     cc = tl.arange(0, BC)
@@ -114,37 +133,19 @@ def _kda_blockrow_kernel(q, k, g, beta, chunk_starts, chunk_ends, kend, bsum, aq
     sums = tl.load(bsum + ((i_c * H + i_h) * (C // BC) + blocks[:, None]) * BK + ck[None, :])
     gref = tl.sum(tl.where(blocks[:, None] < i_b, sums, 0.0), axis=0)
     tail = tl.sum(tl.where(blocks[:, None] > i_b, sums, 0.0), axis=0)
-
     tok_i = start + i_b * BC + cc
     ok_i = tok_i < end
     mask_i = ok_i[:, None] & (ck[None, :] < K)
     offs_i = (tok_i[:, None] * H + i_h) * K + ck[None, :]
-    q_i = tl.load(q + offs_i, mask=mask_i, other=0.0).to(tl.float32)
-    k_i = tl.load(k + offs_i, mask=mask_i, other=0.0).to(tl.float32)
-    beta_i = tl.load(beta + tok_i * H + i_h, mask=ok_i, other=0.0).to(tl.float32)[:, None]
-    if L2NORM:
-        q_i = q_i / tl.sqrt(tl.sum(q_i * q_i, axis=1) + 1e-6)[:, None]
-        k_i = k_i / tl.sqrt(tl.sum(k_i * k_i, axis=1) + 1e-6)[:, None]
-    q_i = q_i * scale
-    g_i = tl.load(g + offs_i, mask=mask_i, other=0.0).to(tl.float32)
-    within = tl.cumsum(g_i, axis=0)
-    G_i = gref[None, :] + within
+    q_up = tl.load(qup + offs_i, mask=mask_i, other=0.0).to(tl.float32)
+    k_up = tl.load(kbup + offs_i, mask=mask_i, other=0.0).to(tl.float32)
     ty = qd.dtype.element_ty
-    # the row outputs first, so that fewer [16, K] tiles are live at once (this kernel is short of registers)
-    decay = tl.exp(G_i)
-    tl.store(qd + offs_i, (q_i * decay).to(ty), mask=mask_i)
-    tl.store(kb + offs_i, (k_i * decay * beta_i).to(ty), mask=mask_i)
-    # G_last - G_i as a sum over the later tokens only: a difference of two long prefix sums would cancel
-    # (the last token's exponent must be exactly 0, not the rounding error of the whole chunk's sum)
-    after_i = tail[None, :] + (tl.cumsum(g_i, axis=0, reverse=True) - g_i)
-    tl.store(kd + offs_i, (k_i * tl.exp(after_i)).to(ty), mask=mask_i)
+    before = tl.exp(gref)[None, :]
+    tl.store(qd + offs_i, (q_up * before).to(ty), mask=mask_i)
+    tl.store(kb + offs_i, (k_up * before).to(ty), mask=mask_i)
+    k_end = tl.load(kend + offs_i, mask=mask_i, other=0.0).to(tl.float32)
+    tl.store(kd + offs_i, (k_end * tl.exp(tail)[None, :]).to(ty), mask=mask_i)
     row_a = (tok_i[:, None] * H + i_h) * C
-    d_qk, d_kk = _diag_products(q_i, k_i, G_i, gref, BC, MAX_DECAY, DOT_PREC)
-    tl.store(aqk + row_a + i_b * BC + cc[None, :], d_qk.to(ty), mask=ok_i[:, None])
-    tl.store(akk + row_a + i_b * BC + cc[None, :], d_kk * beta_i, mask=ok_i[:, None])
-    up = tl.exp(within)
-    q_up = q_i * up
-    k_up = k_i * up * beta_i
     for j in range(0, i_b):
         tok_j = start + j * BC + cc
         cols = tl.load(kend + (tok_j[:, None] * H + i_h) * K + ck[None, :],
@@ -406,14 +407,15 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
     glast = _empty(n_chunks, h, bk, device=q.device, dtype=torch.float32)
     prec = _dot_precision(ty)
     if n_chunks:
-        kend = _empty(b * t, h, kd, device=q.device, dtype=ty)
+        qup, kbup, kend = (_empty(b * t, h, kd, device=q.device, dtype=ty) for _ in range(3))
         bsum = _empty(n_chunks, h, CHUNK // SUB, bk, device=q.device, dtype=torch.float32)
-        _kda_block_ends_kernel[(n_chunks, h, CHUNK // SUB)](
-            k, g, starts, ends, kend, bsum, H=h, K=kd, BK=bk, BC=SUB, L2NORM=use_qk_l2norm, num_warps=intra_warps)
-        _kda_blockrow_kernel[(n_chunks, h, CHUNK // SUB)](
-            q, k, g, beta, starts, ends, kend, bsum, aqk, akk, kb, qd, kdec, glast, scale,
+        _kda_block_local_kernel[(n_chunks, h, CHUNK // SUB)](
+            q, k, g, beta, starts, ends, qup, kbup, kend, bsum, aqk, akk, scale,
             H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, L2NORM=use_qk_l2norm, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY,
             num_warps=intra_warps)
+        _kda_blockrow_kernel[(n_chunks, h, CHUNK // SUB)](
+            qup, kbup, kend, bsum, starts, ends, aqk, akk, kb, qd, kdec, glast,
+            H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, DOT_PREC=prec, num_warps=intra_warps)
         _kda_solve_kernel[(n_chunks, h)](
             akk, kb, v, beta, starts, ends, w, u,
             H=h, K=kd, V=vd, BK=bk, BV=bv, C=CHUNK, BC=SUB, DOT_PREC=prec, num_warps=solve_warps)
