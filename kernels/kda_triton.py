@@ -4,11 +4,12 @@ Chunked prefill is four launches:
   0. `_kda_block_local_kernel`, one program per (64-token chunk, head, 16-token block): l2norm, the gate's
      cumsum inside the block, the diagonal tiles of A_qk and beta A_kk, the block's rows decayed from its
      start (q, beta k) and to its end (k), and the gate summed over the block.
-  1. `_kda_blockrow_kernel`, one program per (chunk, head, block row), all in parallel: the tiles of A_qk and
-     beta A_kk against earlier blocks, and the rows decayed from the chunk's start (q e^G, beta k e^G) and to
-     its end (k e^(G_last - G)) for the later launches.
-  2. `_kda_solve_kernel`, one program per (chunk, head): the UT transform T = (I + beta A_kk)^-1 by 16x16
-     blocks, then w = T (beta k e^G) and u = T (beta v).
+  1. `_kda_blockrow_kernel`, one program per (chunk, head, block row), all in parallel: the tiles of A_qk
+     against earlier blocks, and the rows decayed from the chunk's start (q e^G) and to its end
+     (k e^(G_last - G)) for the inter-chunk pass.
+  2. `_kda_solve_kernel`, one program per (chunk, head): the tiles of beta A_kk against earlier blocks (formed
+     here, so they never leave the chip), the UT transform T = (I + beta A_kk)^-1 by 16x16 blocks, then
+     w = T (beta k e^G) and u = T (beta v).
   3. `_kda_inter_kernel`, one program per (sequence, head, V block), walks its chunks in order and
      carries the fp32 state S [K, BV]:  v' = u - w S;  o = (q e^G) S + A_qk v';
      S <- e^(G_last) S + (k e^(G_last - G))^T v'. The output is written here, so the per-chunk states
@@ -78,7 +79,7 @@ def _block_program(chunk_starts, chunk_ends):
 
 
 @triton.jit
-def _kda_block_local_kernel(q, k, g, beta, chunk_starts, chunk_ends, qup, kbup, kend, bsum, aqk, akk, scale,
+def _kda_block_local_kernel(q, k, g, beta, chunk_starts, chunk_ends, qup, kbup, kend, bsum, aqk, akk_diag, scale,
                             H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
                             L2NORM: tl.constexpr, DOT_PREC: tl.constexpr, MAX_DECAY: tl.constexpr):
     """What one 16-token block gives alone: its diagonal tiles of A_qk and beta A_kk, its rows decayed from the
@@ -106,56 +107,49 @@ def _kda_block_local_kernel(q, k, g, beta, chunk_starts, chunk_ends, qup, kbup, 
     ty = qup.dtype.element_ty
     tl.store(kend + offs, (b_k * tl.exp(after)).to(ty), mask=mask)
     tl.store(bsum + ((i_c * H + i_h) * (C // BC) + i_b) * BK + ck, tl.sum(b_g, axis=0))
-    row_a = (tok[:, None] * H + i_h) * C + i_b * BC + cc[None, :]
     d_qk, d_kk = _diag_products(b_q, b_k, within, tl.zeros([BK], dtype=tl.float32), BC, MAX_DECAY, DOT_PREC)
-    tl.store(aqk + row_a, d_qk.to(ty), mask=ok[:, None])
-    tl.store(akk + row_a, d_kk * b_beta, mask=ok[:, None])
+    tl.store(aqk + (tok[:, None] * H + i_h) * C + i_b * BC + cc[None, :], d_qk.to(ty), mask=ok[:, None])
+    tl.store(akk_diag + (tok[:, None] * H + i_h) * BC + cc[None, :], d_kk * b_beta, mask=ok[:, None])
     up = tl.exp(within)
     tl.store(qup + offs, (b_q * up).to(ty), mask=mask)
     tl.store(kbup + offs, (b_k * up * b_beta).to(ty), mask=mask)
 
 
 @triton.jit
-def _kda_blockrow_kernel(qup, kbup, kend, bsum, chunk_starts, chunk_ends, aqk, akk, kb, qd, kd, glast,
+def _gate_between(sums, blocks, lo, hi):
+    """The gate summed over blocks lo < j < hi of a chunk, [BK] (sums is [C / BC, BK])."""
+    return tl.sum(tl.where((blocks[:, None] > lo) & (blocks[:, None] < hi), sums, 0.0), axis=0)
+
+
+@triton.jit
+def _kda_blockrow_kernel(qup, kend, bsum, chunk_starts, chunk_ends, aqk, qd, kd, glast,
                          H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
                          DOT_PREC: tl.constexpr):
-    """Block row i (16 tokens) of one chunk: A_qk[i, j] and beta A_kk[i, j] for j < i, and the rows decayed from
-    the chunk's start (q e^G, beta k e^G) and to its end (k e^(G_last - G)).
+    """Block row i (16 tokens) of one chunk: A_qk[i, j] for j < i, and the rows decayed from the chunk's start
+    (q e^G) and to its end (k e^(G_last - G)).
 
     Tile (i, j < i) factors exp(G_r - G_c) = e^(G_r - gref) e^(skip) e^(G_end(j) - G_c): gref is G just before
-    block i, skip the gate summed over the blocks between j and i; the first factor is in qup / kbup and the last
-    in kend. Every factor is <= 1, so nothing overflows however fast the gate decays.
+    block i, skip the gate summed over the blocks between j and i; the first factor is in qup and the last in
+    kend. Every factor is <= 1, so nothing overflows however fast the gate decays.
     """
     i_c, i_h, i_b, start, end = _block_program(chunk_starts, chunk_ends)
     cc = tl.arange(0, BC)
     ck = tl.arange(0, BK)
     blocks = tl.arange(0, C // BC)
     sums = tl.load(bsum + ((i_c * H + i_h) * (C // BC) + blocks[:, None]) * BK + ck[None, :])
-    gref = tl.sum(tl.where(blocks[:, None] < i_b, sums, 0.0), axis=0)
-    tail = tl.sum(tl.where(blocks[:, None] > i_b, sums, 0.0), axis=0)
-    tok_i = start + i_b * BC + cc
-    ok_i = tok_i < end
-    mask_i = ok_i[:, None] & (ck[None, :] < K)
-    offs_i = (tok_i[:, None] * H + i_h) * K + ck[None, :]
-    q_up = tl.load(qup + offs_i, mask=mask_i, other=0.0).to(tl.float32)
-    k_up = tl.load(kbup + offs_i, mask=mask_i, other=0.0).to(tl.float32)
     ty = qd.dtype.element_ty
-    before = tl.exp(gref)[None, :]
-    tl.store(qd + offs_i, (q_up * before).to(ty), mask=mask_i)
-    tl.store(kb + offs_i, (k_up * before).to(ty), mask=mask_i)
-    k_end = tl.load(kend + offs_i, mask=mask_i, other=0.0).to(tl.float32)
-    tl.store(kd + offs_i, (k_end * tl.exp(tail)[None, :]).to(ty), mask=mask_i)
+    q_up = _rows(qup, start, end, i_h, i_b, K, BK, H, BC)
+    _store_rows(qd, q_up * tl.exp(_gate_between(sums, blocks, -1, i_b))[None, :], start, end, i_h, i_b, K, BK, H, BC)
+    k_end = _rows(kend, start, end, i_h, i_b, K, BK, H, BC)
+    _store_rows(kd, k_end * tl.exp(_gate_between(sums, blocks, i_b, C // BC))[None, :], start, end, i_h, i_b, K, BK,
+                H, BC)
+    tok_i = start + i_b * BC + cc
     row_a = (tok_i[:, None] * H + i_h) * C
     for j in range(0, i_b):
-        tok_j = start + j * BC + cc
-        cols = tl.load(kend + (tok_j[:, None] * H + i_h) * K + ck[None, :],
-                       mask=(tok_j < end)[:, None] & (ck[None, :] < K), other=0.0).to(tl.float32)
-        skip = tl.sum(tl.where((blocks[:, None] > j) & (blocks[:, None] < i_b), sums, 0.0), axis=0)
-        across = tl.exp(skip)[None, :]
+        cols = _rows(kend, start, end, i_h, j, K, BK, H, BC)
+        across = tl.exp(_gate_between(sums, blocks, j, i_b))[None, :]
         a_qk = tl.dot(q_up * across, tl.trans(cols), input_precision=DOT_PREC)
-        a_kk = tl.dot(k_up * across, tl.trans(cols), input_precision=DOT_PREC)
-        tl.store(aqk + row_a + j * BC + cc[None, :], a_qk.to(ty), mask=ok_i[:, None])
-        tl.store(akk + row_a + j * BC + cc[None, :], a_kk, mask=ok_i[:, None])
+        tl.store(aqk + row_a + j * BC + cc[None, :], a_qk.to(ty), mask=(tok_i < end)[:, None])
     if i_b == 0:
         tl.store(glast + (i_c * H + i_h) * BK + ck, tl.exp(tl.sum(sums, axis=0)))
 
@@ -218,24 +212,43 @@ def _store_block_lower_product(dst, t00, t10, t11, t20, t21, t22, t30, t31, t32,
 
 
 @triton.jit
-def _kda_solve_kernel(akk, kb, v, beta, chunk_starts, chunk_ends, w, u,
+def _akk_tile(kbup, kend, sums, blocks, start, end, i_h, r: tl.constexpr, c: tl.constexpr, K: tl.constexpr,
+              BK: tl.constexpr, H: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr):
+    """beta A_kk tile (r, c < r), factored through the block boundaries as in _kda_blockrow_kernel."""
+    across = tl.exp(_gate_between(sums, blocks, c, r))[None, :]
+    return tl.dot(_rows(kbup, start, end, i_h, r, K, BK, H, BC) * across,
+                  tl.trans(_rows(kend, start, end, i_h, c, K, BK, H, BC)), input_precision=DOT_PREC)
+
+
+@triton.jit
+def _kb_rows(kbup, sums, blocks, start, end, i_h, r: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
+             H: tl.constexpr, BC: tl.constexpr):
+    """beta k e^G for block r: its rows decayed from the block's start, times the decay of the blocks before."""
+    return _rows(kbup, start, end, i_h, r, K, BK, H, BC) * tl.exp(_gate_between(sums, blocks, -1, r))[None, :]
+
+
+@triton.jit
+def _kda_solve_kernel(akk_diag, kbup, kend, bsum, v, beta, chunk_starts, chunk_ends, w, u,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       C: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr):
-    """T = (I + beta A_kk)^-1 by 16x16 blocks, then w = T (beta k e^G) and u = T (beta v)."""
+    """T = (I + beta A_kk)^-1 by 16x16 blocks, then w = T (beta k e^G) and u = T (beta v). The off-diagonal
+    tiles of beta A_kk are formed here from the block-local rows, so they never leave the chip."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
     start = tl.load(chunk_starts + i_c).to(tl.int64)
     end = tl.load(chunk_ends + i_c).to(tl.int64)
-    t00 = _invert_unit_lower(_tile(akk, start, end, i_h, 0, 0, H, C, BC), BC, DOT_PREC)
-    t11 = _invert_unit_lower(_tile(akk, start, end, i_h, 1, 1, H, C, BC), BC, DOT_PREC)
-    t22 = _invert_unit_lower(_tile(akk, start, end, i_h, 2, 2, H, C, BC), BC, DOT_PREC)
-    t33 = _invert_unit_lower(_tile(akk, start, end, i_h, 3, 3, H, C, BC), BC, DOT_PREC)
-    l10 = _tile(akk, start, end, i_h, 1, 0, H, C, BC)
-    l20 = _tile(akk, start, end, i_h, 2, 0, H, C, BC)
-    l21 = _tile(akk, start, end, i_h, 2, 1, H, C, BC)
-    l30 = _tile(akk, start, end, i_h, 3, 0, H, C, BC)
-    l31 = _tile(akk, start, end, i_h, 3, 1, H, C, BC)
-    l32 = _tile(akk, start, end, i_h, 3, 2, H, C, BC)
+    blocks = tl.arange(0, C // BC)
+    sums = tl.load(bsum + ((i_c * H + i_h) * (C // BC) + blocks[:, None]) * BK + tl.arange(0, BK)[None, :])
+    t00 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 0, 0, H, BC, BC), BC, DOT_PREC)
+    t11 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 1, 0, H, BC, BC), BC, DOT_PREC)
+    t22 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 2, 0, H, BC, BC), BC, DOT_PREC)
+    t33 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 3, 0, H, BC, BC), BC, DOT_PREC)
+    l10 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 1, 0, K, BK, H, BC, DOT_PREC)
+    l20 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 2, 0, K, BK, H, BC, DOT_PREC)
+    l21 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 2, 1, K, BK, H, BC, DOT_PREC)
+    l30 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 3, 0, K, BK, H, BC, DOT_PREC)
+    l31 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 3, 1, K, BK, H, BC, DOT_PREC)
+    l32 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 3, 2, K, BK, H, BC, DOT_PREC)
     # T_ij = -T_ii sum_{j <= m < i} L_im T_mj
     t10 = -tl.dot(t11, tl.dot(l10, t00, input_precision=DOT_PREC), input_precision=DOT_PREC)
     t21 = -tl.dot(t22, tl.dot(l21, t11, input_precision=DOT_PREC), input_precision=DOT_PREC)
@@ -247,10 +260,10 @@ def _kda_solve_kernel(akk, kb, v, beta, chunk_starts, chunk_ends, w, u,
     t30 = -tl.dot(t33, tl.dot(l30, t00, input_precision=DOT_PREC) + tl.dot(l31, t10, input_precision=DOT_PREC)
                   + tl.dot(l32, t20, input_precision=DOT_PREC), input_precision=DOT_PREC)
 
-    kb0 = _rows(kb, start, end, i_h, 0, K, BK, H, BC)
-    kb1 = _rows(kb, start, end, i_h, 1, K, BK, H, BC)
-    kb2 = _rows(kb, start, end, i_h, 2, K, BK, H, BC)
-    kb3 = _rows(kb, start, end, i_h, 3, K, BK, H, BC)
+    kb0 = _kb_rows(kbup, sums, blocks, start, end, i_h, 0, K, BK, H, BC)
+    kb1 = _kb_rows(kbup, sums, blocks, start, end, i_h, 1, K, BK, H, BC)
+    kb2 = _kb_rows(kbup, sums, blocks, start, end, i_h, 2, K, BK, H, BC)
+    kb3 = _kb_rows(kbup, sums, blocks, start, end, i_h, 3, K, BK, H, BC)
     _store_block_lower_product(w, t00, t10, t11, t20, t21, t22, t30, t31, t32, t33, kb0, kb1, kb2, kb3,
                                start, end, i_h, K, BK, H, BC, DOT_PREC)
     vb0 = _rows(v, start, end, i_h, 0, V, BV, H, BC) * _rows(beta, start, end, i_h, 0, 1, 1, H, BC)
@@ -400,24 +413,24 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
     starts, ends, first = _chunk_table(cu, b * t)
     n_chunks = len(starts)
     ty = q.dtype
-    w, kb, qd, kdec = (_empty(b * t, h, kd, device=q.device, dtype=ty) for _ in range(4))
+    w, qd, kdec = (_empty(b * t, h, kd, device=q.device, dtype=ty) for _ in range(3))
     u = _empty(b * t, h, vd, device=q.device, dtype=ty)
     aqk = _empty(b * t, h, CHUNK, device=q.device, dtype=ty)
-    akk = _empty(b * t, h, CHUNK, device=q.device, dtype=torch.float32)
+    akk_diag = _empty(b * t, h, SUB, device=q.device, dtype=torch.float32)
     glast = _empty(n_chunks, h, bk, device=q.device, dtype=torch.float32)
     prec = _dot_precision(ty)
     if n_chunks:
         qup, kbup, kend = (_empty(b * t, h, kd, device=q.device, dtype=ty) for _ in range(3))
         bsum = _empty(n_chunks, h, CHUNK // SUB, bk, device=q.device, dtype=torch.float32)
         _kda_block_local_kernel[(n_chunks, h, CHUNK // SUB)](
-            q, k, g, beta, starts, ends, qup, kbup, kend, bsum, aqk, akk, scale,
+            q, k, g, beta, starts, ends, qup, kbup, kend, bsum, aqk, akk_diag, scale,
             H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, L2NORM=use_qk_l2norm, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY,
             num_warps=intra_warps)
         _kda_blockrow_kernel[(n_chunks, h, CHUNK // SUB)](
-            qup, kbup, kend, bsum, starts, ends, aqk, akk, kb, qd, kdec, glast,
+            qup, kend, bsum, starts, ends, aqk, qd, kdec, glast,
             H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, DOT_PREC=prec, num_warps=intra_warps)
         _kda_solve_kernel[(n_chunks, h)](
-            akk, kb, v, beta, starts, ends, w, u,
+            akk_diag, kbup, kend, bsum, v, beta, starts, ends, w, u,
             H=h, K=kd, V=vd, BK=bk, BV=bv, C=CHUNK, BC=SUB, DOT_PREC=prec, num_warps=solve_warps)
     o = _empty(b, t, h, vd, device=q.device, dtype=ty)
     final = _empty(n, h, kd, vd, device=q.device, dtype=torch.float32) if output_final_state else None
