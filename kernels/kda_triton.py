@@ -86,33 +86,36 @@ def _kda_block_local_kernel(q, k, g, beta, chunk_starts, chunk_ends, qup, kbup, 
     block's start, q e^(G - G_start) and beta k e^(G - G_start) (as a row block), and to the block's end,
     k e^(G_end - G) (as a column block for later rows), each factor <= 1; and the gate summed over the block."""
     i_c, i_h, i_b, start, end = _block_program(chunk_starts, chunk_ends)
-    cc = tl.arange(0, BC)
-    ck = tl.arange(0, BK)
-    tok = start + i_b * BC + cc
-    ok = tok < end
-    mask = ok[:, None] & (ck[None, :] < K)
-    offs = (tok[:, None] * H + i_h) * K + ck[None, :]
-    b_q = tl.load(q + offs, mask=mask, other=0.0).to(tl.float32)
-    b_k = tl.load(k + offs, mask=mask, other=0.0).to(tl.float32)
-    b_beta = tl.load(beta + tok * H + i_h, mask=ok, other=0.0).to(tl.float32)[:, None]
+    b_q = _rows(q, start, end, i_h, i_b, K, BK, H, BC)
+    b_k = _rows(k, start, end, i_h, i_b, K, BK, H, BC)
+    b_beta = _rows(beta, start, end, i_h, i_b, 1, 1, H, BC)
     if L2NORM:
         b_q = b_q / tl.sqrt(tl.sum(b_q * b_q, axis=1) + 1e-6)[:, None]
         b_k = b_k / tl.sqrt(tl.sum(b_k * b_k, axis=1) + 1e-6)[:, None]
     b_q = b_q * scale
-    b_g = tl.load(g + offs, mask=mask, other=0.0).to(tl.float32)
+    b_g = _rows(g, start, end, i_h, i_b, K, BK, H, BC)
     within = tl.cumsum(b_g, axis=0)
     # G_end - G as a sum over the later tokens only: a difference of two prefix sums would cancel (the last
     # token's exponent must be exactly 0, not the rounding error of the block's sum)
     after = tl.cumsum(b_g, axis=0, reverse=True) - b_g
-    ty = qup.dtype.element_ty
-    tl.store(kend + offs, (b_k * tl.exp(after)).to(ty), mask=mask)
-    tl.store(bsum + ((i_c * H + i_h) * (C // BC) + i_b) * BK + ck, tl.sum(b_g, axis=0))
+    _store_rows(kend, b_k * tl.exp(after), start, end, i_h, i_b, K, BK, H, BC)
+    tl.store(bsum + ((i_c * H + i_h) * (C // BC) + i_b) * BK + tl.arange(0, BK), tl.sum(b_g, axis=0))
     d_qk, d_kk = _diag_products(b_q, b_k, within, tl.zeros([BK], dtype=tl.float32), BC, MAX_DECAY, DOT_PREC)
-    tl.store(aqk + (tok[:, None] * H + i_h) * C + i_b * BC + cc[None, :], d_qk.to(ty), mask=ok[:, None])
-    tl.store(akk_diag + (tok[:, None] * H + i_h) * BC + cc[None, :], d_kk * b_beta, mask=ok[:, None])
+    cc = tl.arange(0, BC)
+    tok = start + i_b * BC + cc
+    ok = (tok < end)[:, None]
+    tl.store(aqk + (tok[:, None] * H + i_h) * C + i_b * BC + cc[None, :], d_qk.to(aqk.dtype.element_ty), mask=ok)
+    tl.store(akk_diag + (tok[:, None] * H + i_h) * BC + cc[None, :], d_kk * b_beta, mask=ok)
     up = tl.exp(within)
-    tl.store(qup + offs, (b_q * up).to(ty), mask=mask)
-    tl.store(kbup + offs, (b_k * up * b_beta).to(ty), mask=mask)
+    _store_rows(qup, b_q * up, start, end, i_h, i_b, K, BK, H, BC)
+    _store_rows(kbup, b_k * up * b_beta, start, end, i_h, i_b, K, BK, H, BC)
+
+
+@triton.jit
+def _chunk_gate_sums(bsum, i_c, i_h, H: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr):
+    """The gate summed over each 16-token block of one chunk and head, [C / BC, BK], and the block indices."""
+    blocks = tl.arange(0, C // BC)
+    return tl.load(bsum + ((i_c * H + i_h) * (C // BC) + blocks[:, None]) * BK + tl.arange(0, BK)[None, :]), blocks
 
 
 @triton.jit
@@ -133,10 +136,8 @@ def _kda_blockrow_kernel(qup, kend, bsum, chunk_starts, chunk_ends, aqk, qd, kd,
     kend. Every factor is <= 1, so nothing overflows however fast the gate decays.
     """
     i_c, i_h, i_b, start, end = _block_program(chunk_starts, chunk_ends)
+    sums, blocks = _chunk_gate_sums(bsum, i_c, i_h, H, BK, C, BC)
     cc = tl.arange(0, BC)
-    ck = tl.arange(0, BK)
-    blocks = tl.arange(0, C // BC)
-    sums = tl.load(bsum + ((i_c * H + i_h) * (C // BC) + blocks[:, None]) * BK + ck[None, :])
     ty = qd.dtype.element_ty
     q_up = _rows(qup, start, end, i_h, i_b, K, BK, H, BC)
     _store_rows(qd, q_up * tl.exp(_gate_between(sums, blocks, -1, i_b))[None, :], start, end, i_h, i_b, K, BK, H, BC)
@@ -151,7 +152,7 @@ def _kda_blockrow_kernel(qup, kend, bsum, chunk_starts, chunk_ends, aqk, qd, kd,
         a_qk = tl.dot(q_up * across, tl.trans(cols), input_precision=DOT_PREC)
         tl.store(aqk + row_a + j * BC + cc[None, :], a_qk.to(ty), mask=(tok_i < end)[:, None])
     if i_b == 0:
-        tl.store(glast + (i_c * H + i_h) * BK + ck, tl.exp(tl.sum(sums, axis=0)))
+        tl.store(glast + (i_c * H + i_h) * BK + tl.arange(0, BK), tl.exp(tl.sum(sums, axis=0)))
 
 
 @triton.jit
@@ -176,7 +177,7 @@ def _tile(ptr, start, end, i_h, r: tl.constexpr, c: tl.constexpr, H: tl.constexp
 
 
 @triton.jit
-def _rows(ptr, start, end, i_h, r: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, H: tl.constexpr,
+def _rows(ptr, start, end, i_h, r, D: tl.constexpr, BD: tl.constexpr, H: tl.constexpr,
           BC: tl.constexpr):
     """Rows of block r of a per-token [*, H, D] tensor, as fp32 [BC, BD]."""
     cc = tl.arange(0, BC)
@@ -187,7 +188,7 @@ def _rows(ptr, start, end, i_h, r: tl.constexpr, D: tl.constexpr, BD: tl.constex
 
 
 @triton.jit
-def _store_rows(ptr, x, start, end, i_h, r: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, H: tl.constexpr,
+def _store_rows(ptr, x, start, end, i_h, r, D: tl.constexpr, BD: tl.constexpr, H: tl.constexpr,
                 BC: tl.constexpr):
     cc = tl.arange(0, BC)
     cd = tl.arange(0, BD)
@@ -237,8 +238,7 @@ def _kda_solve_kernel(akk_diag, kbup, kend, bsum, v, beta, chunk_starts, chunk_e
     i_h = tl.program_id(1)
     start = tl.load(chunk_starts + i_c).to(tl.int64)
     end = tl.load(chunk_ends + i_c).to(tl.int64)
-    blocks = tl.arange(0, C // BC)
-    sums = tl.load(bsum + ((i_c * H + i_h) * (C // BC) + blocks[:, None]) * BK + tl.arange(0, BK)[None, :])
+    sums, blocks = _chunk_gate_sums(bsum, i_c, i_h, H, BK, C, BC)
     t00 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 0, 0, H, BC, BC), BC, DOT_PREC)
     t11 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 1, 0, H, BC, BC), BC, DOT_PREC)
     t22 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 2, 0, H, BC, BC), BC, DOT_PREC)
