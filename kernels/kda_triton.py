@@ -22,6 +22,8 @@ an exact row-by-row form. Same maths and layouts as kernels/kda_reference.py.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -372,16 +374,18 @@ def _check_kda_inputs(q, k, v, g, beta):
         raise ValueError(f"v {tuple(v.shape)} and beta {tuple(beta.shape)} do not match q {tuple(q.shape)}")
 
 
-def _chunk_table(cu_seqlens: torch.Tensor, total_tokens: int):
-    """Per-chunk [start, end) token ranges, and each sequence's first chunk index."""
-    lens = cu_seqlens[1:] - cu_seqlens[:-1]
-    n_chunks = (lens + CHUNK - 1) // CHUNK
-    first = torch.cumsum(n_chunks, 0) - n_chunks
-    seq = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), n_chunks)
-    index = torch.arange(len(seq), device=lens.device) - first[seq]
-    starts = cu_seqlens[seq] + index * CHUNK
-    ends = torch.minimum(starts + CHUNK, cu_seqlens[seq + 1])
-    return starts.to(torch.int32), ends.to(torch.int32), first.to(torch.int32)
+@functools.lru_cache(maxsize=64)
+def _chunk_table(bounds: tuple[int, ...], device: torch.device):
+    """Sequence bounds, per-chunk [start, end) token ranges and each sequence's first chunk index, as int32 on
+    `device`. Built on the host from bounds the caller already holds there, so a call makes no device sync, and
+    kept per layout, so repeated shapes make no copies either."""
+    starts, ends, first = [], [], []
+    for lo, hi in zip(bounds, bounds[1:]):
+        first.append(len(starts))
+        starts.extend(range(lo, hi, CHUNK))
+        ends.extend(min(s + CHUNK, hi) for s in range(lo, hi, CHUNK))
+    return tuple(torch.tensor(x, dtype=torch.int32).to(device, non_blocking=True)
+                 for x in (list(bounds), starts, ends, first))
 
 
 def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
@@ -396,13 +400,14 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
     b, t, h, kd = q.shape
     vd = v.shape[-1]
     if cu_seqlens is None:
-        cu = torch.arange(0, (b + 1) * t, t, device=q.device, dtype=torch.int32)
+        bounds = tuple(range(0, (b + 1) * t, t)) if t else (0,) * (b + 1)
     else:
         if b != 1:
             raise ValueError(f"cu_seqlens needs batch size 1, got {b}")
-        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-        if int(cu[0]) != 0 or int(cu[-1]) != t or bool((cu[1:] < cu[:-1]).any()):
-            raise ValueError(f"cu_seqlens must rise from 0 to T={t}, got {cu.tolist()}")
+        bounds = tuple(int(x) for x in cu_seqlens.tolist())
+        if bounds[0] != 0 or bounds[-1] != t or any(hi < lo for lo, hi in zip(bounds, bounds[1:])):
+            raise ValueError(f"cu_seqlens must rise from 0 to T={t}, got {list(bounds)}")
+    cu, starts, ends, first = _chunk_table(bounds, q.device)
     n = len(cu) - 1
     if initial_state is not None and initial_state.shape != (n, h, kd, vd):
         raise ValueError(f"initial_state must be {(n, h, kd, vd)}, got {tuple(initial_state.shape)}")
@@ -410,7 +415,6 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
     scale = kd ** -0.5 if scale is None else scale
     bk, bv = _block(kd), _block(vd)
     block_v = block_v or min(bv, 32)
-    starts, ends, first = _chunk_table(cu, b * t)
     n_chunks = len(starts)
     ty = q.dtype
     w, qd, kdec = (_empty(b * t, h, kd, device=q.device, dtype=ty) for _ in range(3))
