@@ -121,6 +121,8 @@ def _chunked_rows(q, k, v, g, beta, state, chunk_size):
     """
     rows, t, kd = k.shape
     vd = v.shape[-1]
+    if t == 0:  # an empty sequence of a varlen batch: no output, its state passes through
+        return v, state
     c = _chunk_length(t, chunk_size)
     pad = (-t) % c
     if pad:  # zero keys, values and beta and zero log-decay leave the state untouched

@@ -62,11 +62,12 @@ def test_chunk_kda_final_state_keeps_fp32_precision_under_fast_decay():
 
 
 def test_chunk_kda_varlen_and_single_tokens():
-    """cu_seqlens with a T=1 sequence, an exact 64-token chunk and a ragged tail; custom scale, no l2norm."""
+    """cu_seqlens with a T=1 sequence, an exact 64-token chunk, an empty sequence (its state passes through) and a
+    ragged tail; custom scale, no l2norm."""
     q, k, v, g, beta = kda_inputs(1, 150, 1, 32, 16)
     q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    cu = torch.tensor([0, 1, 65, 66, 150])
-    h0 = torch.randn(4, 1, 32, 16)
+    cu = torch.tensor([0, 1, 65, 65, 66, 150])
+    h0 = torch.randn(5, 1, 32, 16)
     o, final = kda_triton.chunk_kda_triton(q, k, v, g, beta, scale=0.3, initial_state=h0, output_final_state=True,
                                            cu_seqlens=cu)
     ref_o, ref_final = kda_reference.chunk_kda_reference(*float64(q, k, v, g, beta), scale=0.3,
@@ -74,6 +75,7 @@ def test_chunk_kda_varlen_and_single_tokens():
                                                          cu_seqlens=cu)
     assert rel_err(o, ref_o) <= FP32_TOL
     assert rel_err(final, ref_final) <= FP32_TOL
+    assert torch.equal(final[2], h0[2])
 
 
 def test_chunk_kda_without_states_and_t1():
