@@ -78,6 +78,16 @@ def test_chunk_kda_varlen_and_single_tokens():
     assert torch.equal(final[2], h0[2])
 
 
+def test_chunk_table_splits_each_sequence_into_chunks_of_64():
+    """Built on the host (no device sync): a 1-token, an empty, an exact-chunk and a ragged sequence."""
+    cu, starts, ends, first = kda_triton._chunk_table((0, 1, 1, 65, 200), torch.device("cpu"))
+    assert cu.tolist() == [0, 1, 1, 65, 200]
+    assert starts.tolist() == [0, 1, 65, 129, 193]
+    assert ends.tolist() == [1, 65, 129, 193, 200]
+    assert first.tolist() == [0, 1, 1, 2]
+    assert kda_triton._chunk_table((0, 1, 1, 65, 200), torch.device("cpu"))[1] is starts  # kept per layout
+
+
 def test_chunk_kda_without_states_and_t1():
     q, k, v, g, beta = kda_inputs(3, 1, 2, 16, 16)
     o, final = kda_triton.chunk_kda_triton(q, k, v, g, beta, use_qk_l2norm=True)
