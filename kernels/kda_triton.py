@@ -2,22 +2,23 @@
 
 Chunked prefill is four launches:
   0. `_kda_block_local_kernel`, one program per (64-token chunk, head, 16-token block): l2norm, the gate's
-     cumsum inside the block, the diagonal tiles of A_qk and beta A_kk, the block's rows decayed from its
-     start (q, beta k) and to its end (k), and the gate summed over the block.
+     cumsum inside the block, the block's rows decayed from its start (q, beta k) and to its end (k), and the
+     gate summed over the block; no tile products (only a block decaying too fast writes its exact diagonal
+     tiles here), which keeps this launch light on registers.
   1. `_kda_blockrow_kernel`, one program per (chunk, head, block row), all in parallel: the tiles of A_qk
-     against earlier blocks, and the rows decayed from the chunk's start (q e^G) and to its end
-     (k e^(G_last - G)) for the inter-chunk pass.
-  2. `_kda_solve_kernel`, one program per (chunk, head): the tiles of beta A_kk against earlier blocks (formed
-     here, so they never leave the chip), the UT transform T = (I + beta A_kk)^-1 by 16x16 blocks, then
-     w = T (beta k e^G) and u = T (beta v).
+     against the block itself and earlier blocks, and the rows decayed from the chunk's start (q e^G) and to
+     its end (k e^(G_last - G)) for the inter-chunk pass.
+  2. `_kda_solve_kernel`, one program per (chunk, head): the tiles of beta A_kk (formed here, so they never
+     leave the chip), the UT transform T = (I + beta A_kk)^-1 by 16x16 blocks, then w = T (beta k e^G) and
+     u = T (beta v).
   3. `_kda_inter_kernel`, one program per (sequence, head, V block), walks its chunks in order and
      carries the fp32 state S [K, BV]:  v' = u - w S;  o = (q e^G) S + A_qk v';
      S <- e^(G_last) S + (k e^(G_last - G))^T v'. The output is written here, so the per-chunk states
      never leave the chip.
 The decay products need exp(G_r - G_c) per key channel without overflow. Against earlier blocks they
 factor through the block boundaries between r and c, every factor <= 1. Inside a block they factor through
-the block start, exact while the block decays by at most MAX_BLOCK_DECAY; faster-decaying blocks (rare) take
-an exact row-by-row form. Same maths and layouts as kernels/kda_reference.py.
+the block's start and end with e^(-block sum) between, exact while the block decays by at most
+MAX_BLOCK_DECAY; faster-decaying blocks (rare) take an exact row-by-row form. Same maths and layouts as kernels/kda_reference.py.
 """
 
 from __future__ import annotations
@@ -44,29 +45,37 @@ def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tenso
 
 
 @triton.jit
-def _diag_products(b_q, b_k, b_G, gref, BC: tl.constexpr, MAX_DECAY: tl.constexpr, DOT_PREC: tl.constexpr):
-    """A_qk (lower incl. diagonal) and A_kk (strictly lower) inside one 16-token block.
+def _slow_block(s, MAX_DECAY: tl.constexpr):
+    """Whether a block whose gate sums to s [BK] decays by more than MAX_DECAY in some channel: then its
+    diagonal tiles take the exact row-by-row form (rare). Every kernel decides from the same stored sums."""
+    return tl.max(-s, axis=0) > MAX_DECAY
 
-    exp(G_i - G_j) = exp(G_i - gref) exp(gref - G_j): exact while the block decays by at most MAX_DECAY
-    (the second factor is <= e^MAX_DECAY); faster-decaying blocks take the exact row-by-row form.
-    """
+
+@triton.jit
+def _diag_tile(x_up, k_end, s, STRICT: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Diagonal tile of A_qk (x = q) or beta A_kk (x = beta k, STRICT) of a block that decays by at most
+    MAX_DECAY: exp(G_r - G_c) = e^(G_r - G_start) e^(-s) e^(G_end - G_c), the middle factor <= e^MAX_DECAY."""
     rows = tl.arange(0, BC)
-    if tl.max(tl.max(gref[None, :] - b_G, axis=1), axis=0) <= MAX_DECAY:
-        k_down = tl.trans(b_k * tl.exp(gref[None, :] - b_G))
-        up = tl.exp(b_G - gref[None, :])
-        a_qk = tl.dot(b_q * up, k_down, input_precision=DOT_PREC)
-        a_kk = tl.dot(b_k * up, k_down, input_precision=DOT_PREC)
-    else:
-        a_qk = tl.zeros([BC, BC], dtype=tl.float32)
-        a_kk = tl.zeros([BC, BC], dtype=tl.float32)
-        for r in range(BC):
-            row = rows[:, None] == r
-            q_r = tl.sum(tl.where(row, b_q, 0.0), axis=0)
-            k_r = tl.sum(tl.where(row, b_k, 0.0), axis=0)
-            G_r = tl.sum(tl.where(row, b_G, 0.0), axis=0)
-            decayed = b_k * tl.exp(tl.where(rows[:, None] <= r, G_r[None, :] - b_G, float("-inf")))
-            a_qk = tl.where(row, tl.sum(decayed * q_r[None, :], axis=1)[None, :], a_qk)
-            a_kk = tl.where(row, tl.sum(decayed * k_r[None, :], axis=1)[None, :], a_kk)
+    a = tl.dot(x_up * tl.exp(-s)[None, :], tl.trans(k_end), input_precision=DOT_PREC)
+    keep = rows[:, None] > rows[None, :] if STRICT else rows[:, None] >= rows[None, :]
+    return tl.where(keep, a, 0.0)
+
+
+@triton.jit
+def _diag_exact(b_q, b_k, b_G, BC: tl.constexpr):
+    """A_qk (lower incl. diagonal) and A_kk (strictly lower) inside one 16-token block, row by row with
+    exp(G_r - G_c) formed directly: for blocks that decay too fast for the factored form."""
+    rows = tl.arange(0, BC)
+    a_qk = tl.zeros([BC, BC], dtype=tl.float32)
+    a_kk = tl.zeros([BC, BC], dtype=tl.float32)
+    for r in range(BC):
+        row = rows[:, None] == r
+        q_r = tl.sum(tl.where(row, b_q, 0.0), axis=0)
+        k_r = tl.sum(tl.where(row, b_k, 0.0), axis=0)
+        G_r = tl.sum(tl.where(row, b_G, 0.0), axis=0)
+        decayed = b_k * tl.exp(tl.where(rows[:, None] <= r, G_r[None, :] - b_G, float("-inf")))
+        a_qk = tl.where(row, tl.sum(decayed * q_r[None, :], axis=1)[None, :], a_qk)
+        a_kk = tl.where(row, tl.sum(decayed * k_r[None, :], axis=1)[None, :], a_kk)
     return (tl.where(rows[:, None] >= rows[None, :], a_qk, 0.0),
             tl.where(rows[:, None] > rows[None, :], a_kk, 0.0))
 
@@ -83,10 +92,12 @@ def _block_program(chunk_starts, chunk_ends):
 @triton.jit
 def _kda_block_local_kernel(q, k, g, beta, chunk_starts, chunk_ends, qup, kbup, kend, bsum, aqk, akk_diag, scale,
                             H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
-                            L2NORM: tl.constexpr, DOT_PREC: tl.constexpr, MAX_DECAY: tl.constexpr):
-    """What one 16-token block gives alone: its diagonal tiles of A_qk and beta A_kk, its rows decayed from the
-    block's start, q e^(G - G_start) and beta k e^(G - G_start) (as a row block), and to the block's end,
-    k e^(G_end - G) (as a column block for later rows), each factor <= 1; and the gate summed over the block."""
+                            L2NORM: tl.constexpr, MAX_DECAY: tl.constexpr):
+    """What one 16-token block gives alone: its rows decayed from the block's start, q e^(G - G_start) and
+    beta k e^(G - G_start) (as a row block), and to the block's end, k e^(G_end - G) (as a column block), each
+    factor <= 1; the gate summed over the block; and, only for a block decaying faster than MAX_DECAY, its
+    diagonal tiles of A_qk and beta A_kk in the exact form (the block rows and the solve form the others from
+    these rows)."""
     i_c, i_h, i_b, start, end = _block_program(chunk_starts, chunk_ends)
     b_q = _rows(q, start, end, i_h, i_b, K, BK, H, BC)
     b_k = _rows(k, start, end, i_h, i_b, K, BK, H, BC)
@@ -101,13 +112,16 @@ def _kda_block_local_kernel(q, k, g, beta, chunk_starts, chunk_ends, qup, kbup, 
     # token's exponent must be exactly 0, not the rounding error of the block's sum)
     after = tl.cumsum(b_g, axis=0, reverse=True) - b_g
     _store_rows(kend, b_k * tl.exp(after), start, end, i_h, i_b, K, BK, H, BC)
-    tl.store(bsum + ((i_c * H + i_h) * (C // BC) + i_b) * BK + tl.arange(0, BK), tl.sum(b_g, axis=0))
-    d_qk, d_kk = _diag_products(b_q, b_k, within, tl.zeros([BK], dtype=tl.float32), BC, MAX_DECAY, DOT_PREC)
-    cc = tl.arange(0, BC)
-    tok = start + i_b * BC + cc
-    ok = (tok < end)[:, None]
-    tl.store(aqk + (tok[:, None] * H + i_h) * C + i_b * BC + cc[None, :], d_qk.to(aqk.dtype.element_ty), mask=ok)
-    tl.store(akk_diag + (tok[:, None] * H + i_h) * BC + cc[None, :], d_kk * b_beta, mask=ok)
+    b_s = tl.sum(b_g, axis=0)
+    tl.store(bsum + ((i_c * H + i_h) * (C // BC) + i_b) * BK + tl.arange(0, BK), b_s)
+    if _slow_block(b_s, MAX_DECAY):
+        d_qk, d_kk = _diag_exact(b_q, b_k, within, BC)
+        cc = tl.arange(0, BC)
+        tok = start + i_b * BC + cc
+        ok = (tok < end)[:, None]
+        tl.store(aqk + (tok[:, None] * H + i_h) * C + i_b * BC + cc[None, :], d_qk.to(aqk.dtype.element_ty),
+                 mask=ok)
+        tl.store(akk_diag + (tok[:, None] * H + i_h) * BC + cc[None, :], d_kk * b_beta, mask=ok)
     up = tl.exp(within)
     _store_rows(qup, b_q * up, start, end, i_h, i_b, K, BK, H, BC)
     _store_rows(kbup, b_k * up * b_beta, start, end, i_h, i_b, K, BK, H, BC)
@@ -129,9 +143,10 @@ def _gate_between(sums, blocks, lo, hi):
 @triton.jit
 def _kda_blockrow_kernel(qup, kend, bsum, chunk_starts, chunk_ends, aqk, qd, kd, glast,
                          H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
-                         DOT_PREC: tl.constexpr):
-    """Block row i (16 tokens) of one chunk: A_qk[i, j] for j < i, and the rows decayed from the chunk's start
-    (q e^G) and to its end (k e^(G_last - G)).
+                         DOT_PREC: tl.constexpr, MAX_DECAY: tl.constexpr):
+    """Block row i (16 tokens) of one chunk: A_qk[i, j] for j <= i (the diagonal tile unless the block decays
+    too fast, when the block-local kernel wrote it), and the rows decayed from the chunk's start (q e^G) and to
+    its end (k e^(G_last - G)).
 
     Tile (i, j < i) factors exp(G_r - G_c) = e^(G_r - gref) e^(skip) e^(G_end(j) - G_c): gref is G just before
     block i, skip the gate summed over the blocks between j and i; the first factor is in qup and the last in
@@ -148,6 +163,10 @@ def _kda_blockrow_kernel(qup, kend, bsum, chunk_starts, chunk_ends, aqk, qd, kd,
                 H, BC)
     tok_i = start + i_b * BC + cc
     row_a = (tok_i[:, None] * H + i_h) * C
+    s_i = _gate_between(sums, blocks, i_b - 1, i_b + 1)
+    if not _slow_block(s_i, MAX_DECAY):
+        d_qk = _diag_tile(q_up, k_end, s_i, False, BC, DOT_PREC)
+        tl.store(aqk + row_a + i_b * BC + cc[None, :], d_qk.to(ty), mask=(tok_i < end)[:, None])
     for j in range(0, i_b):
         cols = _rows(kend, start, end, i_h, j, K, BK, H, BC)
         across = tl.exp(_gate_between(sums, blocks, j, i_b))[None, :]
@@ -224,6 +243,21 @@ def _akk_tile(kbup, kend, sums, blocks, start, end, i_h, r: tl.constexpr, c: tl.
 
 
 @triton.jit
+def _akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, b: tl.constexpr, K: tl.constexpr,
+                   BK: tl.constexpr, H: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr,
+                   MAX_DECAY: tl.constexpr):
+    """Diagonal tile b of beta A_kk: formed from the block-local rows, or read where the block-local kernel
+    wrote the exact form for a fast-decaying block."""
+    s = _gate_between(sums, blocks, b - 1, b + 1)
+    if _slow_block(s, MAX_DECAY):
+        a = _tile(akk_diag, start, end, i_h, b, 0, H, BC, BC)
+    else:
+        a = _diag_tile(_rows(kbup, start, end, i_h, b, K, BK, H, BC), _rows(kend, start, end, i_h, b, K, BK, H, BC),
+                       s, True, BC, DOT_PREC)
+    return a
+
+
+@triton.jit
 def _kb_rows(kbup, sums, blocks, start, end, i_h, r: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
              H: tl.constexpr, BC: tl.constexpr):
     """beta k e^G for block r: its rows decayed from the block's start, times the decay of the blocks before."""
@@ -233,7 +267,7 @@ def _kb_rows(kbup, sums, blocks, start, end, i_h, r: tl.constexpr, K: tl.constex
 @triton.jit
 def _kda_solve_kernel(akk_diag, kbup, kend, bsum, v, beta, chunk_starts, chunk_ends, w, u,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      C: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr):
+                      C: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr, MAX_DECAY: tl.constexpr):
     """T = (I + beta A_kk)^-1 by 16x16 blocks, then w = T (beta k e^G) and u = T (beta v). The off-diagonal
     tiles of beta A_kk are formed here from the block-local rows, so they never leave the chip."""
     i_c = tl.program_id(0)
@@ -241,10 +275,14 @@ def _kda_solve_kernel(akk_diag, kbup, kend, bsum, v, beta, chunk_starts, chunk_e
     start = tl.load(chunk_starts + i_c).to(tl.int64)
     end = tl.load(chunk_ends + i_c).to(tl.int64)
     sums, blocks = _chunk_gate_sums(bsum, i_c, i_h, H, BK, C, BC)
-    t00 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 0, 0, H, BC, BC), BC, DOT_PREC)
-    t11 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 1, 0, H, BC, BC), BC, DOT_PREC)
-    t22 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 2, 0, H, BC, BC), BC, DOT_PREC)
-    t33 = _invert_unit_lower(_tile(akk_diag, start, end, i_h, 3, 0, H, BC, BC), BC, DOT_PREC)
+    t00 = _invert_unit_lower(_akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, 0, K, BK, H,
+                                                BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
+    t11 = _invert_unit_lower(_akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, 1, K, BK, H,
+                                                BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
+    t22 = _invert_unit_lower(_akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, 2, K, BK, H,
+                                                BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
+    t33 = _invert_unit_lower(_akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, 3, K, BK, H,
+                                                BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
     l10 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 1, 0, K, BK, H, BC, DOT_PREC)
     l20 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 2, 0, K, BK, H, BC, DOT_PREC)
     l21 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 2, 1, K, BK, H, BC, DOT_PREC)
@@ -428,14 +466,15 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
         bsum = _empty(n_chunks, h, CHUNK // SUB, bk, device=q.device, dtype=torch.float32)
         _kda_block_local_kernel[(n_chunks, h, CHUNK // SUB)](
             q, k, g, beta, starts, ends, qup, kbup, kend, bsum, aqk, akk_diag, scale,
-            H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, L2NORM=use_qk_l2norm, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY,
+            H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, L2NORM=use_qk_l2norm, MAX_DECAY=MAX_BLOCK_DECAY,
             num_warps=intra_warps)
         _kda_blockrow_kernel[(n_chunks, h, CHUNK // SUB)](
             qup, kend, bsum, starts, ends, aqk, qd, kdec, glast,
-            H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, DOT_PREC=prec, num_warps=intra_warps)
+            H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY, num_warps=intra_warps)
         _kda_solve_kernel[(n_chunks, h)](
             akk_diag, kbup, kend, bsum, v, beta, starts, ends, w, u,
-            H=h, K=kd, V=vd, BK=bk, BV=bv, C=CHUNK, BC=SUB, DOT_PREC=prec, num_warps=solve_warps)
+            H=h, K=kd, V=vd, BK=bk, BV=bv, C=CHUNK, BC=SUB, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY,
+            num_warps=solve_warps)
     o = _empty(b, t, h, vd, device=q.device, dtype=ty)
     final = _empty(n, h, kd, vd, device=q.device, dtype=torch.float32) if output_final_state else None
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else None
