@@ -52,7 +52,8 @@ HIDDEN, NORM_ROWS, NORM_EPS = 2304, (1, 100), 1e-5
 CHUNK_CONFIGS = (
     dict(block_v=32),
     dict(block_v=16),
-    dict(block_v=32, intra_warps=4, solve_warps=4),
+    dict(block_v=32, row_warps=4),
+    dict(block_v=32, local_warps=2),
     dict(block_v=32, inter_stages=2),
 )
 
@@ -139,7 +140,7 @@ def accepted(fn, config: dict) -> dict:
 
 
 def label(config: dict) -> str:
-    short = {"block_v": "BV", "intra_warps": "iw", "solve_warps": "sw", "inter_warps": "xw", "inter_stages": "xs"}
+    short = {"block_v": "BV", "local_warps": "lw", "row_warps": "rw", "solve_warps": "sw", "inter_warps": "xw", "inter_stages": "xs"}
     return " ".join(f"{short[k]}={v}" for k, v in config.items())
 
 

@@ -427,8 +427,8 @@ def _chunk_table(bounds: tuple[int, ...], device: torch.device):
 
 
 def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
-                     cu_seqlens=None, use_qk_l2norm=False, block_v=None, intra_warps=2, solve_warps=2, inter_warps=4,
-                     inter_stages=None):
+                     cu_seqlens=None, use_qk_l2norm=False, block_v=None, local_warps=4, row_warps=2, solve_warps=2,
+                     inter_warps=4, inter_stages=None):
     """Same contract as kernels.kda_reference.chunk_kda_reference, on CUDA (or the Triton interpreter).
 
     block_v and the *_warps / inter_stages knobs are launch shapes only (benchmarks/kernels.py sweeps them);
@@ -467,10 +467,10 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
         _kda_block_local_kernel[(n_chunks, h, CHUNK // SUB)](
             q, k, g, beta, starts, ends, qup, kbup, kend, bsum, aqk, akk_diag, scale,
             H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, L2NORM=use_qk_l2norm, MAX_DECAY=MAX_BLOCK_DECAY,
-            num_warps=intra_warps)
+            num_warps=local_warps)
         _kda_blockrow_kernel[(n_chunks, h, CHUNK // SUB)](
             qup, kend, bsum, starts, ends, aqk, qd, kdec, glast,
-            H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY, num_warps=intra_warps)
+            H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY, num_warps=row_warps)
         _kda_solve_kernel[(n_chunks, h)](
             akk_diag, kbup, kend, bsum, v, beta, starts, ends, w, u,
             H=h, K=kd, V=vd, BK=bk, BV=bv, C=CHUNK, BC=SUB, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY,
