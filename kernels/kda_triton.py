@@ -18,7 +18,8 @@ Chunked prefill is four launches:
 The decay products need exp(G_r - G_c) per key channel without overflow. Against earlier blocks they
 factor through the block boundaries between r and c, every factor <= 1. Inside a block they factor through
 the block's start and end with e^(-block sum) between, exact while the block decays by at most
-MAX_BLOCK_DECAY; faster-decaying blocks (rare) take an exact row-by-row form. Same maths and layouts as kernels/kda_reference.py.
+MAX_BLOCK_DECAY; faster-decaying blocks (rare) take an exact row-by-row form. Same maths and layouts as
+kernels/kda_reference.py.
 """
 
 from __future__ import annotations
@@ -52,13 +53,12 @@ def _slow_block(s, MAX_DECAY: tl.constexpr):
 
 
 @triton.jit
-def _diag_tile(x_up, k_end, s, STRICT: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Diagonal tile of A_qk (x = q) or beta A_kk (x = beta k, STRICT) of a block that decays by at most
-    MAX_DECAY: exp(G_r - G_c) = e^(G_r - G_start) e^(-s) e^(G_end - G_c), the middle factor <= e^MAX_DECAY."""
+def _diag_tile(kb_up, k_end, s, BC: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Diagonal tile of beta A_kk (strictly lower) of a block that decays by at most MAX_DECAY:
+    exp(G_r - G_c) = e^(G_r - G_start) e^(-s) e^(G_end - G_c), the middle factor <= e^MAX_DECAY."""
     rows = tl.arange(0, BC)
-    a = tl.dot(x_up * tl.exp(-s)[None, :], tl.trans(k_end), input_precision=DOT_PREC)
-    keep = rows[:, None] > rows[None, :] if STRICT else rows[:, None] >= rows[None, :]
-    return tl.where(keep, a, 0.0)
+    a = tl.dot(kb_up * tl.exp(-s)[None, :], tl.trans(k_end), input_precision=DOT_PREC)
+    return tl.where(rows[:, None] > rows[None, :], a, 0.0)
 
 
 @triton.jit
@@ -163,15 +163,18 @@ def _kda_blockrow_kernel(qup, kend, bsum, chunk_starts, chunk_ends, aqk, qd, kd,
                 H, BC)
     tok_i = start + i_b * BC + cc
     row_a = (tok_i[:, None] * H + i_h) * C
+    # tile (i, j < i) through the blocks between, e^(between) <= 1; the diagonal tile (j = i) through the block's
+    # own start and end, e^(-block sum) <= e^MAX_DECAY, unless the block decays faster (then it is already written,
+    # and the capped factor only keeps the unused product finite)
     s_i = _gate_between(sums, blocks, i_b - 1, i_b + 1)
-    if not _slow_block(s_i, MAX_DECAY):
-        d_qk = _diag_tile(q_up, k_end, s_i, False, BC, DOT_PREC)
-        tl.store(aqk + row_a + i_b * BC + cc[None, :], d_qk.to(ty), mask=(tok_i < end)[:, None])
-    for j in range(0, i_b):
+    diagonal_factored = tl.max(-s_i, axis=0) <= MAX_DECAY
+    for j in range(0, i_b + 1):
         cols = _rows(kend, start, end, i_h, j, K, BK, H, BC)
-        across = tl.exp(_gate_between(sums, blocks, j, i_b))[None, :]
+        across = tl.exp(tl.where(j < i_b, _gate_between(sums, blocks, j, i_b), tl.minimum(-s_i, MAX_DECAY)))[None, :]
         a_qk = tl.dot(q_up * across, tl.trans(cols), input_precision=DOT_PREC)
-        tl.store(aqk + row_a + j * BC + cc[None, :], a_qk.to(ty), mask=(tok_i < end)[:, None])
+        a_qk = tl.where((j < i_b) | (cc[:, None] >= cc[None, :]), a_qk, 0.0)
+        if (j < i_b).to(tl.int32) + diagonal_factored.to(tl.int32) > 0:
+            tl.store(aqk + row_a + j * BC + cc[None, :], a_qk.to(ty), mask=(tok_i < end)[:, None])
     if i_b == 0:
         tl.store(glast + (i_c * H + i_h) * BK + tl.arange(0, BK), tl.exp(tl.sum(sums, axis=0)))
 
@@ -253,7 +256,7 @@ def _akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, b: tl.co
         a = _tile(akk_diag, start, end, i_h, b, 0, H, BC, BC)
     else:
         a = _diag_tile(_rows(kbup, start, end, i_h, b, K, BK, H, BC), _rows(kend, start, end, i_h, b, K, BK, H, BC),
-                       s, True, BC, DOT_PREC)
+                       s, BC, DOT_PREC)
     return a
 
 
