@@ -53,15 +53,6 @@ def _slow_block(s, MAX_DECAY: tl.constexpr):
 
 
 @triton.jit
-def _diag_tile(kb_up, k_end, s, BC: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Diagonal tile of beta A_kk (strictly lower) of a block that decays by at most MAX_DECAY:
-    exp(G_r - G_c) = e^(G_r - G_start) e^(-s) e^(G_end - G_c), the middle factor <= e^MAX_DECAY."""
-    rows = tl.arange(0, BC)
-    a = tl.dot(kb_up * tl.exp(-s)[None, :], tl.trans(k_end), input_precision=DOT_PREC)
-    return tl.where(rows[:, None] > rows[None, :], a, 0.0)
-
-
-@triton.jit
 def _diag_exact(b_q, b_k, b_G, BC: tl.constexpr):
     """A_qk (lower incl. diagonal) and A_kk (strictly lower) inside one 16-token block, row by row with
     exp(G_r - G_c) formed directly: for blocks that decay too fast for the factored form."""
@@ -249,14 +240,17 @@ def _akk_tile(kbup, kend, sums, blocks, start, end, i_h, r: tl.constexpr, c: tl.
 def _akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, b: tl.constexpr, K: tl.constexpr,
                    BK: tl.constexpr, H: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr,
                    MAX_DECAY: tl.constexpr):
-    """Diagonal tile b of beta A_kk: formed from the block-local rows, or read where the block-local kernel
-    wrote the exact form for a fast-decaying block."""
+    """Diagonal tile b of beta A_kk (strictly lower), read where the block-local kernel wrote the exact form for a
+    fast-decaying block, else formed from its rows: exp(G_r - G_c) = e^(G_r - G_start) e^(-s) e^(G_end - G_c), s the
+    gate summed over the block, the middle factor <= e^MAX_DECAY."""
     s = _gate_between(sums, blocks, b - 1, b + 1)
     if _slow_block(s, MAX_DECAY):
         a = _tile(akk_diag, start, end, i_h, b, 0, H, BC, BC)
     else:
-        a = _diag_tile(_rows(kbup, start, end, i_h, b, K, BK, H, BC), _rows(kend, start, end, i_h, b, K, BK, H, BC),
-                       s, BC, DOT_PREC)
+        rows = tl.arange(0, BC)
+        a = tl.dot(_rows(kbup, start, end, i_h, b, K, BK, H, BC) * tl.exp(-s)[None, :],
+                   tl.trans(_rows(kend, start, end, i_h, b, K, BK, H, BC)), input_precision=DOT_PREC)
+        a = tl.where(rows[:, None] > rows[None, :], a, 0.0)
     return a
 
 
@@ -271,21 +265,22 @@ def _kb_rows(kbup, sums, blocks, start, end, i_h, r: tl.constexpr, K: tl.constex
 def _kda_solve_kernel(akk_diag, kbup, kend, bsum, v, beta, chunk_starts, chunk_ends, w, u,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       C: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr, MAX_DECAY: tl.constexpr):
-    """T = (I + beta A_kk)^-1 by 16x16 blocks, then w = T (beta k e^G) and u = T (beta v). The off-diagonal
-    tiles of beta A_kk are formed here from the block-local rows, so they never leave the chip."""
+    """T = (I + beta A_kk)^-1 by 16x16 blocks, then w = T (beta k e^G) and u = T (beta v). The tiles of beta A_kk
+    are formed here from the block-local rows, so they never leave the chip (but for the exact diagonal tiles of
+    a fast-decaying block)."""
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
     start = tl.load(chunk_starts + i_c).to(tl.int64)
     end = tl.load(chunk_ends + i_c).to(tl.int64)
     sums, blocks = _chunk_gate_sums(bsum, i_c, i_h, H, BK, C, BC)
     t00 = _invert_unit_lower(_akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, 0, K, BK, H,
-                                                BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
+                                             BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
     t11 = _invert_unit_lower(_akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, 1, K, BK, H,
-                                                BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
+                                             BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
     t22 = _invert_unit_lower(_akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, 2, K, BK, H,
-                                                BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
+                                             BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
     t33 = _invert_unit_lower(_akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, 3, K, BK, H,
-                                                BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
+                                             BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
     l10 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 1, 0, K, BK, H, BC, DOT_PREC)
     l20 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 2, 0, K, BK, H, BC, DOT_PREC)
     l21 = _akk_tile(kbup, kend, sums, blocks, start, end, i_h, 2, 1, K, BK, H, BC, DOT_PREC)
