@@ -20,9 +20,10 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 def rows_at(kv_cache: torch.Tensor, block_table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Cached rows at token `positions` through a block table: [W] positions of one sequence's [pages]
     table, or [N, W] positions of N sequences' [N, pages] tables; returns [..., W, R + P]."""
-    page_size = kv_cache.shape[1]
-    pages = block_table.long().gather(-1, positions // page_size)
-    return kv_cache[pages, positions % page_size]
+    page_size, width = kv_cache.shape[1:]
+    rows = block_table.long().gather(-1, positions // page_size) * page_size + positions % page_size
+    # whole rows by one index_select: indexing [pages, offsets] copies element by element, 2-3x slower on the CPU
+    return kv_cache.view(-1, width).index_select(0, rows.reshape(-1)).view(*rows.shape, width)
 
 
 def gather_tokens(kv_cache: torch.Tensor, block_table: torch.Tensor, start: int, end: int) -> torch.Tensor:
