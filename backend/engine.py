@@ -51,9 +51,20 @@ class EngineCrashedError(RuntimeError):
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' is a GPU when one is present, else the CPU; a named device must exist here."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"the engine runs on cpu or cuda, not {str(device)!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but no CUDA GPU is available here")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    return resolved
 
 
 def cache_budget_bytes(memory: int | float | None, device: torch.device) -> int:

@@ -63,6 +63,10 @@ class EngineConversation(Conversation):
         self._session.close()
 
 
+ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""What the engine can run a checkpoint in; 'auto' is bfloat16 on a GPU and float32 on the CPU."""
+
+
 class EngineBackend(ChatBackend):
     name = "engine"
 
@@ -73,10 +77,15 @@ class EngineBackend(ChatBackend):
         self.engine = engine
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: torch.dtype | None = None,
+    def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: torch.dtype | str | None = None,
                         **options) -> EngineBackend:
-        """bf16 on a GPU, fp32 on the CPU unless `dtype` says otherwise."""
+        """bf16 on a GPU, fp32 on the CPU unless `dtype` says otherwise ('auto', 'float32', 'bfloat16',
+        'float16' or a torch dtype)."""
         resolved = resolve_device(device)
+        if isinstance(dtype, str):
+            if dtype not in ENGINE_DTYPES:
+                raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(ENGINE_DTYPES)}")
+            dtype = None if dtype == "auto" else getattr(torch, dtype)
         dtype = dtype or (torch.bfloat16 if resolved.type == "cuda" else torch.float32)
         return cls(Engine.from_pretrained(path, device=resolved, dtype=dtype, **options))
 

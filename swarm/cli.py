@@ -2,7 +2,8 @@
 
 Model, in order of precedence: `--replay FILE` (a recorded run), `--base-url URL --model NAME` (an
 OpenAI-compatible server), `--model PATH` (a local Kimi Linear checkpoint on the in-process
-engine), or nothing: the embedded default model, with the offline web as its web.
+engine), or nothing: the embedded default model, with the offline web as its web. `--device` and `--dtype`
+say where and in what the in-process engine runs.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from rich.markup import escape
 from backend.conversation import ReplyOptions
 from backend.replay import RecordingBackend, ReplayMismatch
 from swarm.display import LivePanel, LogLines
-from swarm.launch import LIVE_SEARCH_PROVIDERS, LaunchError, WebMode, import_or_fail, open_backend, open_web, \
-    resolve_web_mode
+from swarm.launch import LIVE_SEARCH_PROVIDERS, EngineDtype, LaunchError, WebMode, import_or_fail, open_backend, \
+    open_web, resolve_web_mode
 from swarm.orchestrator import Swarm
 from swarm.report import markdown_report
 from swarm.result import RunResult
@@ -64,6 +65,13 @@ def run(
     api_key: Annotated[str | None, typer.Option(
         envvar="OPENAI_API_KEY", metavar="KEY", help="Bearer key for --base-url.")] = None,
     stream: Annotated[bool, typer.Option(help="Stream replies from --base-url (server-sent events).")] = False,
+    device: Annotated[str, typer.Option(
+        metavar="DEVICE", help="Where the in-process engine runs: auto (a GPU if present), cpu, cuda or cuda:N.")
+    ] = "auto",
+    dtype: Annotated[EngineDtype, typer.Option(
+        help="What the in-process engine computes in: auto is bfloat16 on a GPU, float32 on the CPU. bfloat16 "
+             "halves the weights' memory; on a CPU it pays only with bf16 instructions (AVX512-BF16, AMX).")
+    ] = EngineDtype.auto,
     max_agents: Annotated[int, typer.Option(min=1, help="Sub-agents over the whole run.")] = 100,
     max_tool_calls: Annotated[int, typer.Option(min=0, help="Executed tool calls of all agents.")] = 1500,
     max_agent_steps: Annotated[int, typer.Option(min=1, help="Model turns per sub-agent.")] = 100,
@@ -134,8 +142,8 @@ def run(
     try:
         result, interrupted = asyncio.run(_run(
             task, documents, console, settings, model=model, base_urls=base_url or [], api_key=api_key,
-            stream=stream, web_mode=web_mode, search=search, web_tools=selected, tools_from=tools_from or [],
-            record=record, replay=replay, live=console.is_terminal and not json_output,
+            stream=stream, device=device, dtype=dtype.value, web_mode=web_mode, search=search, web_tools=selected,
+            tools_from=tools_from or [], record=record, replay=replay, live=console.is_terminal and not json_output,
         ))
     except (LaunchError, ReplayMismatch, ToolTapeMismatch) as error:
         _print_error(console, error)
@@ -168,12 +176,13 @@ def _print_error(console: Console, error: Exception) -> None:
 
 
 async def _run(task: str, documents: list[str], console: Console, settings: dict[str, Any], *, model: str | None,
-               base_urls: list[str], api_key: str | None, stream: bool, web_mode: WebMode, search: str | None,
+               base_urls: list[str], api_key: str | None, stream: bool, device: str, dtype: str, web_mode: WebMode,
+               search: str | None,
                web_tools: list[str], tools_from: list[str], record: Path | None, replay: Path | None,
                live: bool) -> tuple[RunResult, bool]:
     async with contextlib.AsyncExitStack() as stack:
         run_tools: list[Tool | Callable[..., Any]] = [t for spec in tools_from for t in _load_tools(spec)]
-        backend = open_backend(model, base_urls, api_key, stream=stream, replay=replay)
+        backend = open_backend(model, base_urls, api_key, stream=stream, replay=replay, device=device, dtype=dtype)
         stack.push_async_callback(backend.aclose)
         if web_mode is not WebMode.none and web_tools:
             web = await stack.enter_async_context(open_web(web_mode, search))

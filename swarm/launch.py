@@ -28,14 +28,28 @@ class WebMode(str, Enum):
     none = "none"
 
 
+class EngineDtype(str, Enum):
+    """What the in-process engine runs a checkpoint in (backend.engine_backend.ENGINE_DTYPES)."""
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 LIVE_SEARCH_PROVIDERS = ("duckduckgo", "searxng", "brave", "tavily")
 """Search providers on the live web (keys and URLs from BRAVE_API_KEY, TAVILY_API_KEY, SEARXNG_URL)."""
 
 
 def open_backend(model: str | None = None, base_urls: Sequence[str] = (), api_key: str | None = None, *,
-                 stream: bool = False, replay: str | Path | None = None) -> ChatBackend:
+                 stream: bool = False, replay: str | Path | None = None, device: str = "auto",
+                 dtype: str = "auto") -> ChatBackend:
     """The model: a replayed tape, an OpenAI-compatible server (`model` is its model name), a local
-    checkpoint directory (`model` alone), or the embedded default model (neither)."""
+    checkpoint directory (`model` alone), or the embedded default model (neither). `device` and `dtype`
+    say where and in what the in-process engine runs a checkpoint ('auto': bf16 on a GPU if there is one,
+    else fp32 on the CPU)."""
+    if (replay or base_urls) and (device != "auto" or dtype != "auto"):
+        raise LaunchError("--device and --dtype choose how the in-process engine runs a checkpoint; "
+                          f"they do not apply to {'--replay' if replay else '--base-url'}")
     if replay:
         from backend.replay import ReplayBackend
 
@@ -54,10 +68,10 @@ def open_backend(model: str | None = None, base_urls: Sequence[str] = (), api_ke
         if not checkpoint.is_dir():
             raise LaunchError(f"--model {model!r} is not a checkpoint directory; to use a served model name, "
                               "also pass --base-url")
-        return _engine_backend(checkpoint)
+        return _engine_backend(checkpoint, device, dtype)
     default_model = import_or_fail("backend.default_model", "the embedded default model")
     try:
-        return _engine_backend(default_model.default_model_path())
+        return _engine_backend(default_model.default_model_path(), device, dtype)
     except FileNotFoundError as error:
         raise LaunchError(str(error)) from None
 
@@ -93,10 +107,10 @@ async def open_web(mode: WebMode, search_provider: str | None = None) -> AsyncIt
             yield web
 
 
-def _engine_backend(path: Path) -> ChatBackend:
+def _engine_backend(path: Path, device: str, dtype: str) -> ChatBackend:
     engine_backend = import_or_fail("backend.engine_backend", "the in-process engine")
     try:
-        return engine_backend.EngineBackend.from_pretrained(path)
+        return engine_backend.EngineBackend.from_pretrained(path, device=device, dtype=dtype)
     except (OSError, ValueError, KeyError) as error:
         raise LaunchError(f"cannot load the checkpoint at {path}: {error}") from None
 

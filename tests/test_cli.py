@@ -44,8 +44,9 @@ def cli(server: FakeOpenAI, *args: str):
 def test_help_documents_every_option_and_the_exit_codes():
     result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--base-url", "--model", "--api-key", "--stream", "--max-agents", "--max-tool-calls",
-                   "--max-agent-steps", "--max-orchestrator-steps", "--concurrency", "--deadline", "--token-budget",
+    for option in ("--base-url", "--model", "--api-key", "--stream", "--device", "--dtype", "--max-agents",
+                   "--max-tool-calls", "--max-agent-steps", "--max-orchestrator-steps", "--concurrency", "--deadline",
+                   "--token-budget",
                    "--max-tokens", "--temperature", "--tools", "--web", "--search", "--tools-from", "--context",
                    "--out", "--json", "--trace", "--record", "--replay"):
         assert option in result.output
@@ -94,6 +95,13 @@ def test_a_cut_short_run_exits_3_and_bad_options_are_named():
     assert bad_search.exit_code == 2 and "unknown search provider 'bing'" in bad_search.output
     offline_search = runner.invoke(app, ["run", "x", "--search", "brave", "--web", "offline"])
     assert offline_search.exit_code == 2 and "--search is for the live web" in offline_search.output
+    served_dtype = runner.invoke(app, ["run", "x", "--dtype", "bfloat16", "--base-url", "http://h/v1", "--model", "m",
+                                       "--web", "none"])
+    assert served_dtype.exit_code == 1 and "do not apply to --base-url" in served_dtype.stderr
+    bad_device = runner.invoke(app, ["run", "x", "--device", "tpu", "--web", "none"])
+    assert bad_device.exit_code == 1 and "unknown device 'tpu'" in bad_device.stderr
+    bad_dtype = runner.invoke(app, ["run", "x", "--dtype", "float64", "--web", "none"])
+    assert bad_dtype.exit_code == 2 and "float64" in bad_dtype.output
 
 
 def test_record_then_replay_without_a_server_or_tools(tmp_path):

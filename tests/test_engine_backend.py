@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 from backend.chat_format import GENERATION_PROMPT, render
 from backend.conversation import ReplyOptions
@@ -74,3 +75,30 @@ def test_engine_without_tokenizer_is_refused(tmp_path):
     engine = Engine.from_pretrained(tmp_path, max_sessions=2, memory=8 << 20)
     with pytest.raises(ValueError, match="no tokenizer"):
         EngineBackend(engine)
+
+
+async def test_bfloat16_on_the_cpu_keeps_the_greedy_reply_of_float32(checkpoint):
+    """`dtype='bfloat16'` runs the engine's weights in bf16 on the CPU (the checkpoint's own precision; the
+    few the model keeps in fp32 stay so); a short greedy reply of the tiny model stays that of the fp32 run."""
+    messages = [Message(role="user", content="Compare A and B.")]
+    replies = {}
+    for dtype in ("float32", "bfloat16"):
+        backend = EngineBackend.from_pretrained(checkpoint, device="cpu", dtype=dtype, max_sessions=4,
+                                                memory=32 << 20, page_size=32)
+        assert max(backend.engine.model.parameters(), key=torch.Tensor.numel).dtype == getattr(torch, dtype)
+        conv = await backend.open(messages, TOOLS)
+        replies[dtype] = await conv.reply(ReplyOptions(max_tokens=4))
+        conv.close()
+        await backend.aclose()
+    assert replies["bfloat16"].completion_tokens >= 1
+    assert replies["bfloat16"].content == replies["float32"].content
+
+
+def test_unknown_device_and_dtype_are_named(checkpoint):
+    with pytest.raises(ValueError, match="unknown dtype 'float64'; use one of auto, float32, bfloat16, float16"):
+        EngineBackend.from_pretrained(checkpoint, device="cpu", dtype="float64")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        EngineBackend.from_pretrained(checkpoint, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is available"):
+            EngineBackend.from_pretrained(checkpoint, device="cuda")
