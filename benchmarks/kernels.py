@@ -140,7 +140,8 @@ def accepted(fn, config: dict) -> dict:
 
 
 def label(config: dict) -> str:
-    short = {"block_v": "BV", "local_warps": "lw", "row_warps": "rw", "solve_warps": "sw", "inter_warps": "xw", "inter_stages": "xs"}
+    short = {"block_v": "BV", "local_warps": "lw", "row_warps": "rw", "solve_warps": "sw", "inter_warps": "xw",
+             "inter_stages": "xs"}
     return " ".join(f"{short[k]}={v}" for k, v in config.items())
 
 

@@ -158,13 +158,13 @@ def _kda_blockrow_kernel(qup, kend, bsum, chunk_starts, chunk_ends, aqk, qd, kd,
     # own start and end, e^(-block sum) <= e^MAX_DECAY, unless the block decays faster (then it is already written,
     # and the capped factor only keeps the unused product finite)
     s_i = _gate_between(sums, blocks, i_b - 1, i_b + 1)
-    diagonal_factored = tl.max(-s_i, axis=0) <= MAX_DECAY
+    diagonal_exact = _slow_block(s_i, MAX_DECAY)
     for j in range(0, i_b + 1):
         cols = _rows(kend, start, end, i_h, j, K, BK, H, BC)
         across = tl.exp(tl.where(j < i_b, _gate_between(sums, blocks, j, i_b), tl.minimum(-s_i, MAX_DECAY)))[None, :]
         a_qk = tl.dot(q_up * across, tl.trans(cols), input_precision=DOT_PREC)
         a_qk = tl.where((j < i_b) | (cc[:, None] >= cc[None, :]), a_qk, 0.0)
-        if (j < i_b).to(tl.int32) + diagonal_factored.to(tl.int32) > 0:
+        if (j < i_b).to(tl.int32) >= diagonal_exact.to(tl.int32):  # every earlier block; the diagonal unless exact
             tl.store(aqk + row_a + j * BC + cc[None, :], a_qk.to(ty), mask=(tok_i < end)[:, None])
     if i_b == 0:
         tl.store(glast + (i_c * H + i_h) * BK + tl.arange(0, BK), tl.exp(tl.sum(sums, axis=0)))
@@ -418,8 +418,9 @@ def _chunk_table(bounds: tuple[int, ...], device: torch.device):
     starts, ends, first = [], [], []
     for lo, hi in zip(bounds, bounds[1:]):
         first.append(len(starts))
-        starts.extend(range(lo, hi, CHUNK))
-        ends.extend(min(s + CHUNK, hi) for s in range(lo, hi, CHUNK))
+        own = range(lo, hi, CHUNK)
+        starts.extend(own)
+        ends.extend(min(s + CHUNK, hi) for s in own)
     return tuple(torch.tensor(x, dtype=torch.int32).to(device, non_blocking=True)
                  for x in (list(bounds), starts, ends, first))
 

@@ -177,9 +177,8 @@ def _print_error(console: Console, error: Exception) -> None:
 
 async def _run(task: str, documents: list[str], console: Console, settings: dict[str, Any], *, model: str | None,
                base_urls: list[str], api_key: str | None, stream: bool, device: str, dtype: str, web_mode: WebMode,
-               search: str | None,
-               web_tools: list[str], tools_from: list[str], record: Path | None, replay: Path | None,
-               live: bool) -> tuple[RunResult, bool]:
+               search: str | None, web_tools: list[str], tools_from: list[str], record: Path | None,
+               replay: Path | None, live: bool) -> tuple[RunResult, bool]:
     async with contextlib.AsyncExitStack() as stack:
         run_tools: list[Tool | Callable[..., Any]] = [t for spec in tools_from for t in _load_tools(spec)]
         backend = open_backend(model, base_urls, api_key, stream=stream, replay=replay, device=device, dtype=dtype)

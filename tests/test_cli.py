@@ -46,9 +46,8 @@ def test_help_documents_every_option_and_the_exit_codes():
     assert result.exit_code == 0
     for option in ("--base-url", "--model", "--api-key", "--stream", "--device", "--dtype", "--max-agents",
                    "--max-tool-calls", "--max-agent-steps", "--max-orchestrator-steps", "--concurrency", "--deadline",
-                   "--token-budget",
-                   "--max-tokens", "--temperature", "--tools", "--web", "--search", "--tools-from", "--context",
-                   "--out", "--json", "--trace", "--record", "--replay"):
+                   "--token-budget", "--max-tokens", "--temperature", "--tools", "--web", "--search", "--tools-from",
+                   "--context", "--out", "--json", "--trace", "--record", "--replay"):
         assert option in result.output
     for code in ("0 the run finished", "1 error", "2 usage error", "3 partial", "130 interrupted"):
         assert code in result.output
