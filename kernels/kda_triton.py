@@ -72,12 +72,18 @@ def _diag_exact(b_q, b_k, b_G, BC: tl.constexpr):
 
 
 @triton.jit
-def _block_program(chunk_starts, chunk_ends):
-    """This program's chunk, head and 16-token block (grid axes 0, 1, 2) and the chunk's token range."""
-    i_c = tl.program_id(0)
+def _chunk_program(chunk_starts, chunk_ends, H: tl.constexpr, NB: tl.constexpr):
+    """This program's chunk, head and 16-token block of a flat grid over (chunk, block, head), head fastest, and
+    the chunk's token range. Programs that run side by side then read adjacent memory (a token's heads are
+    contiguous) and the blocks of one chunk and head run close together, so the rows they share stay in L2:
+    1.05-1.07x faster at 16K-128K on H100 than a (chunk, head, block) grid with the chunk fastest."""
+    pid = tl.program_id(0)
+    i_h = pid % H
+    i_b = (pid // H) % NB
+    i_c = pid // (H * NB)
     start = tl.load(chunk_starts + i_c).to(tl.int64)
     end = tl.load(chunk_ends + i_c).to(tl.int64)
-    return i_c, tl.program_id(1), tl.program_id(2), start, end
+    return i_c, i_h, i_b, start, end
 
 
 @triton.jit
@@ -89,7 +95,7 @@ def _kda_block_local_kernel(q, k, g, beta, chunk_starts, chunk_ends, qup, kbup, 
     factor <= 1; the gate summed over the block; and, only for a block decaying faster than MAX_DECAY, its
     diagonal tiles of A_qk and beta A_kk in the exact form (the block rows and the solve form the others from
     these rows)."""
-    i_c, i_h, i_b, start, end = _block_program(chunk_starts, chunk_ends)
+    i_c, i_h, i_b, start, end = _chunk_program(chunk_starts, chunk_ends, H, C // BC)
     b_q = _rows(q, start, end, i_h, i_b, K, BK, H, BC)
     b_k = _rows(k, start, end, i_h, i_b, K, BK, H, BC)
     b_beta = _rows(beta, start, end, i_h, i_b, 1, 1, H, BC)
@@ -143,7 +149,7 @@ def _kda_blockrow_kernel(qup, kend, bsum, chunk_starts, chunk_ends, aqk, qd, kd,
     block i, skip the gate summed over the blocks between j and i; the first factor is in qup and the last in
     kend. Every factor is <= 1, so nothing overflows however fast the gate decays.
     """
-    i_c, i_h, i_b, start, end = _block_program(chunk_starts, chunk_ends)
+    i_c, i_h, i_b, start, end = _chunk_program(chunk_starts, chunk_ends, H, C // BC)
     sums, blocks = _chunk_gate_sums(bsum, i_c, i_h, H, BK, C, BC)
     cc = tl.arange(0, BC)
     ty = qd.dtype.element_ty
@@ -268,10 +274,7 @@ def _kda_solve_kernel(akk_diag, kbup, kend, bsum, v, beta, chunk_starts, chunk_e
     """T = (I + beta A_kk)^-1 by 16x16 blocks, then w = T (beta k e^G) and u = T (beta v). The tiles of beta A_kk
     are formed here from the block-local rows, so they never leave the chip (but for the exact diagonal tiles of
     a fast-decaying block)."""
-    i_c = tl.program_id(0)
-    i_h = tl.program_id(1)
-    start = tl.load(chunk_starts + i_c).to(tl.int64)
-    end = tl.load(chunk_ends + i_c).to(tl.int64)
+    i_c, i_h, _, start, end = _chunk_program(chunk_starts, chunk_ends, H, 1)
     sums, blocks = _chunk_gate_sums(bsum, i_c, i_h, H, BK, C, BC)
     t00 = _invert_unit_lower(_akk_diag_tile(akk_diag, kbup, kend, sums, blocks, start, end, i_h, 0, K, BK, H,
                                              BC, DOT_PREC, MAX_DECAY), BC, DOT_PREC)
@@ -463,14 +466,14 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
     if n_chunks:
         qup, kbup, kend = (_empty(b * t, h, kd, device=q.device, dtype=ty) for _ in range(3))
         bsum = _empty(n_chunks, h, CHUNK // SUB, bk, device=q.device, dtype=torch.float32)
-        _kda_block_local_kernel[(n_chunks, h, CHUNK // SUB)](
+        _kda_block_local_kernel[(n_chunks * h * (CHUNK // SUB),)](
             q, k, g, beta, starts, ends, qup, kbup, kend, bsum, aqk, akk_diag, scale,
             H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, L2NORM=use_qk_l2norm, MAX_DECAY=MAX_BLOCK_DECAY,
             num_warps=local_warps)
-        _kda_blockrow_kernel[(n_chunks, h, CHUNK // SUB)](
+        _kda_blockrow_kernel[(n_chunks * h * (CHUNK // SUB),)](
             qup, kend, bsum, starts, ends, aqk, qd, kdec, glast,
             H=h, K=kd, BK=bk, C=CHUNK, BC=SUB, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY, num_warps=row_warps)
-        _kda_solve_kernel[(n_chunks, h)](
+        _kda_solve_kernel[(n_chunks * h,)](
             akk_diag, kbup, kend, bsum, v, beta, starts, ends, w, u,
             H=h, K=kd, V=vd, BK=bk, BV=bv, C=CHUNK, BC=SUB, DOT_PREC=prec, MAX_DECAY=MAX_BLOCK_DECAY,
             num_warps=solve_warps)
