@@ -4,6 +4,7 @@ the same run; a replay that departs from its recording raises."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
 
 import pytest
@@ -189,7 +190,9 @@ async def test_a_replay_that_departs_from_the_tool_tape_raises(tmp_path):
     with pytest.raises(ToolTapeMismatch, match="no recorded tool call for agent 3"):
         ToolTape.replay(tape_file).take(3, 1, 0, "capital", "{}")
     (tmp_path / "two_runs.jsonl").write_text(tape_file.read_text() * 2)
-    with pytest.raises(ValueError, match="two_runs.jsonl:3: a second outcome for agent 1, turn 1, call 1"):
+    first_recorded = json.loads(tape_file.read_text().splitlines()[0])["agent_id"]  # the two sub-agents race
+    with pytest.raises(ValueError, match=f"two_runs.jsonl:3: a second outcome for agent {first_recorded}, turn 1, "
+                                         "call 1: a tool tape holds one run"):
         ToolTape.replay(tmp_path / "two_runs.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"agent_id": 1}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1: not a tool outcome"):
