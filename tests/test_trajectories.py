@@ -15,7 +15,7 @@ from backend.messages import Message, ToolCall
 from swarm import prompts
 from swarm.offline_web import OfflineWeb
 from swarm.offline_web.server import ensure_site
-from swarm.offline_web.tasks import sample_task
+from swarm.offline_web.tasks import misnamed, not_found_text, sample_task
 from swarm.offline_web.teacher import TeacherError
 from swarm.offline_web.trajectories import (
     conversation_segments,
@@ -194,3 +194,40 @@ def test_families_weight_the_task_mix_and_no_subagents_leaves_orchestrators(tmp_
     written = _written(out)
     assert [t["family"] for t in written] == ["compare", "compare", "two_hop"]
     assert {t["role"] for t in written} == {"orchestrator"}
+
+
+def test_a_misnamed_plan_teaches_subagents_to_report_the_missing_page(tmp_path):
+    """The plan misspells two names: those sub-agents search, see no page titled so, and say so in one turn;
+    only their trajectories are written (the orchestrator's plan is wrong on purpose)."""
+    with OfflineWeb.start(seed=0, cache_dir=tmp_path / "cache") as offline:
+        rng = random.Random(3)
+        task = misnamed(sample_task(offline.manifest, "table", "train", rng, 4), offline.manifest, rng, 2)
+        missing = [lk for lk in task.waves[0] if lk.url_path is None]
+        assert len(missing) == 2 and not {lk.entity for lk in missing} & {e.name for e in offline.manifest.entities}
+
+        async def go():
+            web = offline_web_tools(offline)
+            try:
+                return await record_run(task, offline.manifest, offline.base_url, web.tools())
+            finally:
+                await web.aclose()
+
+        backend = asyncio.run(go())
+    assert backend.errors == []
+    trajectories = run_trajectories(task, backend, random.Random(0), subagents_per_wave=5)
+    assert [t.role for t in trajectories] == ["subagent", "subagent"]
+    reported = set()
+    for trajectory in trajectories:
+        targets = [text for text, target in trajectory.segments if target]
+        assert len(targets) == 2 and "functions.search:" in targets[0]
+        reported |= {lk.entity for lk in missing if targets[1] == not_found_text(lk.entity) + IM_END}
+    assert reported == {lk.entity for lk in missing}
+
+
+def test_generate_writes_misnamed_runs_as_subagents_only(tmp_path):
+    out = tmp_path / "misnamed.jsonl.xz"
+    stats = asyncio.run(generate(out, tasks=2, shards=1, seed=0, subagents_per_wave=2, cache_dir=tmp_path / "cache",
+                                 families=("table",), misnamed_rate=1.0))
+    written = _written(out)
+    assert stats["misnamed_runs"] == 2 and written and {t["role"] for t in written} == {"subagent"}
+    assert all("was found." in "".join(text for text, target in t["segments"] if target) for t in written)

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from swarm.offline_web.names import COMPANY_WORDS
 from swarm.offline_web.site import SiteManifest
 from swarm.offline_web.world import Entity, Kind, Split, leading_number
 
@@ -71,17 +72,22 @@ def finding_text(attribute: str, name: str, value: str, url: str) -> str:
     return f"The {attribute.lower()} of {name} is {value} [{url}]."
 
 
+def not_found_text(name: str) -> str:
+    """A sub-agent's answer when no page is about the entity its task names (the plan misspelled it)."""
+    return f"No page about {name} was found."
+
+
 def join_names(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class Lookup(BaseModel):
-    """One sub-agent's job and the fact it should find."""
+    """One sub-agent's job and the fact it should find; `url_path` None: no page is about `entity`."""
 
     entity: str
     attribute: str
     value: str
-    url_path: str
+    url_path: str | None
 
     @property
     def task(self) -> str:
@@ -93,6 +99,8 @@ class Lookup(BaseModel):
 
     def finding(self, base_url: str) -> str:
         """The sub-agent's report of this fact, citing its page on the site served at `base_url`."""
+        if self.url_path is None:
+            return not_found_text(self.entity)
         return finding_text(self.attribute, self.entity, self.value, base_url.rstrip("/") + self.url_path)
 
 
@@ -170,6 +178,33 @@ def table_task(manifest: SiteManifest, split: Split, rng: random.Random, size: i
                                                names=join_names([e.name for e in chosen]))
     return ResearchTask(family="table", prompt=prompt, kind=kind, attribute=attribute,
                         waves=[[_lookup(e, attribute) for e in chosen]], answer="")
+
+
+def misnamed(task: ResearchTask, manifest: SiteManifest, rng: random.Random, count: int) -> ResearchTask:
+    """`task` with `count` of its first wave's lookups renamed to names no page is about, as a small model's plan
+    misspells them (one letter changed, or a company's last word swapped); the prompt keeps the real names.
+    Such runs teach sub-agents to report a missing page; their orchestrator, whose plan is wrong, is no example."""
+    taken = {e.name for e in manifest.entities}
+    wave = list(task.waves[0])
+    for index in rng.sample(range(len(wave)), min(count, len(wave))):
+        name = wave[index].entity
+        for _ in range(100):
+            wrong = _misspelled(name, rng)
+            if wrong not in taken:
+                wave[index] = Lookup(entity=wrong, attribute=wave[index].attribute, value="", url_path=None)
+                taken.add(wrong)
+                break
+    return task.model_copy(update={"waves": [wave, *task.waves[1:]]})
+
+
+def _misspelled(name: str, rng: random.Random) -> str:
+    words = name.split(" ")
+    if len(words) > 1 and words[-1] in COMPANY_WORDS and rng.random() < 0.5:
+        return " ".join(words[:-1] + [rng.choice([w for w in COMPANY_WORDS if w != words[-1]])])
+    first = words[0]
+    at = rng.randrange(1, len(first))
+    letter = rng.choice([c for c in "aeioulnrstk" if c != first[at]])
+    return " ".join([first[:at] + letter + first[at + 1:], *words[1:]])
 
 
 def two_hop_task(manifest: SiteManifest, split: Split, rng: random.Random) -> ResearchTask:

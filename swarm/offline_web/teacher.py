@@ -68,10 +68,14 @@ class Teacher:
         if lookup is None:
             raise TeacherError(f"the task {match[0]!r} is not in the plan")
         own_turns = sum(1 for m in messages[start:] if m.role == "assistant")
-        url = self.url(lookup)
         last = messages[-1].content
         if own_turns == 0:
             return self._call(messages, "search", {"query": lookup.entity, "max_results": SEARCH_RESULTS})
+        if lookup.url_path is None:
+            if re.search(rf"^{re.escape(lookup.entity)}$", last, re.MULTILINE):
+                raise TeacherError(f"searching the misnamed {lookup.entity!r} found a page titled so")
+            return Reply(content=lookup.finding(self.base_url), finish_reason="stop")
+        url = self.url(lookup)
         if own_turns == 1:
             if url not in last:
                 raise TeacherError(f"searching {lookup.entity!r} did not return {url}")

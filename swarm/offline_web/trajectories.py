@@ -9,6 +9,8 @@ train-split entities only, and any trajectory that mentions a held-out entity of
 Runs can be spread over several seeded webs: each has other entity names, so a model trained on them
 must copy names from its context instead of recalling the few thousand names of one web. `--split
 heldout` writes the evaluated web's held-out tasks instead: a validation set, never for training.
+`--misnamed-rate` gives that share of train tables a plan that misspells one or two names, as the small model's
+plans do; only those sub-agents are written, searching and reporting that no page is about the name.
 
     python -m swarm.offline_web.trajectories --out trajectories.jsonl.xz --tasks 3000 --web-seeds 0 1 2 3
 """
@@ -32,7 +34,7 @@ from backend.chat_format import render
 from backend.messages import Message, ToolSpec
 from swarm.offline_web.server import OfflineWeb, ensure_site
 from swarm.offline_web.site import SiteManifest
-from swarm.offline_web.tasks import FAMILIES, Family, ResearchTask, sample_task
+from swarm.offline_web.tasks import FAMILIES, Family, ResearchTask, misnamed, sample_task
 from swarm.offline_web.world import Split
 from swarm.offline_web.teacher import Teacher, TeacherBackend, TeacherConversation
 from swarm.orchestrator import Swarm
@@ -94,8 +96,15 @@ async def record_run(task: ResearchTask, manifest: SiteManifest, base_url: str, 
 
 def run_trajectories(task: ResearchTask, backend: TeacherBackend, rng: random.Random,
                      subagents_per_wave: int) -> list[Trajectory]:
-    """The orchestrator's trajectory and a sample of each wave's sub-agent trajectories."""
+    """The orchestrator's trajectory and a sample of each wave's sub-agent trajectories; of a misnamed run
+    (tasks.misnamed), only sub-agents whose entity has no page: its orchestrator's plan is wrong on purpose."""
     orchestrator, *children = backend.conversations
+    missing = [lk.task for wave in task.waves for lk in wave if lk.url_path is None]
+    if missing:
+        lost = [c for c in children if any(t in c.messages[c.fork_point].content for t in missing)]
+        return [Trajectory(family=task.family, role="subagent",
+                           segments=conversation_segments(c.messages, c.tools, c.fork_point))
+                for c in rng.sample(lost, min(subagents_per_wave, len(lost)))]
     out = [Trajectory(family=task.family, role="orchestrator",
                       segments=conversation_segments(orchestrator.messages, orchestrator.tools, 0))]
     by_wave: dict[int, list[TeacherConversation]] = {}
@@ -130,10 +139,12 @@ def task_stream(manifest: SiteManifest, rng: random.Random, count: int, split: S
 
 async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_wave: int,
                    cache_dir: Path | None = None, web_seeds: tuple[int, ...] = (EVALUATED_WEB_SEED,),
-                   split: Split = "train", families: tuple[Family, ...] = FAMILIES) -> Counter:
+                   split: Split = "train", families: tuple[Family, ...] = FAMILIES,
+                   misnamed_rate: float = 0.0) -> Counter:
     """Write trajectories for `tasks` tasks, served on `shards` successive servers (each a new port).
 
-    Shard i serves web_seeds[i % len(web_seeds)]. Held-out tasks come from the evaluated web alone.
+    Shard i serves web_seeds[i % len(web_seeds)]. Held-out tasks come from the evaluated web alone. A train
+    table task becomes misnamed (1-2 of its names misspelled in the plan) with probability misnamed_rate.
     """
     if split == "heldout" and set(web_seeds) != {EVALUATED_WEB_SEED}:
         raise ValueError(f"held-out (validation) trajectories come from the evaluated web, seed {EVALUATED_WEB_SEED}, "
@@ -151,6 +162,9 @@ async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_
                 try:
                     for task in task_stream(offline.manifest, rng, min(per_shard, tasks - shard * per_shard), split,
                                             families):
+                        if split == "train" and task.family == "table" and rng.random() < misnamed_rate:
+                            task = misnamed(task, offline.manifest, rng, rng.randint(1, 2))
+                            stats["misnamed_runs"] += 1
                         backend = await record_run(task, offline.manifest, offline.base_url, declared)
                         if backend.errors:
                             stats["failed_runs"] += 1
@@ -182,10 +196,13 @@ def main() -> None:
                         help="heldout: validation trajectories of the evaluated web's held-out entities")
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES),
                         help="task families the tasks cycle through (name one twice to weight it)")
+    parser.add_argument("--misnamed-rate", type=float, default=0.1,
+                        help="share of train table tasks whose plan misspells 1-2 names: sub-agent examples that "
+                             "report a missing page (their orchestrators are not written)")
     args = parser.parse_args()
     started = time.time()
     stats = asyncio.run(generate(args.out, args.tasks, args.shards, args.seed, args.subagents_per_wave, args.cache_dir,
-                                 tuple(args.web_seeds), args.split, tuple(args.families)))
+                                 tuple(args.web_seeds), args.split, tuple(args.families), args.misnamed_rate))
     print(f"wrote {args.out} in {time.time() - started:.0f}s: {dict(stats)}")
 
 
