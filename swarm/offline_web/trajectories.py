@@ -100,13 +100,12 @@ def run_trajectories(task: ResearchTask, backend: TeacherBackend, rng: random.Ra
     (tasks.misnamed), only sub-agents whose entity has no page: its orchestrator's plan is wrong on purpose."""
     orchestrator, *children = backend.conversations
     missing = [lk.task for wave in task.waves for lk in wave if lk.url_path is None]
+    out: list[Trajectory] = []
     if missing:
-        lost = [c for c in children if any(t in c.messages[c.fork_point].content for t in missing)]
-        return [Trajectory(family=task.family, role="subagent",
-                           segments=conversation_segments(c.messages, c.tools, c.fork_point))
-                for c in rng.sample(lost, min(subagents_per_wave, len(lost)))]
-    out = [Trajectory(family=task.family, role="orchestrator",
-                      segments=conversation_segments(orchestrator.messages, orchestrator.tools, 0))]
+        children = [c for c in children if any(t in c.messages[c.fork_point].content for t in missing)]
+    else:
+        out.append(Trajectory(family=task.family, role="orchestrator",
+                              segments=conversation_segments(orchestrator.messages, orchestrator.tools, 0)))
     by_wave: dict[int, list[TeacherConversation]] = {}
     for child in children:
         by_wave.setdefault(child.fork_point, []).append(child)
