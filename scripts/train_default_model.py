@@ -230,6 +230,79 @@ def init_weights(model: KimiLinearForCausalLM, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
+def widened(model: KimiLinearForCausalLM, config: dict, kda_heads: int, mla_heads: int, kv_lora_rank: int,
+            seed: int = 0) -> tuple[KimiLinearForCausalLM, dict]:
+    """The model with more KDA heads, MLA heads and MLA latent channels, computing the same function.
+
+    Adds attention capacity to a trained checkpoint without starting over: new heads write through zero
+    columns of o_proj and new latent channels come from zero rows of kv_a_proj (the latent norm's weight is
+    rescaled for the longer mean), so outputs stay the same up to that norm's eps, while every new weight
+    gets a gradient once training starts. New heads copy the gates and short convolutions of old ones."""
+    old = KimiLinearConfig.from_dict(config)
+    if kda_heads < old.kda_heads or mla_heads < old.num_attention_heads or kv_lora_rank < old.kv_lora_rank:
+        raise ValueError(f"widening only adds: the checkpoint has {old.kda_heads} KDA heads, "
+                         f"{old.num_attention_heads} MLA heads and kv_lora_rank {old.kv_lora_rank}")
+    new_config = json.loads(json.dumps(config))
+    new_config["linear_attn_config"]["num_heads"] = kda_heads
+    new_config["num_attention_heads"] = new_config["num_key_value_heads"] = mla_heads
+    new_config["kv_lora_rank"] = kv_lora_rank
+    gen = torch.Generator().manual_seed(seed)
+    state = {name: t.detach().float().cpu() for name, t in model.state_dict().items()}
+    for layer in old.kda_layer_ids:
+        _widen_kda(state, f"model.layers.{layer}.self_attn.", old.kda_heads, kda_heads, old.kda_head_dim, gen)
+    for layer in old.mla_layer_ids:
+        _widen_mla(state, f"model.layers.{layer}.self_attn.", old, mla_heads, kv_lora_rank, gen)
+    grown = KimiLinearForCausalLM(KimiLinearConfig.from_dict(new_config))
+    grown.load_state_dict(state)
+    return grown.to(next(model.parameters()).device), new_config
+
+
+def _random_like(weight: torch.Tensor, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(shape, generator=gen) * weight.std()
+
+
+def _copied_heads(tensor: torch.Tensor, heads: int, new_heads: int, dim: int = 0) -> torch.Tensor:
+    """tensor with its `heads` equal blocks along dim followed by copies of them, cycling, up to new_heads."""
+    per_head = tensor.shape[dim] // heads
+    extra = torch.arange((new_heads - heads) * per_head) % tensor.shape[dim]
+    return torch.cat([tensor, tensor.index_select(dim, extra)], dim=dim)
+
+
+def _widen_kda(state: dict[str, torch.Tensor], prefix: str, heads: int, new_heads: int, head_dim: int,
+               gen: torch.Generator) -> None:
+    extra = (new_heads - heads) * head_dim
+    for name in ("q_proj", "k_proj", "v_proj"):
+        weight = state[prefix + name + ".weight"]
+        state[prefix + name + ".weight"] = torch.cat([weight, _random_like(weight, (extra, weight.shape[1]), gen)])
+    for name in ("q_conv1d.weight", "k_conv1d.weight", "v_conv1d.weight", "f_b_proj.weight", "g_b_proj.weight",
+                 "dt_bias", "b_proj.weight"):
+        state[prefix + name] = _copied_heads(state[prefix + name], heads, new_heads)
+    state[prefix + "A_log"] = _copied_heads(state[prefix + "A_log"], heads, new_heads, dim=2)
+    out = state[prefix + "o_proj.weight"]
+    state[prefix + "o_proj.weight"] = torch.cat([out, out.new_zeros(out.shape[0], extra)], dim=1)
+
+
+def _widen_mla(state: dict[str, torch.Tensor], prefix: str, old: KimiLinearConfig, new_heads: int, rank: int,
+               gen: torch.Generator) -> None:
+    heads, old_rank = old.num_attention_heads, old.kv_lora_rank
+    query = state[prefix + "q_proj.weight"]
+    extra_q = (new_heads - heads) * old.qk_head_dim
+    state[prefix + "q_proj.weight"] = torch.cat([query, _random_like(query, (extra_q, query.shape[1]), gen)])
+    kv_a = state[prefix + "kv_a_proj_with_mqa.weight"]
+    state[prefix + "kv_a_proj_with_mqa.weight"] = torch.cat(
+        [kv_a[:old_rank], kv_a.new_zeros(rank - old_rank, kv_a.shape[1]), kv_a[old_rank:]])
+    norm = state[prefix + "kv_a_layernorm.weight"] * math.sqrt(old_rank / rank)
+    state[prefix + "kv_a_layernorm.weight"] = torch.cat([norm, norm.mean().expand(rank - old_rank)])
+    kv_b = state[prefix + "kv_b_proj.weight"]
+    rows = new_heads * (old.qk_nope_head_dim + old.v_head_dim)
+    grown = _random_like(kv_b, (rows, rank), gen)
+    grown[: kv_b.shape[0], :old_rank] = kv_b
+    state[prefix + "kv_b_proj.weight"] = grown
+    out = state[prefix + "o_proj.weight"]
+    extra_v = (new_heads - heads) * old.v_head_dim
+    state[prefix + "o_proj.weight"] = torch.cat([out, out.new_zeros(out.shape[0], extra_v)], dim=1)
+
+
 class RouterBalancer:
     """Aux-loss-free MoE balancing: raise the bias of under-used experts, lower it for over-used ones."""
 
@@ -477,8 +550,12 @@ def train(args: argparse.Namespace) -> None:
     if args.init:
         config_dict = json.loads((Path(args.init) / "config.json").read_text())
         model = load_model(args.init, device=device, dtype=torch.float32)
-        model.requires_grad_(True)
         print(f"continuing from {args.init}", flush=True)
+        if args.widen:
+            model, config_dict = widened(model, config_dict, *args.widen, seed=args.seed)
+            print(f"widened to {args.widen[0]} KDA heads, {args.widen[1]} MLA heads, kv_lora_rank {args.widen[2]}",
+                  flush=True)
+        model.requires_grad_(True)
     else:
         config_dict = default_config(hidden=args.hidden, layers=args.layers)
         model = KimiLinearForCausalLM(KimiLinearConfig.from_dict(config_dict))
@@ -574,6 +651,8 @@ def main() -> None:
                         help="wall-clock budget from process start, data loading included")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--init", help="checkpoint to continue training from (its config wins over --hidden/--layers)")
+    parser.add_argument("--widen", type=int, nargs=3, metavar=("KDA_HEADS", "MLA_HEADS", "KV_LORA_RANK"),
+                        help="with --init: first give the checkpoint this many heads and latent channels, same outputs")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -594,6 +673,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.eval_only and not (args.init and args.validation):
         parser.error("--eval-only needs --init (the checkpoint) and --validation (the trajectories)")
+    if args.widen and not args.init:
+        parser.error("--widen needs --init (the checkpoint to widen)")
     if not args.eval_only and not (args.data and args.out):
         parser.error("training needs --data and --out")
     train(args)

@@ -115,6 +115,26 @@ def test_checkpoint_is_written_in_the_official_format(tiny_model, tmp_path):
     assert isinstance(load_tokenizer(out), ByteTokenizer)
 
 
+def test_widening_adds_heads_and_latent_channels_without_changing_the_outputs(tiny_model):
+    config = train.default_config(hidden=64, layers=4)
+    old = KimiLinearConfig.from_dict(config)
+    wide, wide_config = train.widened(tiny_model, config, old.kda_heads + 2, old.num_attention_heads + 3,
+                                      old.kv_lora_rank * 2)
+    assert KimiLinearConfig.from_dict(wide_config).kda_heads == old.kda_heads + 2 and config == train.default_config(
+        hidden=64, layers=4)
+    ids = torch.randint(0, 273, (2, 45), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(wide(ids), tiny_model(ids), atol=1e-4, rtol=1e-4)
+    train.training_logits(wide, ids).square().mean().backward()
+    mla = wide.model.layers[old.mla_layer_ids[0]].self_attn
+    kda = wide.model.layers[old.kda_layer_ids[0]].self_attn
+    new_columns = old.num_attention_heads * old.v_head_dim
+    assert mla.o_proj.weight.grad[:, new_columns:].abs().sum() > 0  # the new heads learn from the first step
+    assert kda.o_proj.weight.grad[:, old.kda_heads * old.kda_head_dim:].abs().sum() > 0
+    assert mla.kv_a_proj_with_mqa.weight.grad[old.kv_lora_rank:2 * old.kv_lora_rank].abs().sum() > 0
+    with pytest.raises(ValueError, match="widening only adds"):
+        train.widened(tiny_model, config, old.kda_heads - 1, old.num_attention_heads, old.kv_lora_rank)
+
+
 def test_number_remap_redraws_each_value_once_in_order_and_format():
     """Every number of 3+ digits gets one fresh value of as many digits wherever it appears (in its own
     format), larger values stay larger, and nothing else moves: IP digits, small numbers, specials."""
