@@ -450,33 +450,18 @@ def make_batches(examples: list[Example], tokens_per_batch: int, rng: random.Ran
     return batches
 
 
-DECISION = re.compile(rb"(?:Best so far: the [a-z ]+? of |Answer: )")
-"""What the teacher writes just before a comparison's outcome: the leader's name comes next."""
-
-
-def decision_positions(ids: torch.Tensor) -> list[int]:
-    """Where a comparison's outcome starts in a trajectory's byte ids (the first byte of the leader's name)."""
-    raw = torch.where(ids < 256, ids, 0).to(torch.uint8).numpy().tobytes()
-    return [m.end() for m in DECISION.finditer(raw) if m.end() < len(raw)]
-
-
 def collate(examples: list[Example], batch: list[int], pad_id: int, device,
-            remap: random.Random | None = None, decision_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and per-token loss weights of a batch: 0 off the targets, 1 on them, and
-    `decision_weight` on the first byte of each comparison's outcome, the one choice the teacher's answers
-    make that is not a copy (about one target byte in 170); with `remap`, numbers are redrawn (remap_numbers)."""
+            remap: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and target mask of a batch; with `remap`, numbers are redrawn (remap_numbers)."""
     width = -(-max(len(examples[i].ids) for i in batch) // 256) * 256
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    weights = torch.zeros(len(batch), width)
+    mask = torch.zeros(len(batch), width, dtype=torch.bool)
     for row, i in enumerate(batch):
         example = examples[i]
         row_ids = remap_numbers(example.ids, example.numbers, remap) if remap else example.ids
         ids[row, : len(example.ids)] = row_ids.long()
-        weights[row, : len(example.ids)] = example.mask.float()
-        if decision_weight != 1.0:
-            positions = torch.tensor(decision_positions(row_ids), dtype=torch.long)
-            weights[row, positions] *= decision_weight
-    return ids.to(device, non_blocking=True), weights.to(device, non_blocking=True)
+        mask[row, : len(example.ids)] = example.mask
+    return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
 
 def official_state_dict(model: KimiLinearForCausalLM) -> dict[str, torch.Tensor]:
@@ -529,16 +514,14 @@ def save_checkpoint(model: KimiLinearForCausalLM, config: dict, out: Path) -> No
     out.rename(final)
 
 
-def assistant_loss(model: KimiLinearForCausalLM, prefix: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+def assistant_loss(model: KimiLinearForCausalLM, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                    device: torch.device, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy of ids [B, T] after their shared prefix, weighted per token (0 off the
-    assistant's tokens; see collate): the weighted mean or sum. bf16 autocast on the GPU."""
+    """Next-token cross-entropy of ids [B, T] after their shared prefix, on the tokens mask marks (the
+    assistant's); bf16 autocast on the GPU."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = training_logits(model, ids, prefix)
-    targets = weights[:, 1:] > 0
-    token_weights = weights[:, 1:][targets]
-    losses = F.cross_entropy(logits[:, :-1][targets].float(), ids[:, 1:][targets], reduction="none") * token_weights
-    return losses.sum() if reduction == "sum" else losses.sum() / token_weights.sum()
+    targets = mask[:, 1:]
+    return F.cross_entropy(logits[:, :-1][targets].float(), ids[:, 1:][targets], reduction=reduction)
 
 
 @torch.no_grad()
@@ -549,9 +532,9 @@ def validation_loss(model: KimiLinearForCausalLM, prefixes: list[torch.Tensor], 
     model.eval()
     total, count = 0.0, 0
     for example in examples:
-        ids, weights = example.ids.long()[None].to(device), example.mask[None].float().to(device)
-        total += float(assistant_loss(model, prefixes[example.prefix].to(device), ids, weights, device, "sum"))
-        count += int(example.mask[1:].sum())
+        ids, mask = example.ids.long()[None].to(device), example.mask[None].to(device)
+        total += float(assistant_loss(model, prefixes[example.prefix].to(device), ids, mask, device, "sum"))
+        count += int(mask[:, 1:].sum())
     model.train()
     return total / max(count, 1)
 
@@ -613,11 +596,10 @@ def train(args: argparse.Namespace) -> None:
             lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            ids, weights = collate(examples, batch, pad, device, rng if args.remap_numbers else None,
-                                   args.decision_weight)
+            ids, mask = collate(examples, batch, pad, device, rng if args.remap_numbers else None)
             try:
                 prefix = prefixes[examples[batch[0]].prefix].to(device)
-                loss, grad_norm = train_step(model, optimizer, prefix, ids, weights, device)
+                loss, grad_norm = train_step(model, optimizer, prefix, ids, mask, device)
             except torch.cuda.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
@@ -646,10 +628,10 @@ def train(args: argparse.Namespace) -> None:
           f"checkpoint in {args.out}", flush=True)
 
 
-def train_step(model, optimizer, prefix: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+def train_step(model, optimizer, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                device: torch.device) -> tuple[float, float]:
     """One optimizer step on a padded batch after its shared prefix; loss only on assistant tokens."""
-    loss = assistant_loss(model, prefix, ids, weights, device)
+    loss = assistant_loss(model, prefix, ids, mask, device)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -680,8 +662,6 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=16384)
     parser.add_argument("--remap-numbers", action=argparse.BooleanOptionalAction, default=True,
                         help="redraw every number of 3+ digits in each training trajectory (see remap_numbers)")
-    parser.add_argument("--decision-weight", type=float, default=1.0,
-                        help="loss weight of the first byte of each comparison's outcome (see collate)")
     parser.add_argument("--orchestrator-repeats", type=int, default=1,
                         help="times each orchestrator trajectory is listed per epoch (see load_examples)")
     parser.add_argument("--chunk-size", type=int, default=64, help="KDA chunk length of chunk_kda_reference")

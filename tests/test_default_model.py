@@ -135,23 +135,6 @@ def test_widening_adds_heads_and_latent_channels_without_changing_the_outputs(ti
         train.widened(tiny_model, config, old.kda_heads - 1, old.num_attention_heads, old.kv_lora_rank)
 
 
-def test_comparison_outcomes_get_their_own_loss_weight():
-    tokenizer = ByteTokenizer()
-    context = "The population of Quun is 5,678.\n"
-    answer = "Best so far: the population of Quun is 5,678.\nAnswer: Quun. The population of Quun is 5,678."
-    ids = torch.tensor(tokenizer.encode(context + answer))
-    mask = torch.zeros(len(ids), dtype=torch.bool)
-    mask[len(context):] = True
-    example = train.Example(0, ids, mask, train.number_spans(ids))
-    _, weights = train.collate([example], [0], tokenizer.special_ids["[PAD]"], torch.device("cpu"),
-                               decision_weight=8.0)
-    heavy = (weights[0] == 8.0).nonzero().flatten().tolist()
-    assert [tokenizer.decode(ids[p:p + 4].tolist()) for p in heavy] == ["Quun", "Quun"]
-    assert weights[0, : len(context)].sum() == 0 and int((weights[0] == 1.0).sum()) == len(answer) - 2
-    _, plain = train.collate([example], [0], tokenizer.special_ids["[PAD]"], torch.device("cpu"))
-    assert plain[0, : len(ids)].tolist() == mask.float().tolist()
-
-
 def test_number_remap_redraws_each_value_once_in_order_and_format():
     """Every number of 3+ digits gets one fresh value of as many digits wherever it appears (in its own
     format), larger values stay larger, and nothing else moves: IP digits, small numbers, specials."""
