@@ -197,13 +197,15 @@ def test_families_weight_the_task_mix_and_no_subagents_leaves_orchestrators(tmp_
 
 
 def test_a_misnamed_plan_teaches_subagents_to_report_the_missing_page(tmp_path):
-    """The plan misspells two names: those sub-agents search, see no page titled so, and say so in one turn;
-    only their trajectories are written (the orchestrator's plan is wrong on purpose)."""
+    """The plan misspells two names: those sub-agents search and see no page titled so; one says so at once,
+    the other first fetches the page its name would have and sees the fetch fail. Only their trajectories are
+    written (the orchestrator's plan is wrong on purpose)."""
     with OfflineWeb.start(seed=0, cache_dir=tmp_path / "cache") as offline:
-        rng = random.Random(3)
+        rng = random.Random(4)
         task = misnamed(sample_task(offline.manifest, "table", "train", rng, 4), offline.manifest, rng, 2)
         missing = [lk for lk in task.waves[0] if lk.url_path is None]
         assert len(missing) == 2 and not {lk.entity for lk in missing} & {e.name for e in offline.manifest.entities}
+        assert sorted(lk.guessed_path is None for lk in missing) == [False, True]
 
         async def go():
             web = offline_web_tools(offline)
@@ -219,8 +221,15 @@ def test_a_misnamed_plan_teaches_subagents_to_report_the_missing_page(tmp_path):
     reported = set()
     for trajectory in trajectories:
         targets = [text for text, target in trajectory.segments if target]
-        assert len(targets) == 2 and "functions.search:" in targets[0]
-        reported |= {lk.entity for lk in missing if targets[1] == not_found_text(lk.entity) + IM_END}
+        context = "".join(text for text, target in trajectory.segments if not target)
+        lookup = next(lk for lk in missing if not_found_text(lk.entity) + IM_END == targets[-1])
+        assert "functions.search:" in targets[0]
+        if lookup.guessed_path:
+            assert len(targets) == 3 and lookup.guessed_path in targets[1] and "functions.fetch:" in targets[1]
+            assert "HTTP 404" in context
+        else:
+            assert len(targets) == 2 and "HTTP 404" not in context
+        reported.add(lookup.entity)
     assert reported == {lk.entity for lk in missing}
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from swarm.offline_web.names import COMPANY_WORDS
 from swarm.offline_web.site import SiteManifest
-from swarm.offline_web.world import Entity, Kind, Split, leading_number
+from swarm.offline_web.world import Entity, Kind, Split, leading_number, slugify
 
 Family = Literal["compare", "table", "two_hop"]
 FAMILIES: tuple[Family, ...] = ("compare", "table", "two_hop")
@@ -88,6 +88,9 @@ class Lookup(BaseModel):
     attribute: str
     value: str
     url_path: str | None
+    guessed_path: str | None = None
+    """Of a lookup without a page: the path its sub-agent fetches anyway, as a small model guesses one from the
+    name; the fetch fails and the sub-agent reports the missing page."""
 
     @property
     def task(self) -> str:
@@ -180,10 +183,13 @@ def table_task(manifest: SiteManifest, split: Split, rng: random.Random, size: i
                         waves=[[_lookup(e, attribute) for e in chosen]], answer="")
 
 
-def misnamed(task: ResearchTask, manifest: SiteManifest, rng: random.Random, count: int) -> ResearchTask:
+def misnamed(task: ResearchTask, manifest: SiteManifest, rng: random.Random, count: int,
+             guess_rate: float = 0.5) -> ResearchTask:
     """`task` with `count` of its first wave's lookups renamed to names no page is about, as a small model's plan
     misspells them (one letter changed, or a company's last word swapped); the prompt keeps the real names.
-    Such runs teach sub-agents to report a missing page; their orchestrator, whose plan is wrong, is no example."""
+    Such runs teach sub-agents to report a missing page; their orchestrator, whose plan is wrong, is no example.
+    A `guess_rate` share of them first fetch the page the name would have and see the fetch fail, which is what
+    the small model does after such a search."""
     taken = {e.name for e in manifest.entities}
     wave = list(task.waves[0])
     for index in rng.sample(range(len(wave)), min(count, len(wave))):
@@ -191,7 +197,9 @@ def misnamed(task: ResearchTask, manifest: SiteManifest, rng: random.Random, cou
         for _ in range(100):
             wrong = _misspelled(name, rng)
             if wrong not in taken:
-                wave[index] = Lookup(entity=wrong, attribute=wave[index].attribute, value="", url_path=None)
+                guess = f"/{task.kind}/{slugify(wrong)}.html" if rng.random() < guess_rate else None
+                wave[index] = Lookup(entity=wrong, attribute=wave[index].attribute, value="", url_path=None,
+                                     guessed_path=guess)
                 taken.add(wrong)
                 break
     return task.model_copy(update={"waves": [wave, *task.waves[1:]]})

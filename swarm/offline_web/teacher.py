@@ -72,9 +72,7 @@ class Teacher:
         if own_turns == 0:
             return self._call(messages, "search", {"query": lookup.entity, "max_results": SEARCH_RESULTS})
         if lookup.url_path is None:
-            if re.search(rf"^{re.escape(lookup.entity)}$", last, re.MULTILINE):
-                raise TeacherError(f"searching the misnamed {lookup.entity!r} found a page titled so")
-            return Reply(content=lookup.finding(self.base_url), finish_reason="stop")
+            return self._missing_page_turn(messages, lookup, own_turns)
         url = self.url(lookup)
         if own_turns == 1:
             if url not in last:
@@ -82,6 +80,18 @@ class Teacher:
             return self._call(messages, "fetch", {"url": url})
         if lookup.value not in last or lookup.entity not in last:
             raise TeacherError(f"the page {url} does not show {lookup.attribute} {lookup.value!r}")
+        return Reply(content=lookup.finding(self.base_url), finish_reason="stop")
+
+    def _missing_page_turn(self, messages: list[Message], lookup: Lookup, own_turns: int) -> Reply:
+        """After the search, a lookup without a page fetches its guessed page (if it has one), then reports."""
+        last = messages[-1].content
+        if own_turns == 1:
+            if re.search(rf"^{re.escape(lookup.entity)}$", last, re.MULTILINE):
+                raise TeacherError(f"searching the misnamed {lookup.entity!r} found a page titled so")
+            if lookup.guessed_path:
+                return self._call(messages, "fetch", {"url": self.base_url + lookup.guessed_path})
+        elif "404" not in last:
+            raise TeacherError(f"fetching the guessed page {lookup.guessed_path} of {lookup.entity!r} did not fail")
         return Reply(content=lookup.finding(self.base_url), finish_reason="stop")
 
     def url(self, lookup: Lookup) -> str:
