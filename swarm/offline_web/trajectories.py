@@ -10,7 +10,8 @@ Runs can be spread over several seeded webs: each has other entity names, so a m
 must copy names from its context instead of recalling the few thousand names of one web. `--split
 heldout` writes the evaluated web's held-out tasks instead: a validation set, never for training.
 `--misnamed-rate` gives that share of train tables a plan that misspells one or two names, as the small model's
-plans do; only those sub-agents are written, searching and reporting that no page is about the name.
+plans do; only those sub-agents are written: they search (half of them also fetch the page the name would have,
+which fails) and report that no page is about the name.
 
     python -m swarm.offline_web.trajectories --out trajectories.jsonl.xz --tasks 3000 --web-seeds 0 1 2 3
 """
