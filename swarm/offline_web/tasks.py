@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from swarm.offline_web.names import COMPANY_WORDS
 from swarm.offline_web.site import SiteManifest
-from swarm.offline_web.world import Entity, Kind, Split, leading_number, slugify
+from swarm.offline_web.world import Entity, Kind, Split, entity_path, leading_number
 
 Family = Literal["compare", "table", "two_hop"]
 FAMILIES: tuple[Family, ...] = ("compare", "table", "two_hop")
@@ -197,7 +197,7 @@ def misnamed(task: ResearchTask, manifest: SiteManifest, rng: random.Random, cou
         for _ in range(100):
             wrong = _misspelled(name, rng)
             if wrong not in taken:
-                guess = f"/{task.kind}/{slugify(wrong)}.html" if rng.random() < guess_rate else None
+                guess = entity_path(task.kind, wrong) if rng.random() < guess_rate else None
                 wave[index] = Lookup(entity=wrong, attribute=wave[index].attribute, value="", url_path=None,
                                      guessed_path=guess)
                 taken.add(wrong)

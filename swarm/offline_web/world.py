@@ -70,6 +70,11 @@ def slugify(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def entity_path(kind: Kind, name: str) -> str:
+    """The site path of the page about the entity `name` of `kind` (one page per entity)."""
+    return f"/{kind}/{slugify(name)}.html"
+
+
 def thousands(n: int) -> str:
     return f"{n:,}"
 
@@ -91,7 +96,7 @@ class _Builder:
         self.entities: list[Entity] = []
 
     def add(self, kind: Kind, name: str, split: Split, country: str) -> Entity:
-        entity = Entity(kind=kind, name=name, url_path=f"/{kind}/{slugify(name)}.html", split=split,
+        entity = Entity(kind=kind, name=name, url_path=entity_path(kind, name), split=split,
                         country=country, facts={})
         self.entities.append(entity)
         return entity
