@@ -261,6 +261,16 @@ def _random_like(weight: torch.Tensor, shape: tuple[int, ...], gen: torch.Genera
     return torch.randn(shape, generator=gen) * weight.std()
 
 
+def _with_random_rows(weight: torch.Tensor, extra: int, gen: torch.Generator) -> torch.Tensor:
+    """weight with `extra` more output rows, drawn at its own scale (the inputs of new heads)."""
+    return torch.cat([weight, _random_like(weight, (extra, weight.shape[1]), gen)])
+
+
+def _with_zero_columns(weight: torch.Tensor, extra: int) -> torch.Tensor:
+    """weight with `extra` more input columns of zeros (an o_proj reading new heads that add nothing yet)."""
+    return torch.cat([weight, weight.new_zeros(weight.shape[0], extra)], dim=1)
+
+
 def _copied_heads(tensor: torch.Tensor, heads: int, new_heads: int, dim: int = 0) -> torch.Tensor:
     """tensor with its `heads` equal blocks along dim followed by copies of them, cycling, up to new_heads."""
     per_head = tensor.shape[dim] // heads
@@ -271,23 +281,20 @@ def _copied_heads(tensor: torch.Tensor, heads: int, new_heads: int, dim: int = 0
 def _widen_kda(state: dict[str, torch.Tensor], prefix: str, heads: int, new_heads: int, head_dim: int,
                gen: torch.Generator) -> None:
     extra = (new_heads - heads) * head_dim
-    for name in ("q_proj", "k_proj", "v_proj"):
-        weight = state[prefix + name + ".weight"]
-        state[prefix + name + ".weight"] = torch.cat([weight, _random_like(weight, (extra, weight.shape[1]), gen)])
+    for name in ("q_proj.weight", "k_proj.weight", "v_proj.weight"):
+        state[prefix + name] = _with_random_rows(state[prefix + name], extra, gen)
     for name in ("q_conv1d.weight", "k_conv1d.weight", "v_conv1d.weight", "f_b_proj.weight", "g_b_proj.weight",
                  "dt_bias", "b_proj.weight"):
         state[prefix + name] = _copied_heads(state[prefix + name], heads, new_heads)
     state[prefix + "A_log"] = _copied_heads(state[prefix + "A_log"], heads, new_heads, dim=2)
-    out = state[prefix + "o_proj.weight"]
-    state[prefix + "o_proj.weight"] = torch.cat([out, out.new_zeros(out.shape[0], extra)], dim=1)
+    state[prefix + "o_proj.weight"] = _with_zero_columns(state[prefix + "o_proj.weight"], extra)
 
 
 def _widen_mla(state: dict[str, torch.Tensor], prefix: str, old: KimiLinearConfig, new_heads: int, rank: int,
                gen: torch.Generator) -> None:
     heads, old_rank = old.num_attention_heads, old.kv_lora_rank
-    query = state[prefix + "q_proj.weight"]
-    extra_q = (new_heads - heads) * old.qk_head_dim
-    state[prefix + "q_proj.weight"] = torch.cat([query, _random_like(query, (extra_q, query.shape[1]), gen)])
+    state[prefix + "q_proj.weight"] = _with_random_rows(state[prefix + "q_proj.weight"],
+                                                        (new_heads - heads) * old.qk_head_dim, gen)
     kv_a = state[prefix + "kv_a_proj_with_mqa.weight"]
     state[prefix + "kv_a_proj_with_mqa.weight"] = torch.cat(
         [kv_a[:old_rank], kv_a.new_zeros(rank - old_rank, kv_a.shape[1]), kv_a[old_rank:]])
@@ -298,9 +305,8 @@ def _widen_mla(state: dict[str, torch.Tensor], prefix: str, old: KimiLinearConfi
     grown = _random_like(kv_b, (rows, rank), gen)
     grown[: kv_b.shape[0], :old_rank] = kv_b
     state[prefix + "kv_b_proj.weight"] = grown
-    out = state[prefix + "o_proj.weight"]
-    extra_v = (new_heads - heads) * old.v_head_dim
-    state[prefix + "o_proj.weight"] = torch.cat([out, out.new_zeros(out.shape[0], extra_v)], dim=1)
+    state[prefix + "o_proj.weight"] = _with_zero_columns(state[prefix + "o_proj.weight"],
+                                                         (new_heads - heads) * old.v_head_dim)
 
 
 class RouterBalancer:
