@@ -1,0 +1,50 @@
+"""The rank tool: numbers read as a person writes them, ordered exactly, bad input named."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from tools.errors import ToolError
+from tools.rank import RANK_TOOL, quantity, rank
+
+
+@pytest.mark.parametrize("text, number", [
+    ("1843", 1843), ("9,858,587", 9858587), ("1,765,697 km²", 1765697), ("2373 m", 2373),
+    ("$4.5 billion", 4_500_000_000), ("1.5 million people", 1_500_000), ("12k", 12_000), ("-3.25", Decimal("-3.25")),
+    ("about 800 (est.)", 800), ("9.11", Decimal("9.11")),
+])
+def test_quantity_reads_separators_decimals_and_scale_words(text, number):
+    assert quantity(text) == number
+
+
+def test_rank_orders_numbers_not_strings():
+    """9,858,587 sorts above 46,802,699 as text and below it as a number; 9.11 is smaller than 9.9."""
+    ranked = rank({"Preaxora": "9,858,587", "Quoundland": "46,802,699", "Riland": "138,382,486"}, "largest")
+    assert ranked.splitlines() == ["Largest first:", "1. Riland: 138,382,486", "2. Quoundland: 46,802,699",
+                                   "3. Preaxora: 9,858,587"]
+    assert rank({"a": "9.11", "b": "9.9"}, "smallest").splitlines()[1] == "1. a: 9.11"
+
+
+def test_rank_keeps_input_order_among_ties_and_says_so():
+    ranked = rank({"X": "1,200 m", "Y": "900 m", "Z": "1200 m"}).splitlines()
+    assert ranked[1:] == ["1. X: 1,200 m (tied with Z)", "2. Z: 1200 m (tied with X)", "3. Y: 900 m"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"only": "5"}, "at least two"),
+    ({"a": "5", "b": "unknown"}, "values['b']: no number in 'unknown'"),
+])
+def test_rank_names_the_bad_input(values, message):
+    with pytest.raises(ToolError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        rank(values)
+
+
+def test_rank_tool_spec_and_validation():
+    """A model sees `values` (name -> value text) and `order`; anything else is refused before it runs."""
+    assert RANK_TOOL.name == "rank" and not RANK_TOOL.untrusted
+    assert RANK_TOOL.parameters["properties"]["order"]["enum"] == ["largest", "smallest"]
+    assert RANK_TOOL.validate('{"values": {"a": "1", "b": "2"}, "order": "smallest"}')["order"] == "smallest"
+    with pytest.raises(ValueError, match="order"):
+        RANK_TOOL.validate('{"values": {"a": "1", "b": "2"}, "order": "biggest"}')

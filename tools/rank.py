@@ -1,0 +1,57 @@
+"""`rank`: order named quantities exactly, so an agent never compares numbers in its head.
+
+Language models misjudge numbers of different lengths or formats (9,858,587 against 46,802,699; 9.11
+against 9.9). A comparison answer is only as good as that judgement, so agents hand it to this tool:
+they copy each name and value as found, say which end they want, and read the winner off the first line.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Literal
+
+from swarm.tool import Tool
+from tools.errors import ToolError
+
+NUMBER = re.compile(r"(?<![\w.])([-−]?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:\s*(thousand|million|billion|trillion|"
+                    r"[kKMB]|bn)\b)?")
+SCALES = {"thousand": 3, "k": 3, "K": 3, "million": 6, "M": 6, "billion": 9, "B": 9, "bn": 9, "trillion": 12}
+
+
+def quantity(value: str) -> Decimal:
+    """The first number in `value`, with thousands separators and a scale word: "1.5 million" is 1500000."""
+    match = NUMBER.search(value)
+    if match is None:
+        raise ValueError(f"no number in {value!r}")
+    sign, digits, fraction, scale = match.groups()
+    number = Decimal(digits.replace(",", "") + (fraction or ""))
+    return (-number if sign else number).scaleb(SCALES.get(scale or "", 0))
+
+
+def rank(values: dict[str, str], order: Literal["largest", "smallest"] = "largest") -> str:
+    """Orders named values by their numbers; use it to find the largest or smallest of several values.
+
+    Args:
+        values: Each name with its value as found, e.g. {"Oslo": "709,037", "Bergen": "291,940"}.
+        order: "largest" (or latest, for years) first, or "smallest" (earliest) first.
+    """
+    if len(values) < 2:
+        raise ToolError("values needs at least two names to rank")
+    numbers: dict[str, Decimal] = {}
+    for name, value in values.items():
+        try:
+            numbers[name] = quantity(value)
+        except ValueError as error:
+            raise ToolError(f"values[{name!r}]: {error}") from None
+    ordered = sorted(values, key=numbers.__getitem__, reverse=order == "largest")
+    lines = [f"{order.capitalize()} first:"]
+    for place, name in enumerate(ordered, start=1):
+        ties = [other for other in ordered if other != name and numbers[other] == numbers[name]]
+        tied = f" (tied with {', '.join(ties)})" if ties else ""
+        lines.append(f"{place}. {name}: {values[name]}{tied}")
+    return "\n".join(lines)
+
+
+RANK_TOOL = Tool(rank, untrusted=False)
+"""Its output only restates the caller's own arguments in order, so it is not wrapped as web content."""
