@@ -30,7 +30,7 @@ from backend.default_model import default_model_path  # noqa: E402
 from backend.engine_backend import EngineBackend  # noqa: E402
 from swarm.offline_web import OfflineWeb  # noqa: E402
 from swarm.offline_web.tasks import Family, ResearchTask, grade, sample_task  # noqa: E402
-from swarm.offline_web.trajectories import offline_web_tools  # noqa: E402
+from swarm.offline_web.trajectories import offline_web_tools, trained_tools  # noqa: E402
 from swarm.orchestrator import Swarm  # noqa: E402
 
 REPLY_TOKENS = 4096  # a byte-level model writes a 25-row table in about 2,800 tokens; --max-tokens changes it
@@ -140,7 +140,7 @@ async def main_async(args: argparse.Namespace) -> list[FamilySummary]:
             await web.search("warm up the search index", 1)
             for family, size in plan:
                 task = sample_task(offline.manifest, family, "heldout", rng, size)
-                score = await run_task(backend, web.tools(), task, offline.base_url, args.max_tokens)
+                score = await run_task(backend, trained_tools(web), task, offline.base_url, args.max_tokens)
                 scores.setdefault(family, []).append(score)
                 print(f"{family:8s} {score.correct}/{score.total} cited {score.cited} agents {score.agents} "
                       f"tools {score.tool_calls} {score.wall_seconds:.1f}s [{score.status}] {task.prompt[:70]}",

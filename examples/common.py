@@ -23,6 +23,7 @@ from swarm import RunResult, Swarm
 from swarm.launch import LIVE_SEARCH_PROVIDERS, LaunchError, WebMode, open_backend, open_web, resolve_web_mode
 from swarm.offline_web import SiteManifest, ensure_site
 from swarm.offline_web.tasks import Family, ResearchTask, sample_task
+from tools.rank import RANK_TOOL
 
 REPLY_TOKENS = 4096
 """Completion tokens per model turn: the default model writes a 25-row table in about 2,800."""
@@ -65,11 +66,11 @@ def offline_task(options: argparse.Namespace, family: Family, size: int | None =
 
 @contextlib.asynccontextmanager
 async def research_swarm(options: argparse.Namespace) -> AsyncIterator[Swarm]:
-    """A Swarm over the chosen model with web search and fetch; closed (server, browser, model) on exit."""
+    """A Swarm over the chosen model with web search, fetch and rank; closed (server, browser, model) on exit."""
     backend = open_backend(options.model, options.base_url or [], options.api_key)
     try:
         async with open_web(web_mode(options), options.search) as web:
-            yield Swarm(backend, [web.search, web.fetch], max_agents=options.max_agents,
+            yield Swarm(backend, [web.search, web.fetch, RANK_TOOL], max_agents=options.max_agents,
                         max_tool_calls=options.max_tool_calls, deadline=options.deadline,
                         reply_options=ReplyOptions(max_tokens=REPLY_TOKENS))
     finally:

@@ -32,6 +32,7 @@ from swarm.report import markdown_report
 from swarm.result import RunResult
 from swarm.tape import ToolTape, ToolTapeMismatch, tool_tape_path
 from swarm.tool import Tool
+from tools.rank import RANK_TOOL
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -46,6 +47,8 @@ EXIT_CODES_HELP = (
 )
 
 WEB_TOOLS = ("search", "fetch", "browse")
+TOOLS = (*WEB_TOOLS, "rank")
+"""What --tools can name: the web tools, and `rank` (tools.rank), which needs no web."""
 
 app = typer.Typer(
     help="Agent swarms on one shared long context: an orchestrator fans a task out to up to 100 sub-agents.",
@@ -83,8 +86,8 @@ def run(
                                                          "takes the default model about 2,800).")] = 4096,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 0.0,
     tools: Annotated[str, typer.Option(
-        help=f"Comma-separated web tools to give the sub-agents, from: {', '.join(WEB_TOOLS)}.")
-    ] = "search,fetch,browse",
+        help=f"Comma-separated tools to give the agents, from: {', '.join(TOOLS)}.")
+    ] = ",".join(TOOLS),
     web: Annotated[WebMode, typer.Option(
         help="Where the web tools go: 'offline' (the generated offline web on loopback), 'live' (the internet), "
              "'none' (no web tools), 'auto' (offline for the embedded default model, live otherwise).")
@@ -118,9 +121,9 @@ def run(
     if not task.strip():
         raise typer.BadParameter("the task is empty", param_hint="TASK")
     selected = [name.strip() for name in tools.split(",") if name.strip()]
-    unknown = [name for name in selected if name not in WEB_TOOLS]
+    unknown = [name for name in selected if name not in TOOLS]
     if unknown:
-        raise typer.BadParameter(f"unknown tool(s) {', '.join(unknown)}; choose from {', '.join(WEB_TOOLS)}",
+        raise typer.BadParameter(f"unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}",
                                  param_hint="--tools")
     if search is not None and search not in LIVE_SEARCH_PROVIDERS:
         raise typer.BadParameter(f"unknown search provider {search!r}; choose from {', '.join(LIVE_SEARCH_PROVIDERS)}",
@@ -142,7 +145,7 @@ def run(
     try:
         result, interrupted = asyncio.run(_run(
             task, documents, console, settings, model=model, base_urls=base_url or [], api_key=api_key,
-            stream=stream, device=device, dtype=dtype.value, web_mode=web_mode, search=search, web_tools=selected,
+            stream=stream, device=device, dtype=dtype.value, web_mode=web_mode, search=search, tool_names=selected,
             tools_from=tools_from or [], record=record, replay=replay, live=console.is_terminal and not json_output,
         ))
     except (LaunchError, ReplayMismatch, ToolTapeMismatch) as error:
@@ -177,15 +180,19 @@ def _print_error(console: Console, error: Exception) -> None:
 
 async def _run(task: str, documents: list[str], console: Console, settings: dict[str, Any], *, model: str | None,
                base_urls: list[str], api_key: str | None, stream: bool, device: str, dtype: str, web_mode: WebMode,
-               search: str | None, web_tools: list[str], tools_from: list[str], record: Path | None,
+               search: str | None, tool_names: list[str], tools_from: list[str], record: Path | None,
                replay: Path | None, live: bool) -> tuple[RunResult, bool]:
     async with contextlib.AsyncExitStack() as stack:
-        run_tools: list[Tool | Callable[..., Any]] = [t for spec in tools_from for t in _load_tools(spec)]
+        extra_tools = [t for spec in tools_from for t in _load_tools(spec)]
+        run_tools: list[Tool | Callable[..., Any]] = []
         backend = open_backend(model, base_urls, api_key, stream=stream, replay=replay, device=device, dtype=dtype)
         stack.push_async_callback(backend.aclose)
-        if web_mode is not WebMode.none and web_tools:
+        if web_mode is not WebMode.none and set(tool_names) & set(WEB_TOOLS):
             web = await stack.enter_async_context(open_web(web_mode, search))
-            run_tools = [getattr(web, name) for name in web_tools] + run_tools
+            run_tools += [getattr(web, name) for name in tool_names if name in WEB_TOOLS]
+        if "rank" in tool_names:
+            run_tools.append(RANK_TOOL)
+        run_tools += extra_tools
         tool_tape = None
         if record:
             backend = RecordingBackend(backend, record)

@@ -103,7 +103,7 @@ async def open_web(mode: WebMode, search_provider: str | None = None) -> AsyncIt
     offline_web = import_or_fail("swarm.offline_web", "the offline web")
     trajectories = import_or_fail("swarm.offline_web.trajectories", "the offline web")
     with offline_web.OfflineWeb.start() as site:
-        async with trajectories.offline_web_tools(site) as web:  # the tools the default model was trained with
+        async with trajectories.offline_web_tools(site) as web:  # the web tools the default model was trained with
             yield web
 
 

@@ -189,16 +189,16 @@ def test_offline_web_run_records_and_replays_with_no_model_and_no_web(tmp_path):
     tape = tmp_path / "run.jsonl"
     with FakeOpenAI(teacher_script(task, manifest)) as server:
         recorded = runner.invoke(app, ["run", task.prompt, "--base-url", server.base_url, "--model", "teacher",
-                                       "--web", "offline", "--tools", "search,fetch", "--json", "--record", str(tape)])
+                                       "--web", "offline", "--tools", "search,fetch,rank", "--json", "--record", str(tape)])
     assert recorded.exit_code == 0, recorded.output
     data = json.loads(recorded.stdout)
     assert re.search(rf"^Answer: {task.answer}\. The .* of {task.answer} is .* \[http://127\.0\.0\.1:\d+{task.answer_url_path}\]\.$",
                      data["answer"], re.MULTILINE)
     assert sorted(c["url"].split("/", 3)[3] for c in data["citations"]) == sorted(
         lookup.url_path.lstrip("/") for lookup in task.waves[0])
-    assert data["usage"]["tool_calls"] == 6 and data["usage"]["agents"] == 3
+    assert data["usage"]["tool_calls"] == 7 and data["usage"]["agents"] == 3  # 3 searches, 3 fetches, 1 rank
 
-    replayed = runner.invoke(app, ["run", task.prompt, "--replay", str(tape), "--tools", "search,fetch", "--json"])
+    replayed = runner.invoke(app, ["run", task.prompt, "--replay", str(tape), "--tools", "search,fetch,rank", "--json"])
     assert replayed.exit_code == 0, replayed.output
     again = json.loads(replayed.stdout)
     assert (again["answer"], again["citations"]) == (data["answer"], data["citations"])

@@ -12,6 +12,7 @@ import pytest
 from swarm.offline_web import OfflineWeb, generate_site, load_manifest
 from swarm.offline_web.site import MANIFEST_NAME
 from swarm.offline_web.tasks import compare_task, finding_text, grade, sample_task, table_rows
+from tools.rank import DESCENDING, rank
 
 HREF = re.compile(r'href="([^"]+)"')
 TAGS = re.compile(r"<[^>]+>")
@@ -134,17 +135,6 @@ def test_grade_gives_the_teachers_answer_full_marks(site, family):
     assert score.correct == score.cited == score.total == (4 if family == "table" else 1)
 
 
-def test_teachers_comparison_answer_restates_the_winners_finding(site):
-    """The Answer line names the winner, then repeats its finding line word for word: its value then follows
-    the winner's name as it does in the sub-agent's report, which a small model copies reliably."""
-    _, manifest = site
-    task = sample_task(manifest, "compare", "heldout", random.Random(7), 4)
-    *findings, answer_line = task.final_answer(BASE).splitlines()
-    winner = task.winner()
-    own = finding_text(winner.attribute, winner.entity, winner.value, BASE.rstrip("/") + winner.url_path)
-    assert own in findings and answer_line == f"Answer: {task.answer}. {own}"
-
-
 def test_grade_wants_the_winners_own_value_and_page(site):
     """A right name with a wrong value, a value inside a longer number, or another page are not full marks."""
     _, manifest = site
@@ -180,16 +170,18 @@ def test_table_rows_read_the_value_column_by_its_header():
         assert table_rows(answer, "population") == {"Oslo": ("709,037", "http://h/city/oslo.html")}
 
 
-def test_teachers_comparison_keeps_a_running_best_after_each_finding(site):
-    """Each "Best so far" line compares two nearby values (the last best and the new finding), and the
-    last one names the winner."""
+def test_teachers_comparison_ranks_the_findings_and_names_the_first(site):
+    """The rank call carries every compared value as found and the task's direction; the tool's first line
+    is the winner, whom the answer names with its finding, before listing every finding."""
     _, manifest = site
-    for seed in range(6):
+    for seed in range(8):
         task = sample_task(manifest, "compare", "heldout", random.Random(seed), 4)
-        best_lines = [line for line in task.final_answer(BASE).splitlines() if line.startswith("Best so far:")]
-        assert len(best_lines) == len(task.waves[0])
-        for count, line in enumerate(best_lines, start=1):
-            seen = task.waves[0][:count]
-            leader = (max if task.largest else min)(seen, key=lambda lk: lk.number())
-            assert line == f"Best so far: the {leader.attribute.lower()} of {leader.entity} is {leader.value}."
-        assert best_lines[-1].endswith(f" of {task.answer} is {task.winner().value}.")
+        arguments = task.rank_arguments()
+        assert arguments["values"] == {lk.entity: lk.value for lk in task.waves[0]}
+        assert re.search(rf"\b{arguments['order']}\b", task.prompt) and (arguments["order"] in DESCENDING) == task.largest
+        first = rank(**arguments).splitlines()[1]
+        assert first == f"1. {task.answer}: {task.winner().value}"
+        lines = task.final_answer(BASE).splitlines()
+        assert lines[0] == f"Answer: {task.answer}. {task.winner().finding(BASE)}"
+        assert lines[1:] == [lk.finding(BASE) for lk in task.waves[0]]
+        assert grade(task, task.final_answer(BASE), BASE).correct == 1

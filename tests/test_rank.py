@@ -27,6 +27,12 @@ def test_rank_orders_numbers_not_strings():
     assert rank({"a": "9.11", "b": "9.9"}, "smallest").splitlines()[1] == "1. a: 9.11"
 
 
+@pytest.mark.parametrize("order, first", [("largest", "b"), ("most", "b"), ("latest", "b"), ("highest", "b"),
+                                          ("smallest", "a"), ("fewest", "a"), ("earliest", "a"), ("lowest", "a")])
+def test_rank_takes_the_questions_superlative_as_the_order(order, first):
+    assert rank({"a": "1889", "b": "1902"}, order).splitlines()[1].startswith(f"1. {first}: ")
+
+
 def test_rank_keeps_input_order_among_ties_and_says_so():
     ranked = rank({"X": "1,200 m", "Y": "900 m", "Z": "1200 m"}).splitlines()
     assert ranked[1:] == ["1. X: 1,200 m (tied with Z)", "2. Z: 1200 m (tied with X)", "3. Y: 900 m"]
@@ -44,7 +50,8 @@ def test_rank_names_the_bad_input(values, message):
 def test_rank_tool_spec_and_validation():
     """A model sees `values` (name -> value text) and `order`; anything else is refused before it runs."""
     assert RANK_TOOL.name == "rank" and not RANK_TOOL.untrusted
-    assert RANK_TOOL.parameters["properties"]["order"]["enum"] == ["largest", "smallest"]
+    assert set(RANK_TOOL.parameters["properties"]["order"]["enum"]) >= {"largest", "smallest", "most", "fewest",
+                                                                        "earliest", "latest", "highest", "lowest"}
     assert RANK_TOOL.validate('{"values": {"a": "1", "b": "2"}, "order": "smallest"}')["order"] == "smallest"
     with pytest.raises(ValueError, match="order"):
         RANK_TOOL.validate('{"values": {"a": "1", "b": "2"}, "order": "biggest"}')

@@ -24,9 +24,11 @@ from swarm.offline_web.trajectories import (
     offline_web_tools,
     record_run,
     run_trajectories,
+    trained_tools,
 )
 from swarm.tool import as_tool
 from tools import wrap_untrusted
+from tools.rank import rank
 
 CALL_ID = re.compile(r"functions\.(\w+):(\d+)")
 
@@ -42,11 +44,11 @@ class Recorded:
 
     async def record(self, web) -> None:
         rng = random.Random(7)
-        self.tool_specs = {t.name: t for t in map(as_tool, web.tools())}
+        self.tool_specs = {t.name: t for t in map(as_tool, trained_tools(web))}
         for family, size in (("compare", 3), ("table", 4), ("two_hop", None)):
             task = sample_task(self.offline.manifest, family, "train", rng, size)
             self.runs[family] = (task, await record_run(task, self.offline.manifest, self.offline.base_url,
-                                                        web.tools()))
+                                                        trained_tools(web)))
         child = self.runs["table"][1].conversations[1]
         calls = [c for m in child.messages[child.fork_point:] if m.role == "assistant" for c in m.tool_calls]
         query = json.loads(calls[0].arguments)
@@ -83,6 +85,18 @@ def test_teacher_runs_finish_with_the_expected_answer(recorded, family):
     assert orchestrator.messages[-1].content == task.final_answer(offline.base_url)
     lookups = sum(len(wave) for wave in task.waves)
     assert len(backend.conversations) == 1 + lookups
+
+
+def test_comparison_orchestrator_ranks_the_findings_with_the_real_tool(recorded):
+    """spawn_agents, then rank over what the sub-agents found; the answer names the tool's first entry."""
+    task, backend = recorded.runs["compare"]
+    orchestrator = backend.conversations[0]
+    calls = [c for m in orchestrator.messages if m.role == "assistant" for c in m.tool_calls]
+    assert [c.name for c in calls] == [prompts.SPAWN_TOOL_NAME, "rank"]
+    assert json.loads(calls[1].arguments) == task.rank_arguments()
+    ranked = orchestrator.messages[-2]
+    assert ranked.role == "tool" and ranked.content == rank(**task.rank_arguments())
+    assert ranked.content.splitlines()[1].startswith(f"1. {task.answer}: ")
 
 
 def test_segments_add_up_and_targets_are_own_assistant_turns(recorded):
@@ -210,7 +224,7 @@ def test_a_misnamed_plan_teaches_subagents_to_report_the_missing_page(tmp_path):
         async def go():
             web = offline_web_tools(offline)
             try:
-                return await record_run(task, offline.manifest, offline.base_url, web.tools())
+                return await record_run(task, offline.manifest, offline.base_url, trained_tools(web))
             finally:
                 await web.aclose()
 

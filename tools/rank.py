@@ -29,12 +29,19 @@ def quantity(value: str) -> Decimal:
     return (-number if sign else number).scaleb(SCALES.get(scale or "", 0))
 
 
-def rank(values: dict[str, str], order: Literal["largest", "smallest"] = "largest") -> str:
+Order = Literal["largest", "highest", "most", "latest", "smallest", "lowest", "fewest", "least", "earliest"]
+DESCENDING = ("largest", "highest", "most", "latest")
+"""Orders that put the largest number first; the others put the smallest first. Several words per direction, so
+an agent can pass the superlative of the question it answers ("the fewest employees", "founded most recently")."""
+
+
+def rank(values: dict[str, str], order: Order = "largest") -> str:
     """Orders named values by their numbers; use it to find the largest or smallest of several values.
 
     Args:
         values: Each name with its value as found, e.g. {"Oslo": "709,037", "Bergen": "291,940"}.
-        order: "largest" (or latest, for years) first, or "smallest" (earliest) first.
+        order: Which comes first, in the question's own word: largest, highest, most or latest (the largest
+            number first), smallest, lowest, fewest, least or earliest (the smallest first).
     """
     if len(values) < 2:
         raise ToolError("values needs at least two names to rank")
@@ -44,8 +51,9 @@ def rank(values: dict[str, str], order: Literal["largest", "smallest"] = "larges
             numbers[name] = quantity(value)
         except ValueError as error:
             raise ToolError(f"values[{name!r}]: {error}") from None
-    ordered = sorted(values, key=numbers.__getitem__, reverse=order == "largest")
-    lines = [f"{order.capitalize()} first:"]
+    descending = order in DESCENDING
+    ordered = sorted(values, key=numbers.__getitem__, reverse=descending)
+    lines = ["Largest first:" if descending else "Smallest first:"]
     for place, name in enumerate(ordered, start=1):
         ties = [other for other in ordered if other != name and numbers[other] == numbers[name]]
         tied = f" (tied with {', '.join(ties)})" if ties else ""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel
 
 from swarm.offline_web.names import COMPANY_WORDS
 from swarm.offline_web.site import SiteManifest
-from swarm.offline_web.world import Entity, Kind, Split, entity_path, leading_number
+from swarm.offline_web.world import Entity, Kind, Split, entity_path
+from tools.rank import Order
 
 Family = Literal["compare", "table", "two_hop"]
 FAMILIES: tuple[Family, ...] = ("compare", "table", "two_hop")
@@ -96,10 +97,6 @@ class Lookup(BaseModel):
     def task(self) -> str:
         return subtask_text(self.attribute, self.entity)
 
-    def number(self) -> int:
-        """The value as a number ("1,234 m" is 1234), for comparisons."""
-        return leading_number(self.value, f"the {self.attribute.lower()} of {self.entity}")
-
     def finding(self, base_url: str) -> str:
         """The sub-agent's report of this fact, citing its page on the site served at `base_url`."""
         if self.url_path is None:
@@ -123,28 +120,26 @@ class ResearchTask(BaseModel):
     def final_answer(self, base_url: str) -> str:
         """The orchestrator's cited answer, as the teacher writes it.
 
-        Every value the answer states is a copy of text just above it: a small model copies a value
-        reliably after the words that precede it in the report, not after its name in another layout.
-        A comparison keeps a running best after each finding (two nearby numbers to compare, never N),
-        then restates the winner's finding; a table row quotes the finding before the value cell."""
+        Every value the answer states is a copy of text above it: a small model copies a value reliably
+        after the words that precede it in the report, not after its name in another layout. A comparison
+        names the first entity of its `rank` result (the tool compares, not the model), restates that
+        entity's finding, then lists every finding; a table row quotes the finding before the value cell."""
         url = base_url.rstrip("/")
         if self.family == "table":
             head = [f"| {COLUMN_TITLES[self.kind]} | Finding | {self.attribute} |", "| --- | --- | --- |"]
             rows = [f"| {lk.entity} | {lk.finding(url)} | {lk.value} |" for lk in self.waves[0]]
             return "\n".join(head + rows)
-        lines: list[str] = []
+        findings = [lk.finding(url) for wave in self.waves for lk in wave]
         if self.family == "compare":
-            best: Lookup | None = None
-            for lk in self.waves[0]:
-                if best is None or (lk.number() > best.number()) == self.largest:
-                    best = lk
-                lines += [lk.finding(url),
-                          f"Best so far: the {best.attribute.lower()} of {best.entity} is {best.value}."]
-            lines.append(f"Answer: {self.answer}. {self.winner().finding(url)}")
-        else:
-            lines = [lk.finding(url) for wave in self.waves for lk in wave]
-            lines.append(f"Answer: {self.answer} [{url}{self.answer_url_path}].")
-        return "\n".join(lines)
+            return "\n".join([f"Answer: {self.answer}. {self.winner().finding(url)}", *findings])
+        return "\n".join([*findings, f"Answer: {self.answer} [{url}{self.answer_url_path}]."])
+
+    def rank_arguments(self) -> dict[str, object]:
+        """A comparison's `rank` call (tools.rank): the prompt's superlative as the order (a copy, not a judgement
+        of which direction the prompt means), then each entity's value as its sub-agent found it."""
+        phrase = COMPARISONS[(self.kind, self.attribute)][0 if self.largest else 1]
+        order = next(word for word in phrase.split() if word in get_args(Order))
+        return {"order": order, "values": {lk.entity: lk.value for lk in self.waves[0]}}
 
     def winner(self) -> Lookup:
         """The compared entity that the answer names."""

@@ -3,7 +3,8 @@
 `TeacherBackend` is a ChatBackend: the real `Swarm` drives it exactly as it drives the engine
 (same prompts, tool specs, forks, spawn results), runs the real web tools against the served
 offline web and appends their real output. Only the assistant turns come from the teacher, which
-knows the task's plan and checks every fact it cites against the text the tools returned.
+knows the task's plan and checks every fact it cites against the text the tools returned. A comparison's
+orchestrator ranks the findings with the `rank` tool before it answers, so the run needs that tool.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from backend.messages import Message, ToolCall, ToolSpec
 from swarm import prompts
 from swarm.offline_web.site import SiteManifest
 from swarm.offline_web.tasks import Lookup, ResearchTask
+from tools.rank import RANK_TOOL
 
 SEARCH_RESULTS = 3
 SUBTASK = re.compile(r"using the tools: Find the (?P<attribute>.+?) of (?P<name>.+?)\.\n")
@@ -58,6 +60,13 @@ class Teacher:
         if waves_done < len(self.task.waves):
             tasks = [lk.task for lk in self.task.waves[waves_done]]
             return self._call(messages, prompts.SPAWN_TOOL_NAME, {"tasks": tasks})
+        if self.task.family == "compare":
+            ranked = any(c.name == RANK_TOOL.name for m in messages if m.role == "assistant" for c in m.tool_calls)
+            if not ranked:
+                return self._call(messages, RANK_TOOL.name, self.task.rank_arguments())
+            first = f"1. {self.task.answer}: {self.task.winner().value}"
+            if first not in messages[-1].content.splitlines():
+                raise TeacherError(f"the rank result does not start with {first!r}: {messages[-1].content!r}")
         return Reply(content=self.task.final_answer(self.base_url), finish_reason="stop")
 
     def _subagent_turn(self, messages: list[Message], start: int) -> Reply:

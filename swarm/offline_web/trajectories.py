@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -40,6 +41,7 @@ from swarm.offline_web.world import Split
 from swarm.offline_web.teacher import Teacher, TeacherBackend, TeacherConversation
 from swarm.orchestrator import Swarm
 from tools import Web, WebConfig
+from tools.rank import RANK_TOOL
 
 Segment = tuple[str, bool]
 
@@ -86,6 +88,11 @@ def offline_web_tools(web: OfflineWeb, index_dir: Path | None = None) -> Web:
     return Web(WebConfig(search_provider="local", corpus_dir=web.site_dir, corpus_base_url=web.base_url,
                          allowed_hosts=[web.host_port], per_host_rate=10_000.0, per_host_concurrency=64,
                          cache_max_entries=8192, **extra))
+
+
+def trained_tools(web: Web) -> list[Any]:
+    """The tools the default model was trained with, in their declared order: the web's, then `rank`."""
+    return [*web.tools(), RANK_TOOL]
 
 
 async def record_run(task: ResearchTask, manifest: SiteManifest, base_url: str, tools: list) -> TeacherBackend:
@@ -158,7 +165,7 @@ async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_
             with OfflineWeb.start(seed=web_seeds[shard % len(web_seeds)], cache_dir=cache_dir) as offline:
                 heldout = None if split == "heldout" else heldout_pattern(evaluated, offline.manifest)
                 web = offline_web_tools(offline, index_dir=(cache_dir / "search-index") if cache_dir else None)
-                declared = [web.search, web.fetch] if rng.random() < 0.2 else web.tools()
+                declared = [web.search, web.fetch, RANK_TOOL] if rng.random() < 0.2 else trained_tools(web)
                 try:
                     for task in task_stream(offline.manifest, rng, min(per_shard, tasks - shard * per_shard), split,
                                             families):
