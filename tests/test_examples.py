@@ -49,7 +49,7 @@ def test_comparison_prints_the_cited_answer_and_usage():
                      re.MULTILINE)
     assert sorted(url.split("/", 3)[3] for url in cited_urls(done.stdout)) == sorted(
         lookup.url_path.lstrip("/") for lookup in task.waves[0])
-    assert "Usage: complete; 4 sub-agents in 1 wave(s), 8 tool calls" in done.stdout
+    assert "Usage: complete; 4 sub-agents in 1 wave(s), 9 tool calls" in done.stdout  # 4 searches, 4 fetches, 1 rank
     assert f"Expected (the offline web's facts): {task.answer}" in done.stdout
 
 
