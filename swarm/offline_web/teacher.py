@@ -33,6 +33,11 @@ def call_id(messages: list[Message], name: str) -> str:
     return f"functions.{name}:{count}"
 
 
+def calls_named(messages: list[Message], name: str) -> int:
+    """How many calls of the tool `name` the assistant has made in the conversation."""
+    return sum(c.name == name for m in messages if m.role == "assistant" for c in m.tool_calls)
+
+
 class Teacher:
     """Decides the next assistant turn of any conversation of one task's run."""
 
@@ -50,8 +55,7 @@ class Teacher:
         return self._subagent_turn(messages, start)
 
     def _orchestrator_turn(self, messages: list[Message]) -> Reply:
-        waves_done = sum(1 for m in messages if m.role == "assistant"
-                         and any(c.name == prompts.SPAWN_TOOL_NAME for c in m.tool_calls))
+        waves_done = calls_named(messages, prompts.SPAWN_TOOL_NAME)
         results = "\n".join(m.content for m in messages if m.role == "tool")
         for wave in self.task.waves[:waves_done]:
             for lk in wave:
@@ -61,8 +65,7 @@ class Teacher:
             tasks = [lk.task for lk in self.task.waves[waves_done]]
             return self._call(messages, prompts.SPAWN_TOOL_NAME, {"tasks": tasks})
         if self.task.family == "compare":
-            ranked = any(c.name == RANK_TOOL.name for m in messages if m.role == "assistant" for c in m.tool_calls)
-            if not ranked:
+            if not calls_named(messages, RANK_TOOL.name):
                 return self._call(messages, RANK_TOOL.name, self.task.rank_arguments())
             first = f"1. {self.task.answer}: {self.task.winner().value}"
             if first not in messages[-1].content.splitlines():
