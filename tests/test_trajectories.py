@@ -88,11 +88,14 @@ def test_teacher_runs_finish_with_the_expected_answer(recorded, family):
 
 
 def test_comparison_orchestrator_ranks_the_findings_with_the_real_tool(recorded):
-    """spawn_agents, then rank over what the sub-agents found; the answer names the tool's first entry."""
+    """The plan turn states the direction, then spawn_agents; rank over what the sub-agents found, in that
+    direction; the answer names the tool's first entry."""
     task, backend = recorded.runs["compare"]
     orchestrator = backend.conversations[0]
     calls = [c for m in orchestrator.messages if m.role == "assistant" for c in m.tool_calls]
     assert [c.name for c in calls] == [prompts.SPAWN_TOOL_NAME, "rank"]
+    plan = next(m for m in orchestrator.messages if m.role == "assistant")
+    assert plan.content == f"Goal: {task.order()}." and task.order() in task.prompt
     assert json.loads(calls[1].arguments) == task.rank_arguments()
     ranked = orchestrator.messages[-2]
     assert ranked.role == "tool" and ranked.content == rank(**task.rank_arguments())

@@ -134,12 +134,20 @@ class ResearchTask(BaseModel):
             return "\n".join([f"Answer: {self.answer}. {self.winner().finding(url)}", *findings])
         return "\n".join([*findings, f"Answer: {self.answer} [{url}{self.answer_url_path}]."])
 
-    def rank_arguments(self) -> dict[str, object]:
-        """A comparison's `rank` call (tools.rank): the prompt's superlative as the order (a copy, not a judgement
-        of which direction the prompt means), then each entity's value as its sub-agent found it."""
+    def order(self) -> str:
+        """A comparison's direction as the prompt words it: its superlative (most, fewest, earliest, ...)."""
         phrase = COMPARISONS[(self.kind, self.attribute)][0 if self.largest else 1]
-        order = next(word for word in phrase.split() if word in get_args(Order))
-        return {"order": order, "values": {lk.entity: lk.value for lk in self.waves[0]}}
+        return next(word for word in phrase.split() if word in get_args(Order))
+
+    def plan_note(self) -> str:
+        """Text of the plan turn before its spawn_agents call: a comparison states its direction ("Goal: fewest."),
+        a copy made next to the prompt, so the rank call, kilobytes later, copies it from a fixed anchor."""
+        return f"Goal: {self.order()}." if self.family == "compare" else ""
+
+    def rank_arguments(self) -> dict[str, object]:
+        """A comparison's `rank` call (tools.rank): the direction as the plan turn stated it, then each entity's
+        value as its sub-agent found it."""
+        return {"order": self.order(), "values": {lk.entity: lk.value for lk in self.waves[0]}}
 
     def winner(self) -> Lookup:
         """The compared entity that the answer names."""

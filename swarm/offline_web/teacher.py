@@ -63,7 +63,8 @@ class Teacher:
                     raise TeacherError(f"the spawn results lack the finding for {lk.task!r}")
         if waves_done < len(self.task.waves):
             tasks = [lk.task for lk in self.task.waves[waves_done]]
-            return self._call(messages, prompts.SPAWN_TOOL_NAME, {"tasks": tasks})
+            note = self.task.plan_note() if waves_done == 0 else ""
+            return self._call(messages, prompts.SPAWN_TOOL_NAME, {"tasks": tasks}, content=note)
         if self.task.family == "compare":
             if not calls_named(messages, RANK_TOOL.name):
                 return self._call(messages, RANK_TOOL.name, self.task.rank_arguments())
@@ -110,9 +111,9 @@ class Teacher:
         return self.base_url + lookup.url_path
 
     @staticmethod
-    def _call(messages: list[Message], name: str, arguments: dict) -> Reply:
+    def _call(messages: list[Message], name: str, arguments: dict, content: str = "") -> Reply:
         call = ToolCall(id=call_id(messages, name), name=name, arguments=json.dumps(arguments, ensure_ascii=False))
-        return Reply(tool_calls=[call], finish_reason="tool_calls")
+        return Reply(content=content, tool_calls=[call], finish_reason="tool_calls")
 
 
 class TeacherConversation(Conversation):
