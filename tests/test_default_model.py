@@ -324,7 +324,7 @@ async def test_default_model_answers_a_heldout_comparison_from_its_ranking(engin
 
 @pytest.mark.xfail(strict=True, reason="on this task the shipped model passes Qui Motors's value under the near-"
                    "identical name Quio Industries; all 35 full-stack comparisons in benchmarks/RESULTS.md "
-                   "## Quality passed their values right")
+                   "## Quality were answered right")
 async def test_default_model_copies_every_finding_into_its_rank_call(engine, heldout):
     task, _, rank_call = await _plan_and_rank(engine, heldout)
     assert json.loads(rank_call.arguments)["values"] == task.rank_arguments()["values"]
