@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 import torch
 
 import backend.kda_layer
@@ -285,38 +286,43 @@ async def test_engine_greedy_decode_is_the_full_forward_argmax(engine, shipped, 
     assert len(generated) > 20 and bool((ties <= 1e-3).all()), ties.max()
 
 
-async def _plan_and_rank(engine, heldout) -> tuple:
-    """A held-out comparison up to the model's rank call: its greedy plan, the sub-agents' findings, its greedy
-    rank call (each turn parsed; the plan must be right to go on)."""
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def ranked_comparison(shipped, heldout) -> tuple:
+    """A held-out comparison up to the model's rank call, generated once for the tests below: its greedy plan,
+    the sub-agents' findings, its greedy rank call (each turn parsed; the plan must be right to go on)."""
     manifest, specs = heldout
     names = {t.name for t in specs}
     task = sample_task(manifest, "compare", "heldout", random.Random(3), 3)
     messages = prompts.orchestrator_messages(task.prompt)
-    plan = parse_assistant(await _greedy(engine, render(messages, specs), 240), names)
-    assert plan.malformed == [] and [c.name for c in plan.tool_calls] == [prompts.SPAWN_TOOL_NAME]
-    assert json.loads(plan.tool_calls[0].arguments)["tasks"] == [lk.task for lk in task.waves[0]]
-    assert plan.content == task.plan_note()
-    call = plan.tool_calls[0]
-    outcomes = [prompts.SubagentOutcome(task=lk.task, status="done", result=lk.finding(BASE_URL))
-                for lk in task.waves[0]]
-    messages += [Message(role="assistant", content=plan.content, tool_calls=[call]),
-                 prompts.spawn_result_message(call.id, outcomes)]
-    ranking = parse_assistant(await _greedy(engine, render(messages, specs), 300), names)
+    engine = Engine.from_pretrained(shipped[0], device="cpu")
+    try:
+        plan = parse_assistant(await _greedy(engine, render(messages, specs), 240), names)
+        assert plan.malformed == [] and [c.name for c in plan.tool_calls] == [prompts.SPAWN_TOOL_NAME]
+        assert json.loads(plan.tool_calls[0].arguments)["tasks"] == [lk.task for lk in task.waves[0]]
+        assert plan.content == task.plan_note()
+        call = plan.tool_calls[0]
+        outcomes = [prompts.SubagentOutcome(task=lk.task, status="done", result=lk.finding(BASE_URL))
+                    for lk in task.waves[0]]
+        messages += [Message(role="assistant", content=plan.content, tool_calls=[call]),
+                     prompts.spawn_result_message(call.id, outcomes)]
+        ranking = parse_assistant(await _greedy(engine, render(messages, specs), 300), names)
+    finally:
+        engine.shutdown()
     assert [c.name for c in ranking.tool_calls] == ["rank"]
     return task, messages, ranking.tool_calls[0]
 
 
-async def test_default_model_ranks_in_the_questions_order(engine, heldout):
+def test_default_model_ranks_in_the_questions_order(ranked_comparison):
     """The rank call's direction is the question's superlative, copied through the plan's Goal line."""
-    task, _, rank_call = await _plan_and_rank(engine, heldout)
+    task, _, rank_call = ranked_comparison
     assert json.loads(rank_call.arguments)["order"] == task.rank_arguments()["order"]
 
 
-async def test_default_model_answers_a_heldout_comparison_from_its_ranking(engine, heldout):
+async def test_default_model_answers_a_heldout_comparison_from_its_ranking(engine, heldout, ranked_comparison):
     """Given the ranking of the true findings, the greedy answer names the first entity and cites its page."""
-    task, messages, rank_call = await _plan_and_rank(engine, heldout)
-    messages += [Message(role="assistant", tool_calls=[rank_call]),
-                 prompts.tool_result_message(rank_call.id, rank(**task.rank_arguments()))]
+    task, messages, rank_call = ranked_comparison
+    messages = messages + [Message(role="assistant", tool_calls=[rank_call]),
+                           prompts.tool_result_message(rank_call.id, rank(**task.rank_arguments()))]
     answer = parse_assistant(await _greedy(engine, render(messages, heldout[1]), 600))
     score = grade(task, answer.content, BASE_URL)
     assert (score.correct, score.cited) == (1, 1), answer.content
@@ -325,6 +331,6 @@ async def test_default_model_answers_a_heldout_comparison_from_its_ranking(engin
 @pytest.mark.xfail(strict=True, reason="on this task the shipped model passes Qui Motors's value under the near-"
                    "identical name Quio Industries; all 35 full-stack comparisons in benchmarks/RESULTS.md "
                    "## Quality were answered right")
-async def test_default_model_copies_every_finding_into_its_rank_call(engine, heldout):
-    task, _, rank_call = await _plan_and_rank(engine, heldout)
+def test_default_model_copies_every_finding_into_its_rank_call(ranked_comparison):
+    task, _, rank_call = ranked_comparison
     assert json.loads(rank_call.arguments)["values"] == task.rank_arguments()["values"]
