@@ -12,6 +12,7 @@ import importlib
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import httpx
 
@@ -25,8 +26,18 @@ from swarm.state import RunState
 from swarm.tape import ToolOutcome, ToolTapeMismatch
 from swarm.tool import Tool, ToolArgumentsError, TransientToolError, render_output
 
-SpawnHandler = Callable[[Conversation, ToolCall], Awaitable[tuple[Message, str | None]]]
-"""Runs one spawn_agents call: (the tool result for the orchestrator, malformed-call problem or None)."""
+
+
+class SpawnReply(NamedTuple):
+    """How one spawn_agents call went: the tool result for the orchestrator, the malformed-call problem (or
+    None), and the run's answer when the call asked for its table to be final (or None)."""
+
+    message: Message
+    problem: str | None = None
+    answer: str | None = None
+
+
+SpawnHandler = Callable[[Conversation, ToolCall], Awaitable[SpawnReply]]
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TransientToolError, TimeoutError, ConnectionError, httpx.TimeoutException, httpx.NetworkError,
@@ -85,11 +96,16 @@ async def run_agent(state: RunState, record: AgentRecord, conversation: Conversa
                 return
             if refused_for_budget:
                 raise AgentStopped("budget", reply.content or "(stopped: the tool-call budget is spent)")
-            results, problems, refused = await _run_calls(state, record, conversation, reply.tool_calls, spawn)
+            results, problems, refused, answer = await _run_calls(state, record, conversation, reply.tool_calls,
+                                                                  spawn)
             refused_for_budget |= refused
             if problems:
                 corrections = _count_correction(state, corrections, problems)
             await conversation.add(results)
+            if answer is not None:
+                record.result = answer
+                record.status = "budget" if refused_for_budget else "done"
+                return
     except AgentStopped as stop:
         record.status = stop.status  # type: ignore[assignment]
         record.result = record.result or str(stop)
@@ -124,10 +140,11 @@ def _count_correction(state: RunState, corrections: int, problems: list[str]) ->
 
 
 async def _run_calls(state: RunState, record: AgentRecord, conversation: Conversation, calls: list[ToolCall],
-                     spawn: SpawnHandler | None) -> tuple[list[Message], list[str], bool]:
+                     spawn: SpawnHandler | None) -> tuple[list[Message], list[str], bool, str | None]:
     """Answer every call of one assistant turn, in order (the agent's record lists them in call order,
-    however they finish). Spawn calls go last: the fork happens after the other calls are answered, so
-    each child's transcript is complete."""
+    however they finish): (results, problems, refused for budget, the run's answer if a spawn made it).
+    Spawn calls go last: the fork happens after the other calls are answered, so each child's transcript
+    is complete."""
     spawn_calls = [c for c in calls if c.name == prompts.SPAWN_TOOL_NAME]
     other_calls = [c for c in calls if c.name != prompts.SPAWN_TOOL_NAME]
     first_record = len(record.tool_calls)
@@ -151,9 +168,9 @@ async def _run_calls(state: RunState, record: AgentRecord, conversation: Convers
         before = [answers[c.id] for c in calls if c.id in answers]
         if before:
             await conversation.add(before)
-        spawn_result, problem = await spawn(conversation, primary)
-        return [spawn_result], problems + ([problem] if problem else []), refused
-    return [answers[c.id] for c in calls], problems, refused
+        spawned = await spawn(conversation, primary)
+        return [spawned.message], problems + ([spawned.problem] if spawned.problem else []), refused, spawned.answer
+    return [answers[c.id] for c in calls], problems, refused, None
 
 
 async def _run_call(state: RunState, record: AgentRecord, call: ToolCall,

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from backend.conversation import ChatBackend, Conversation, ReplyOptions
-from backend.messages import Message, ToolCall
+from backend.messages import ToolCall
 from swarm import prompts
-from swarm.agent import run_agent
+from swarm.agent import SpawnReply, run_agent
 from swarm.budget import Limits
 from swarm.citations import extract_citations
 from swarm.events import AgentFinished, AgentStarted, Event, RunFinished, RunStarted
@@ -146,7 +148,7 @@ class Swarm:
         record = state.orchestrator
         state.emit(AgentStarted(t=state.now(), agent_id=0, task=state.task, wave=0))
 
-        async def spawn(parent: Conversation, call: ToolCall) -> tuple[Message, str | None]:
+        async def spawn(parent: Conversation, call: ToolCall) -> SpawnReply:
             return await _spawn_wave(state, parent, call)
 
         try:
@@ -159,16 +161,18 @@ class Swarm:
                                      tool_calls=record.executed_tool_calls, result=record.result))
 
 
-async def _spawn_wave(state: RunState, parent: Conversation, call: ToolCall) -> tuple[Message, str | None]:
-    tasks, problem = _parse_tasks(call.arguments)
-    if problem:
-        return prompts.tool_result_message(call.id, f"Error: {problem}."), problem
+async def _spawn_wave(state: RunState, parent: Conversation, call: ToolCall) -> SpawnReply:
+    try:
+        request = SpawnRequest.parse(call.arguments)
+    except ValueError as error:
+        return SpawnReply(prompts.tool_result_message(call.id, f"Error: {error}."), str(error))
+    tasks = request.tasks
     granted = state.budget.take_agents(len(tasks))
     state.waves += 1
     accepted = tasks[:granted]
     children = parent.fork(len(accepted)) if accepted else []
     records = [state.new_agent(task, state.waves) for task in accepted]
-    runs = [_run_subagent(state, record, child, call.id, index, len(accepted))
+    runs = [_run_subagent(state, record, child, call.id, index, len(accepted), request.columns)
             for index, (record, child) in enumerate(zip(records, children), start=1)]
     try:
         await asyncio.gather(*runs)
@@ -178,15 +182,17 @@ async def _spawn_wave(state: RunState, parent: Conversation, call: ToolCall) -> 
     outcomes = [prompts.SubagentOutcome(task=r.task, status=r.status, result=r.result) for r in records]
     outcomes += [prompts.SubagentOutcome(task=task, status="refused", result=refusal) for task in tasks[granted:]]
     state.emit_budget()
-    return prompts.spawn_result_message(call.id, outcomes), None
+    message = prompts.spawn_result_message(call.id, outcomes, request.columns)
+    return SpawnReply(message, answer=message.content if request.final else None)
 
 
 async def _run_subagent(state: RunState, record: AgentRecord, conversation: Conversation, spawn_call_id: str,
-                        index: int, total: int) -> None:
+                        index: int, total: int, columns: list[str] | None) -> None:
     try:
         async with state.agent_slots:
             state.emit(AgentStarted(t=state.now(), agent_id=record.id, task=record.task, wave=record.wave))
-            await conversation.add([prompts.subagent_task_message(spawn_call_id, index, total, record.task)])
+            await conversation.add([prompts.subagent_task_message(spawn_call_id, index, total, record.task,
+                                                                          columns)])
             await run_agent(state, record, conversation, max_steps=state.limits.max_agent_steps)
     except asyncio.CancelledError:
         if record.status == "pending":
@@ -200,15 +206,34 @@ async def _run_subagent(state: RunState, record: AgentRecord, conversation: Conv
                                  tool_calls=record.executed_tool_calls, result=record.result))
 
 
-def _parse_tasks(arguments: str) -> tuple[list[str], str | None]:
-    try:
-        parsed = json.loads(arguments or "{}")
-    except json.JSONDecodeError as error:
-        return [], f"spawn_agents arguments are not valid JSON ({error.msg})"
-    tasks = parsed.get("tasks") if isinstance(parsed, dict) else None
-    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t.strip() for t in tasks):
-        return [], "spawn_agents needs {\"tasks\": [...]} with at least one non-empty task string"
-    return tasks, None
+class SpawnRequest(BaseModel):
+    """A spawn_agents call's arguments: the tasks, and optionally the table columns of their answers and
+    whether that table ends the run as its answer."""
+
+    tasks: list[str]
+    columns: list[str] | None = None
+    final: bool = False
+
+    @classmethod
+    def parse(cls, arguments: str) -> SpawnRequest:
+        """The request, or ValueError with a message the model can act on."""
+        try:
+            parsed = json.loads(arguments or "{}")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"spawn_agents arguments are not valid JSON ({error.msg})") from None
+        tasks = parsed.get("tasks") if isinstance(parsed, dict) else None
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t.strip() for t in tasks):
+            raise ValueError("spawn_agents needs {\"tasks\": [...]} with at least one non-empty task string")
+        columns = parsed.get("columns")
+        if columns is not None and (not isinstance(columns, list) or not columns
+                                    or not all(isinstance(c, str) and c.strip() for c in columns)):
+            raise ValueError("spawn_agents \"columns\" must be a list of non-empty column titles")
+        final = parsed.get("final", False)
+        if not isinstance(final, bool):
+            raise ValueError("spawn_agents \"final\" must be true or false")
+        if final and not columns:
+            raise ValueError("spawn_agents \"final\": true needs \"columns\": the table it makes the answer")
+        return cls(tasks=tasks, columns=columns, final=final)
 
 
 def _tools_by_name(tools: Sequence[Tool | Callable[..., Any]]) -> dict[str, Tool]:

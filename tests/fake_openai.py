@@ -194,18 +194,23 @@ def _http(connection: h11.Connection, status: int, body: bytes,
     ]
 
 
-_TASK_MESSAGE = re.compile(
-    re.escape(prompts.SUBAGENT_INSTRUCTIONS).replace(r"\{index\}", r"\d+").replace(r"\{total\}", r"\d+")
-    .replace(r"\{task\}", r"(?P<task>.*)"), re.DOTALL)
+def _task_message(template: str) -> re.Pattern[str]:
+    pattern = (re.escape(template).replace(r"\{index\}", r"\d+").replace(r"\{total\}", r"\d+")
+               .replace(r"\{task\}", r"(?P<task>.*)").replace(r"\{header\}", r".*"))
+    return re.compile(pattern, re.DOTALL)
+
+
+_TASK_MESSAGES = [_task_message(prompts.SUBAGENT_INSTRUCTIONS), _task_message(prompts.SUBAGENT_ROW_INSTRUCTIONS)]
 
 
 def subagent_task(request: dict[str, Any]) -> str | None:
     """The task when the request comes from a sub-agent (read from its spawn answer), else None."""
     for message in request["messages"]:
         if message["role"] == "tool":
-            match = _TASK_MESSAGE.fullmatch(message.get("content") or "")
-            if match:
-                return match.group("task")
+            for pattern in _TASK_MESSAGES:
+                match = pattern.fullmatch(message.get("content") or "")
+                if match:
+                    return match.group("task")
     return None
 
 

@@ -381,3 +381,55 @@ async def test_leaving_a_stream_early_cancels_the_run():
             await asyncio.sleep(0.02)
         await backend.aclose()
     assert counter.calls >= 1 and counter.running == 0
+
+
+async def test_a_spawn_with_columns_gets_its_rows_as_one_table_and_a_final_one_is_the_answer():
+    """Each sub-agent is asked for one row; rows come back under the columns as one table. An answer that is
+    not one row of as many cells keeps its text in the task's row. With `final`, that table ends the run."""
+    columns = ["Item", "Value", "Source"]
+    answers = {"a": "| a | 1 | [http://facts.test/a] |", "b": "I found nothing.", "c": "| c | 3 |"}
+    seen_tasks: list[str] = []
+
+    def script(final: bool):
+        def play(request):
+            task = subagent_task(request)
+            if task is not None:
+                seen_tasks.append(next(m["content"] for m in request["messages"] if m["role"] == "tool"))
+                return FakeReply(content=answers[task])
+            if not spawn_results(request):
+                return FakeReply(tool_calls=[("spawn_agents", {"tasks": list(answers), "columns": columns,
+                                                               "final": final})])
+            return FakeReply(content="Summary of the table.")
+        return play
+
+    table = ("| Item | Value | Source |\n| --- | --- | --- |\n| a | 1 | [http://facts.test/a] |\n"
+             "| b | (done) I found nothing. |  |\n| c | (done) / c / 3 / |  |")
+    with FakeOpenAI(script(final=True)) as server:
+        final = await run_swarm(server, [])
+    assert final.status == "done" and not final.partial
+    assert final.answer == table and final.orchestrator.steps == 1
+    assert final.orchestrator.transcript[-1].content == table
+    assert all(text.endswith("with the columns | Item | Value | Source |, every source URL in square brackets.")
+               for text in seen_tasks) and len(seen_tasks) == 3
+
+    with FakeOpenAI(script(final=False)) as server:
+        not_final = await run_swarm(server, [])
+    assert not_final.answer == "Summary of the table." and not_final.orchestrator.steps == 2
+    assert not_final.orchestrator.transcript[-2].content == table
+
+
+@pytest.mark.parametrize("arguments, problem", [
+    ({"tasks": ["a"], "final": True}, '"final": true needs "columns"'),
+    ({"tasks": ["a"], "columns": []}, '"columns" must be a list of non-empty column titles'),
+    ({"tasks": ["a"], "columns": ["A"], "final": "yes"}, '"final" must be true or false'),
+])
+async def test_bad_table_arguments_of_spawn_agents_are_named(arguments, problem):
+    def script(request):
+        if subagent_task(request) is not None:
+            return FakeReply(content="| a |")
+        return FakeReply(content="gave up") if spawn_results(request) else FakeReply(
+            tool_calls=[("spawn_agents", arguments)])
+
+    with FakeOpenAI(script) as server:
+        result = await run_swarm(server, [])
+    assert problem in result.orchestrator.transcript[3].content and result.agents == []
