@@ -1,5 +1,6 @@
-"""Wide table filling: one sub-agent per row looks its cell up, the orchestrator assembles a cited
-Markdown table, and this script writes it to CSV (one row per entity asked for, with its source URL).
+"""Wide table filling: one sub-agent per row looks its cell up and answers with its row, the swarm lays the rows
+out as one cited Markdown table (spawn_agents with columns), and this script writes it to CSV (one row per
+entity asked for, with its source URL).
 
     python examples/table_to_csv.py --out table.csv      # 20 held-out entities of the offline web
     python examples/table_to_csv.py --rows 30 --seed 3 --out wide.csv

@@ -156,13 +156,13 @@ def test_grade_counts_table_cells_one_by_one(site):
     first = task.waves[0][0]
     lines = task.final_answer(BASE).splitlines()
     row = next(i for i, line in enumerate(lines) if line.startswith(f"| {first.entity} |"))
-    assert lines[row].endswith(f" | {first.value} |")
-    lines[row] = lines[row].removesuffix(f" | {first.value} |") + f" | 1{first.value} |"
+    assert lines[row] == f"| {first.entity} | {first.value} | [{BASE}{first.url_path}] |"
+    lines[row] = lines[row].replace(f" | {first.value} |", f" | 1{first.value} |")
     assert grade(task, "\n".join(lines), BASE).correct == 3
 
 
 def test_table_rows_read_the_value_column_by_its_header():
-    """Our model's layout (the finding quoted before the value) and a large model's usual one read alike."""
+    """A layout that quotes a finding before the value and a large model's usual one read alike."""
     ours = ("| City | Finding | Population |\n| --- | --- | --- |\n"
             "| Oslo | The population of Oslo is 709,037 [http://h/city/oslo.html]. | 709,037 |")
     usual = "Here it is:\n\n| City | Population | Source |\n|:--|--:|---|\n| Oslo | 709,037 | http://h/city/oslo.html |"

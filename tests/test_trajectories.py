@@ -15,19 +15,21 @@ from backend.messages import Message, ToolCall
 from swarm import prompts
 from swarm.offline_web import OfflineWeb
 from swarm.offline_web.server import ensure_site
-from swarm.offline_web.tasks import misnamed, not_found_text, sample_task
+from swarm.offline_web.tasks import COLUMN_TITLES, NOT_FOUND_CELL, misnamed, sample_task
 from swarm.offline_web.teacher import TeacherError
 from swarm.offline_web.trajectories import (
     conversation_segments,
     generate,
+    generate_plans,
     heldout_pattern,
     offline_web_tools,
+    plan_trajectory,
     record_run,
     run_trajectories,
     trained_tools,
 )
 from swarm.tool import as_tool
-from tools import wrap_untrusted
+from tools import Web, wrap_untrusted
 from tools.rank import rank
 
 CALL_ID = re.compile(r"functions\.(\w+):(\d+)")
@@ -81,10 +83,23 @@ def test_teacher_runs_finish_with_the_expected_answer(recorded, family):
     task, backend = recorded.runs[family]
     assert backend.errors == []
     orchestrator = backend.conversations[0]
-    assert orchestrator.messages[-1].role == "assistant"
     assert orchestrator.messages[-1].content == task.final_answer(offline.base_url)
+    assert orchestrator.messages[-1].role == ("tool" if family == "table" else "assistant")
     lookups = sum(len(wave) for wave in task.waves)
     assert len(backend.conversations) == 1 + lookups
+
+
+def test_a_table_plan_asks_for_rows_and_its_table_is_the_answer(recorded):
+    """The table's one orchestrator turn spawns with the columns and final; each sub-agent answers its row."""
+    task, backend = recorded.runs["table"]
+    orchestrator, *children = backend.conversations
+    turns = [m for m in orchestrator.messages if m.role == "assistant"]
+    assert len(turns) == 1 and json.loads(turns[0].tool_calls[0].arguments) == {
+        "tasks": [lk.task for lk in task.waves[0]], "columns": [COLUMN_TITLES[task.kind], task.attribute, "Source"],
+        "final": True}
+    page = recorded.offline.base_url.rstrip("/")
+    for child, lookup in zip(children, task.waves[0]):
+        assert child.messages[-1].content == f"| {lookup.entity} | {lookup.value} | [{page}{lookup.url_path}] |"
 
 
 def test_comparison_orchestrator_ranks_the_findings_with_the_real_tool(recorded):
@@ -239,7 +254,7 @@ def test_a_misnamed_plan_teaches_subagents_to_report_the_missing_page(tmp_path):
     for trajectory in trajectories:
         targets = [text for text, target in trajectory.segments if target]
         context = "".join(text for text, target in trajectory.segments if not target)
-        lookup = next(lk for lk in missing if not_found_text(lk.entity) + IM_END == targets[-1])
+        lookup = next(lk for lk in missing if f"| {lk.entity} | {NOT_FOUND_CELL} |  |" + IM_END == targets[-1])
         assert "functions.search:" in targets[0]
         if lookup.guessed_path:
             assert len(targets) == 3 and lookup.guessed_path in targets[1] and "functions.fetch:" in targets[1]
@@ -256,4 +271,23 @@ def test_generate_writes_misnamed_runs_as_subagents_only(tmp_path):
                                  families=("table",), misnamed_rate=1.0))
     written = _written(out)
     assert stats["misnamed_runs"] == 2 and written and {t["role"] for t in written} == {"subagent"}
-    assert all("was found." in "".join(text for text, target in t["segments"] if target) for t in written)
+    assert all(f"| {NOT_FOUND_CELL} |" in "".join(text for text, target in t["segments"] if target) for t in written)
+
+
+def test_a_plan_trajectory_is_the_runs_own_start(recorded, tmp_path):
+    """Plan-only trajectories (made without a web) render exactly as a recorded run's orchestrator does up to its
+    plan, with the plan its one target; `--plans-only` writes them for train tasks only."""
+    task, backend = recorded.runs["table"]
+    orchestrator = backend.conversations[0]
+    assert [as_tool(t).spec for t in trained_tools(Web())] == orchestrator.tools[1:]
+    plan = plan_trajectory(task, recorded.offline.manifest, orchestrator.tools)
+    run = conversation_segments(orchestrator.messages, orchestrator.tools, 0)
+    assert run[: len(plan.segments)] == plan.segments and [t for t, target in plan.segments if target] == [run[1][0]]
+
+    out = tmp_path / "plans.jsonl.xz"
+    stats = asyncio.run(generate_plans(out, tasks=6, seed=0, cache_dir=tmp_path / "cache", web_seeds=(0, 1),
+                                       families=("table",)))
+    written = _written(out)
+    assert stats["table/plan"] == len(written) == 6 - stats["dropped_heldout"] >= 1
+    assert all(sum(target for _, target in t["segments"]) == 1 and '"final": true' in t["segments"][-1][0]
+               for t in written)

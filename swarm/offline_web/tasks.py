@@ -13,6 +13,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel
 
+from swarm import prompts
 from swarm.offline_web.names import COMPANY_WORDS
 from swarm.offline_web.site import SiteManifest
 from swarm.offline_web.world import Entity, Kind, Split, entity_path
@@ -78,6 +79,9 @@ def not_found_text(name: str) -> str:
     return f"No page about {name} was found."
 
 
+NOT_FOUND_CELL = "not found"
+
+
 def join_names(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -103,6 +107,12 @@ class Lookup(BaseModel):
             return not_found_text(self.entity)
         return finding_text(self.attribute, self.entity, self.value, base_url.rstrip("/") + self.url_path)
 
+    def row(self, base_url: str) -> str:
+        """The sub-agent's report as its table row (entity, value, cited page), for a wave that asked for rows."""
+        if self.url_path is None:
+            return prompts.table_row([self.entity, NOT_FOUND_CELL, ""])
+        return prompts.table_row([self.entity, self.value, f"[{base_url.rstrip('/')}{self.url_path}]"])
+
 
 class ResearchTask(BaseModel):
     """A user task, the teacher's waves of lookups, and the expected answer."""
@@ -118,21 +128,37 @@ class ResearchTask(BaseModel):
     """A comparison's direction: the answer has the largest value (True) or the smallest (False)."""
 
     def final_answer(self, base_url: str) -> str:
-        """The orchestrator's cited answer, as the teacher writes it.
+        """The run's cited answer, as the teacher's run ends.
 
-        Every value the answer states is a copy of text above it: a small model copies a value reliably
-        after the words that precede it in the report, not after its name in another layout. A comparison
-        names the first entity of its `rank` result (the tool compares, not the model), restates that
-        entity's finding, then lists every finding; a table row quotes the finding before the value cell."""
+        A table is the one its spawn_agents call made final: the sub-agents' rows under its columns, laid out by
+        the swarm, so no row is retyped. Every value another answer states is a copy of text above it: a small
+        model copies a value reliably after the words that precede it in the report, not after its name in
+        another layout. A comparison names the first entity of its `rank` result (the tool compares, not the
+        model), restates that entity's finding, then lists every finding."""
         url = base_url.rstrip("/")
         if self.family == "table":
-            head = [f"| {COLUMN_TITLES[self.kind]} | Finding | {self.attribute} |", "| --- | --- | --- |"]
-            rows = [f"| {lk.entity} | {lk.finding(url)} | {lk.value} |" for lk in self.waves[0]]
-            return "\n".join(head + rows)
+            outcomes = [prompts.SubagentOutcome(task=lk.task, status="done", result=lk.row(url)) for lk in self.waves[0]]
+            return prompts.spawn_result_text(outcomes, self.columns())
         findings = [lk.finding(url) for wave in self.waves for lk in wave]
         if self.family == "compare":
             return "\n".join([f"Answer: {self.answer}. {self.winner().finding(url)}", *findings])
         return "\n".join([*findings, f"Answer: {self.answer} [{url}{self.answer_url_path}]."])
+
+    def columns(self) -> list[str] | None:
+        """A table's columns (entity, attribute, source), which its sub-agents answer in; None for other families."""
+        return [COLUMN_TITLES[self.kind], self.attribute, "Source"] if self.family == "table" else None
+
+    def spawn_arguments(self, wave: int) -> dict[str, object]:
+        """The plan's spawn_agents call for wave `wave`: its tasks; a table's also asks for rows in its columns
+        and makes their table the answer."""
+        arguments: dict[str, object] = {"tasks": [lk.task for lk in self.waves[wave]]}
+        if self.family == "table":
+            arguments |= {"columns": self.columns(), "final": True}
+        return arguments
+
+    def subagent_answer(self, lookup: Lookup, base_url: str) -> str:
+        """What the sub-agent of `lookup` answers: its table row in a table, else its finding."""
+        return lookup.row(base_url) if self.family == "table" else lookup.finding(base_url)
 
     def order(self) -> str:
         """A comparison's direction as the prompt words it: its superlative (most, fewest, earliest, ...)."""

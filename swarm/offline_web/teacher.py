@@ -62,9 +62,8 @@ class Teacher:
                 if lk.finding(self.base_url) not in results:
                     raise TeacherError(f"the spawn results lack the finding for {lk.task!r}")
         if waves_done < len(self.task.waves):
-            tasks = [lk.task for lk in self.task.waves[waves_done]]
             note = self.task.plan_note() if waves_done == 0 else ""
-            return self._call(messages, prompts.SPAWN_TOOL_NAME, {"tasks": tasks}, content=note)
+            return self._call(messages, prompts.SPAWN_TOOL_NAME, self.task.spawn_arguments(waves_done), content=note)
         if self.task.family == "compare":
             if not calls_named(messages, RANK_TOOL.name):
                 return self._call(messages, RANK_TOOL.name, self.task.rank_arguments())
@@ -93,7 +92,7 @@ class Teacher:
             return self._call(messages, "fetch", {"url": url})
         if lookup.value not in last or lookup.entity not in last:
             raise TeacherError(f"the page {url} does not show {lookup.attribute} {lookup.value!r}")
-        return Reply(content=lookup.finding(self.base_url), finish_reason="stop")
+        return Reply(content=self.task.subagent_answer(lookup, self.base_url), finish_reason="stop")
 
     def _missing_page_turn(self, messages: list[Message], lookup: Lookup, own_turns: int) -> Reply:
         """After the search, a lookup without a page fetches its guessed page (if it has one), then reports."""
@@ -105,7 +104,7 @@ class Teacher:
                 return self._call(messages, "fetch", {"url": self.base_url + lookup.guessed_path})
         elif "404" not in last:
             raise TeacherError(f"fetching the guessed page {lookup.guessed_path} of {lookup.entity!r} did not fail")
-        return Reply(content=lookup.finding(self.base_url), finish_reason="stop")
+        return Reply(content=self.task.subagent_answer(lookup, self.base_url), finish_reason="stop")
 
     def url(self, lookup: Lookup) -> str:
         return self.base_url + lookup.url_path

@@ -34,12 +34,14 @@ from pydantic import BaseModel
 
 from backend.chat_format import render
 from backend.messages import Message, ToolSpec
+from swarm import prompts
 from swarm.offline_web.server import OfflineWeb, ensure_site
 from swarm.offline_web.site import SiteManifest
 from swarm.offline_web.tasks import FAMILIES, Family, ResearchTask, misnamed, sample_task
 from swarm.offline_web.world import Split
 from swarm.offline_web.teacher import Teacher, TeacherBackend, TeacherConversation
 from swarm.orchestrator import Swarm
+from swarm.tool import as_tool
 from tools import Web, WebConfig
 from tools.rank import RANK_TOOL
 
@@ -124,6 +126,15 @@ def run_trajectories(task: ResearchTask, backend: TeacherBackend, rng: random.Ra
     return out
 
 
+def plan_trajectory(task: ResearchTask, manifest: SiteManifest, specs: list[ToolSpec]) -> Trajectory:
+    """The orchestrator's trajectory up to and including its plan (the first spawn_agents turn), rendered as a
+    run renders it. No web or sub-agent is needed, so plans are cheap to make in bulk: long lists of names to
+    copy exactly are the lesson (a misspelt name in a table's plan loses that row)."""
+    messages = prompts.orchestrator_messages(task.prompt)
+    messages.append(Teacher(task, manifest, base_url="http://plan.invalid").next_turn(messages).as_message())
+    return Trajectory(family=task.family, role="orchestrator", segments=conversation_segments(messages, specs, 0))
+
+
 EVALUATED_WEB_SEED = 0  # benchmarks/quality.py scores held-out tasks of this web
 
 
@@ -189,6 +200,31 @@ async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_
     return stats
 
 
+async def generate_plans(out: Path, tasks: int, seed: int, cache_dir: Path | None, web_seeds: tuple[int, ...],
+                         families: tuple[Family, ...]) -> Counter:
+    """Write plan-only trajectories (plan_trajectory) of `tasks` train tasks spread evenly over `web_seeds`."""
+    rng = random.Random(seed)
+    stats: Counter = Counter()
+    _, evaluated = ensure_site(EVALUATED_WEB_SEED, cache_dir)
+    async with Web() as web:
+        full = [as_tool(t).spec for t in trained_tools(web)]
+        lean = [as_tool(t).spec for t in (web.search, web.fetch, RANK_TOOL)]
+        with lzma.open(out, "wt", encoding="utf-8", preset=6) as sink:
+            for index, web_seed in enumerate(web_seeds):
+                _, manifest = ensure_site(web_seed, cache_dir)
+                heldout = heldout_pattern(evaluated, manifest)
+                specs = [prompts.SPAWN_TOOL] + (lean if rng.random() < 0.2 else full)
+                count = tasks * (index + 1) // len(web_seeds) - tasks * index // len(web_seeds)
+                for task in task_stream(manifest, rng, count, "train", families):
+                    trajectory = plan_trajectory(task, manifest, specs)
+                    if heldout.search(trajectory.text):
+                        stats["dropped_heldout"] += 1
+                        continue
+                    sink.write(json.dumps(trajectory.model_dump()) + "\n")
+                    stats[f"{task.family}/plan"] += 1
+    return stats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -206,8 +242,15 @@ def main() -> None:
     parser.add_argument("--misnamed-rate", type=float, default=0.1,
                         help="share of train table tasks whose plan misspells 1-2 names: sub-agent examples that "
                              "report a missing page (their orchestrators are not written)")
+    parser.add_argument("--plans-only", action="store_true",
+                        help="write only each task's plan turn (plan_trajectory), spread over --web-seeds; no runs")
     args = parser.parse_args()
     started = time.time()
+    if args.plans_only:
+        stats = asyncio.run(generate_plans(args.out, args.tasks, args.seed, args.cache_dir, tuple(args.web_seeds),
+                                           tuple(args.families)))
+        print(f"wrote {args.out} in {time.time() - started:.0f}s: {dict(stats)}")
+        return
     stats = asyncio.run(generate(args.out, args.tasks, args.shards, args.seed, args.subagents_per_wave, args.cache_dir,
                                  tuple(args.web_seeds), args.split, tuple(args.families), args.misnamed_rate))
     print(f"wrote {args.out} in {time.time() - started:.0f}s: {dict(stats)}")
