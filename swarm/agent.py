@@ -27,7 +27,6 @@ from swarm.tape import ToolOutcome, ToolTapeMismatch
 from swarm.tool import Tool, ToolArgumentsError, TransientToolError, render_output
 
 
-
 class SpawnReply(NamedTuple):
     """How one spawn_agents call went: the tool result for the orchestrator, the malformed-call problem (or
     None), and the run's answer when the call asked for its table to be final (or None)."""

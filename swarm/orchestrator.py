@@ -191,8 +191,8 @@ async def _run_subagent(state: RunState, record: AgentRecord, conversation: Conv
     try:
         async with state.agent_slots:
             state.emit(AgentStarted(t=state.now(), agent_id=record.id, task=record.task, wave=record.wave))
-            await conversation.add([prompts.subagent_task_message(spawn_call_id, index, total, record.task,
-                                                                          columns)])
+            task_message = prompts.subagent_task_message(spawn_call_id, index, total, record.task, columns)
+            await conversation.add([task_message])
             await run_agent(state, record, conversation, max_steps=state.limits.max_agent_steps)
     except asyncio.CancelledError:
         if record.status == "pending":
