@@ -38,6 +38,11 @@ CPU_SPECULATIVE_TOKENS = 8
 PREFILL_CHUNK = {"cpu": 1024, "cuda": 512}
 """Tokens per prefill forward. The CPU is dispatch-bound, so bigger chunks pay: 16 forks prefilling about
 1,000 tokens each ran at 657 tok/s with 1,024 against 495 with 512 (2-core dev machine)."""
+BATCHED_PREFILL_WIDTH = {"cpu": 64}
+"""The widest prefill forward that several sessions share (Scheduler.next_prefill); none on CUDA. On the CPU a
+forward of several forks' rows runs the chunked KDA and MLA per row and costs more than the rows one after another
+from about 64 tokens a row: 4 forks x 240 tokens of a 5,700-token session took 2.3-3.7 s together against 1.5-1.8 s
+one by one, 4 x 60 took 0.8 s either way (2-core dev machine, .device/s26/rows_bench.py)."""
 CPU_DEFAULT_FRACTION = 0.25
 CUDA_DEFAULT_FRACTION = 0.9
 
@@ -85,7 +90,8 @@ def cache_budget_bytes(memory: int | float | None, device: torch.device) -> int:
 class Engine:
     def __init__(self, model: KimiLinearForCausalLM, tokenizer: Tokenizer | None = None, *,
                  max_sessions: int = 128, memory: int | float | None = None, page_size: int = 64,
-                 prefill_chunk: int | None = None, max_batch: int = 256, shared_prefix_attention: bool = True,
+                 prefill_chunk: int | None = None, batched_prefill_width: int | None = None, max_batch: int = 256,
+                 shared_prefix_attention: bool = True,
                  cuda_graphs: bool = True, speculative_tokens: int | None = None):
         self.model = model
         self.config = model.config
@@ -98,7 +104,9 @@ class Engine:
                                   cuda_graphs=cuda_graphs)
         if prefill_chunk is None:
             prefill_chunk = PREFILL_CHUNK.get(model.device.type, PREFILL_CHUNK["cuda"])
-        self.scheduler = Scheduler(self.blocks, prefill_chunk, max_batch)
+        if batched_prefill_width is None:
+            batched_prefill_width = BATCHED_PREFILL_WIDTH.get(model.device.type)
+        self.scheduler = Scheduler(self.blocks, prefill_chunk, max_batch, batched_prefill_width)
         self.stop_ids = tokenizer.eos_token_ids if tokenizer is not None else self.config.eos_token_ids
         if speculative_tokens is None:
             speculative_tokens = CPU_SPECULATIVE_TOKENS if model.device.type == "cpu" else 0

@@ -26,9 +26,12 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, prefill_chunk: int, max_batch: int):
+    def __init__(self, blocks: BlockManager, prefill_chunk: int, max_batch: int,
+                 batched_prefill_width: int | None = None):
         self.blocks = blocks
         self.prefill_chunk = prefill_chunk
+        self.batched_prefill_width = prefill_chunk if batched_prefill_width is None else batched_prefill_width
+        """The widest forward in which several jobs prefill together; a wider one runs one job."""
         self.max_batch = max_batch
         self.prefilling: deque[Job] = deque()
         self.decoding: list[Job] = []
@@ -44,9 +47,9 @@ class Scheduler:
         """Waiting jobs to prefill together, n tokens each, within one chunk's token budget.
 
         The oldest runnable job sets n; a later job joins if it has at least half that many tokens
-        left, and n shrinks to what every member has (a rectangular batch), as far as the budget and
-        the free pages allow. Forks extended at once with prompts of similar length (a wave of
-        sub-agents' tasks) then share one forward instead of taking one each.
+        left and at most `batched_prefill_width`, and n shrinks to what every member has (a rectangular
+        batch), as far as the budget and the free pages allow. Forks extended at once with prompts of
+        similar length (a wave of sub-agents' tasks) then share one forward instead of taking one each.
         """
         available = len(self.blocks.cache.free_pages)
         batch: list[Job] = []
@@ -56,7 +59,8 @@ class Scheduler:
             if seq.slot < 0 or seq.pinned or seq.prefill_pending == 0:
                 continue
             width = min(n if batch else self.prefill_chunk, seq.prefill_pending)
-            if batch and (2 * width < n or (len(batch) + 1) * width > self.prefill_chunk):
+            if batch and (2 * width < n or width > self.batched_prefill_width
+                          or (len(batch) + 1) * width > self.prefill_chunk):
                 continue
             members = needed if width == n else sum(self.blocks.pages_needed(m.seq, width) for m in batch)
             total = members + self.blocks.pages_needed(seq, width)
