@@ -41,12 +41,12 @@ async def assert_released(engine: Engine) -> None:
     assert (stats["used_slots"], stats["used_pages"]) == (0, 0), stats
 
 
-async def test_forks_with_prompts_of_similar_length_prefill_together(checkpoint):
-    """Six forks extended at once by 30-36 tokens share forwards (n shrinks to what every member has left);
-    each still generates what it generates alone."""
-    rng = random.Random(4)
+async def forks_at_once_and_alone(checkpoint, seed: int, lengths: tuple[int, ...]) -> tuple[list, list, list]:
+    """Forks of one session extended at once by prompts of `lengths`, then one at a time: (their outputs at once,
+    alone, and the (rows, tokens) of every prefill forward while they ran at once)."""
+    rng = random.Random(seed)
     prefix = random_ids(rng, PAGE + 3)
-    suffixes = [random_ids(rng, n) for n in (36, 33, 30, 35, 31, 34)]
+    suffixes = [random_ids(rng, n) for n in lengths]
     engine = Engine.from_pretrained(checkpoint, max_sessions=16, memory=64 << 20, page_size=PAGE, prefill_chunk=256)
     try:
         parent = await engine.session(prefix)
@@ -66,37 +66,22 @@ async def test_forks_with_prompts_of_similar_length_prefill_together(checkpoint)
         await assert_released(engine)
     finally:
         engine.shutdown()
-    assert [out.token_ids for out in together] == [out.token_ids for out in alone]
+    return [out.token_ids for out in together], [out.token_ids for out in alone], widths
+
+
+async def test_forks_with_prompts_of_similar_length_prefill_together(checkpoint):
+    """Six forks extended at once by 30-36 tokens share forwards (n shrinks to what every member has left);
+    each still generates what it generates alone."""
+    together, alone, widths = await forks_at_once_and_alone(checkpoint, 4, (36, 33, 30, 35, 31, 34))
+    assert together == alone
     assert widths[0] == (6, 30), widths  # all six together for the 30 tokens each has (one pending token each)
 
 
 async def test_forks_with_long_prompts_prefill_one_by_one_past_the_batched_width(checkpoint):
-    """Past `batched_prefill_width` tokens a row (the CPU default is 64), forks extended at once each take their own
+    """Past `batched_prefill_width` tokens a row (the CPU default, 64), forks extended at once each take their own
     forwards, and each generates what it generates alone."""
-    rng = random.Random(5)
-    prefix = random_ids(rng, PAGE + 3)
-    suffixes = [random_ids(rng, n) for n in (70, 66, 75)]
-    engine = Engine.from_pretrained(checkpoint, max_sessions=16, memory=64 << 20, page_size=PAGE, prefill_chunk=256)
-    try:
-        assert engine.scheduler.batched_prefill_width == 64
-        parent = await engine.session(prefix)
-        widths = []
-        prefill = engine.runner.prefill
-        engine.runner.prefill = lambda seqs, n: (widths.append((len(seqs), n)), prefill(seqs, n))[1]
-        children = parent.fork(len(suffixes))
-        together = await asyncio.gather(*(extend_then_generate(c, s, GREEDY) for c, s in zip(children, suffixes)))
-        engine.runner.prefill = prefill
-        alone = []
-        for suffix in suffixes:
-            (child,) = parent.fork(1)
-            children.append(child)
-            alone.append(await extend_then_generate(child, suffix, GREEDY))
-        for session in (parent, *children):
-            session.close()
-        await assert_released(engine)
-    finally:
-        engine.shutdown()
-    assert [out.token_ids for out in together] == [out.token_ids for out in alone]
+    together, alone, widths = await forks_at_once_and_alone(checkpoint, 5, (70, 66, 75))
+    assert together == alone
     assert all(rows == 1 for rows, n in widths if n > 64) and sorted(n for _, n in widths if n > 64) == [66, 70, 75]
 
 
