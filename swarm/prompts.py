@@ -20,7 +20,8 @@ SPAWN_TOOL = ToolSpec(
     parameters={
         "type": "object",
         "properties": {
-            "tasks": {"type": "array", "items": {"type": "string"}, "description": "One self-contained task per sub-agent."},
+            "tasks": {"type": "array", "items": {"type": "string"},
+                      "description": "One self-contained task per sub-agent."},
             "columns": {"type": "array", "items": {"type": "string"},
                         "description": "Column titles: each sub-agent answers with one row of a Markdown table with "
                                        "these columns, and the results come back as that table."},

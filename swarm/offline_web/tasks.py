@@ -137,7 +137,8 @@ class ResearchTask(BaseModel):
         model), restates that entity's finding, then lists every finding."""
         url = base_url.rstrip("/")
         if self.family == "table":
-            outcomes = [prompts.SubagentOutcome(task=lk.task, status="done", result=lk.row(url)) for lk in self.waves[0]]
+            outcomes = [prompts.SubagentOutcome(task=lk.task, status="done", result=lk.row(url))
+                        for lk in self.waves[0]]
             return prompts.spawn_result_text(outcomes, self.columns())
         findings = [lk.finding(url) for wave in self.waves for lk in wave]
         if self.family == "compare":
