@@ -38,14 +38,12 @@ ORCHESTRATOR_SYSTEM = (
     "text. Cite every fact with its source URL in square brackets, e.g. [http://example.org/page]."
 )
 
+SUBAGENT_TASK = "You are sub-agent {index} of {total}. Do only this task, using the tools: {task}\n"
 SUBAGENT_INSTRUCTIONS = (
-    "You are sub-agent {index} of {total}. Do only this task, using the tools: {task}\n"
-    "Answer in one or two sentences with the fact and its source URL in square brackets."
+    SUBAGENT_TASK + "Answer in one or two sentences with the fact and its source URL in square brackets."
 )
-
 SUBAGENT_ROW_INSTRUCTIONS = (
-    "You are sub-agent {index} of {total}. Do only this task, using the tools: {task}\n"
-    "Answer with one Markdown table row with the columns {header}, every source URL in square brackets."
+    SUBAGENT_TASK + "Answer with one Markdown table row with the columns {header}, every source URL in square brackets."
 )
 
 

@@ -97,6 +97,12 @@ def trained_tools(web: Web) -> list[Any]:
     return [*web.tools(), RANK_TOOL]
 
 
+def declared_tools(web: Web, rng: random.Random) -> list[Any]:
+    """The tools one shard of training runs declares: mostly trained_tools, a fifth of the time without browse,
+    so the model meets both tool lists."""
+    return [web.search, web.fetch, RANK_TOOL] if rng.random() < 0.2 else trained_tools(web)
+
+
 async def record_run(task: ResearchTask, manifest: SiteManifest, base_url: str, tools: list) -> TeacherBackend:
     """One real Swarm run with the teacher as the model; the backend holds every conversation."""
     backend = TeacherBackend(Teacher(task, manifest, base_url))
@@ -176,7 +182,7 @@ async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_
             with OfflineWeb.start(seed=web_seeds[shard % len(web_seeds)], cache_dir=cache_dir) as offline:
                 heldout = None if split == "heldout" else heldout_pattern(evaluated, offline.manifest)
                 web = offline_web_tools(offline, index_dir=(cache_dir / "search-index") if cache_dir else None)
-                declared = [web.search, web.fetch, RANK_TOOL] if rng.random() < 0.2 else trained_tools(web)
+                declared = declared_tools(web, rng)
                 try:
                     for task in task_stream(offline.manifest, rng, min(per_shard, tasks - shard * per_shard), split,
                                             families):
@@ -207,13 +213,11 @@ async def generate_plans(out: Path, tasks: int, seed: int, cache_dir: Path | Non
     stats: Counter = Counter()
     _, evaluated = ensure_site(EVALUATED_WEB_SEED, cache_dir)
     async with Web() as web:
-        full = [as_tool(t).spec for t in trained_tools(web)]
-        lean = [as_tool(t).spec for t in (web.search, web.fetch, RANK_TOOL)]
         with lzma.open(out, "wt", encoding="utf-8", preset=6) as sink:
             for index, web_seed in enumerate(web_seeds):
                 _, manifest = ensure_site(web_seed, cache_dir)
                 heldout = heldout_pattern(evaluated, manifest)
-                specs = [prompts.SPAWN_TOOL] + (lean if rng.random() < 0.2 else full)
+                specs = [prompts.SPAWN_TOOL] + [as_tool(t).spec for t in declared_tools(web, rng)]
                 count = tasks * (index + 1) // len(web_seeds) - tasks * index // len(web_seeds)
                 for task in task_stream(manifest, rng, count, "train", families):
                     trajectory = plan_trajectory(task, manifest, specs)
