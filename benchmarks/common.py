@@ -1,97 +1,16 @@
-"""Model presets and random-weight models for benchmarks: speed does not depend on weight values,
-but routing does, so weights are drawn explicitly (uninitialised memory sends every token to the
-same experts and flatters MoE)."""
+"""Timing helpers shared by the benchmark scripts (run as scripts: `python benchmarks/NAME.py`)."""
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
-
-from backend.config import KimiLinearConfig
-from backend.model import KimiLinearForCausalLM
-
-KIMI_LINEAR_48B = {
-    "model_type": "kimi_linear", "hidden_size": 2304, "num_hidden_layers": 27, "vocab_size": 163840,
-    "intermediate_size": 9216, "num_attention_heads": 32, "num_key_value_heads": 32, "q_lora_rank": None,
-    "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
-    "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "bos_token_id": 163584, "eos_token_id": 163586,
-    "pad_token_id": 163839, "num_experts": 256, "num_experts_per_token": 8, "num_shared_experts": 1,
-    "moe_intermediate_size": 1024, "first_k_dense_replace": 1, "moe_layer_freq": 1, "moe_renormalize": True,
-    "routed_scaling_factor": 2.446, "linear_attn_config": {
-        "num_heads": 32, "head_dim": 128, "short_conv_kernel_size": 4,
-        "kda_layers": [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19, 21, 22, 23, 25, 26],
-        "full_attn_layers": [4, 8, 12, 16, 20, 24, 27]},
-}
-
-SMALL = {
-    **KIMI_LINEAR_48B, "hidden_size": 512, "num_hidden_layers": 8, "vocab_size": 32768, "intermediate_size": 1536,
-    "num_attention_heads": 8, "num_key_value_heads": 8, "kv_lora_rank": 128, "qk_nope_head_dim": 64,
-    "qk_rope_head_dim": 32, "v_head_dim": 64, "num_experts": 16, "num_experts_per_token": 2,
-    "moe_intermediate_size": 256, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-    "linear_attn_config": {"num_heads": 4, "head_dim": 64, "short_conv_kernel_size": 4,
-                           "kda_layers": [1, 2, 3, 5, 6, 7], "full_attn_layers": [4, 8]},
-}
-
-PRESETS = {"small": SMALL, "48b": KIMI_LINEAR_48B}
-
-ROUTER_BIAS_STD = 0.01
-"""Small next to the sigmoid router scores: a large random bias would pick the same experts for every token."""
-
-
-def preset_config(name: str) -> KimiLinearConfig:
-    if name not in PRESETS:
-        raise SystemExit(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return KimiLinearConfig.model_validate(PRESETS[name])
-
-
-@torch.no_grad()
-def random_model(config: KimiLinearConfig, device: torch.device, dtype: torch.dtype,
-                 seed: int = 0) -> KimiLinearForCausalLM:
-    """The model with random weights drawn directly on `device` (no host copy of 98 GB)."""
-    keep_fp32 = ("A_log", "dt_bias", "e_score_correction_bias")
-    with torch.device("meta"):
-        model = KimiLinearForCausalLM(config)
-    for name, p in model.named_parameters():
-        if not name.endswith(keep_fp32):
-            p.data = p.data.to(dtype)
-    model = model.to_empty(device=device)
-    randomize_(model, torch.Generator(device=device).manual_seed(seed))
-    return model.eval()
-
-
-@torch.no_grad()
-def randomize_(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """Draw every weight in place (ours or transformers' model: the parameter names are the same)."""
-    for name, p in model.named_parameters():
-        if name.endswith("A_log"):
-            p.uniform_(0.0, 2.0, generator=generator)
-        elif name.endswith("dt_bias"):
-            p.normal_(0.0, 0.5, generator=generator)
-        elif name.endswith("e_score_correction_bias"):
-            p.normal_(0.0, ROUTER_BIAS_STD, generator=generator)
-        elif p.dim() == 1 or name.endswith("o_norm.weight"):
-            p.fill_(1.0)
-        else:
-            p.normal_(0.0, p.shape[-1] ** -0.5, generator=generator)
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cuda_event_median_ms(fn: Callable[[], object], runs: int) -> float:

@@ -1,9 +1,9 @@
 """Full-size run: the exact Kimi-Linear-48B-A3B configuration (random bf16 weights on the GPU) serving
 100 forked agents over one long shared context, against the roofline and transformers + fla.
 
-    python -m benchmarks.e2e                                    # H200: 128K context, 100 agents
-    python -m benchmarks.e2e --context 32768 --agents 32        # smaller, e.g. to fit an H100
-    python -m benchmarks.e2e --transformers                     # also transformers' KimiLinearForCausalLM
+    python benchmarks/e2e.py                                    # H200: 128K context, 100 agents
+    python benchmarks/e2e.py --context 32768 --agents 32        # smaller, e.g. to fit an H100
+    python benchmarks/e2e.py --transformers                     # also transformers' KimiLinearForCausalLM
 
 Phases (ours): prefill of the shared context; fork into N agents; each agent's distinct private
 suffix and its first token; decode of every agent together (ms/step p50/p99, aggregate tok/s);
@@ -20,10 +20,11 @@ import statistics
 import time
 
 import torch
+from common import sync
 
-from backend import Engine, SamplingParams
-from backend.state_cache import CacheLayout
-from benchmarks.common import preset_config, randomize_, random_model, sync
+from kimi_swarm.backend import Engine, SamplingParams
+from kimi_swarm.backend.engine.state_cache import CacheLayout
+from kimi_swarm.backend.model.presets import PRESETS, preset_config, random_model, randomize_
 
 PAGE = 64
 
@@ -155,7 +156,8 @@ async def ours(args, device, config, rows, floors) -> None:
             await engine.drain()
     fork_ms = statistics.median(fork_times) * 1e3
     copy_ms = 2 * args.agents * layout.slot_bytes / floors["copy"] * 1e3
-    rows.append((f"ours: fork {args.agents} agents", f"{fork_ms:.1f} ms (median of 6; first {fork_times[0] * 1e3:.1f} ms)",
+    rows.append((f"ours: fork {args.agents} agents",
+                 f"{fork_ms:.1f} ms (median of 6; first {fork_times[0] * 1e3:.1f} ms)",
                  f"floor {copy_ms:.1f} ms: copying {args.agents} KDA states"))
 
     first = SamplingParams(max_tokens=1, stop_token_ids=[])
@@ -196,7 +198,8 @@ async def ours(args, device, config, rows, floors) -> None:
     states = stats["used_slots"] * layout.slot_bytes
     latent = stats["used_pages"] * layout.page_bytes
     shared_latent = -(-args.context // PAGE) * layout.page_bytes
-    target = 1.1 * (foot.weights + shared_latent + args.agents * (layout.slot_bytes + private_tokens / PAGE * layout.page_bytes))
+    per_agent = layout.slot_bytes + private_tokens / PAGE * layout.page_bytes
+    target = 1.1 * (foot.weights + shared_latent + args.agents * per_agent)
     rows.append(("ours: peak GPU memory", f"{peak / 2**30:.1f} GiB ({peak / target:.2f}x the target bound)",
                  f"weights {foot.weights / 2**30:.1f} + KDA states {states / 2**30:.2f} + latent in use "
                  f"{latent / 2**30:.2f} GiB; pool reserved up front {budget / 2**30:.1f} GiB; target bound "
@@ -234,7 +237,6 @@ def theirs(args, device, config, rows) -> None:
     from transformers import KimiLinearConfig as HFConfig
     from transformers import KimiLinearForCausalLM as HFModel
 
-    from benchmarks.common import PRESETS
 
     hf_config = HFConfig(**{k: v for k, v in PRESETS[args.preset].items() if k != "model_type"})
     with torch.device("meta"):
@@ -262,7 +264,8 @@ def theirs(args, device, config, rows) -> None:
         sync(device)
         times.append(time.perf_counter() - start)
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    rows.append((f"transformers+fla: decode batch 1 after {args.single_context // 1024}K", f"{statistics.median(times) * 1e3:.1f} ms/token", ""))
+    rows.append((f"transformers+fla: decode batch 1 after {args.single_context // 1024}K",
+                 f"{statistics.median(times) * 1e3:.1f} ms/token", ""))
 
 
 async def main() -> None:
@@ -275,7 +278,8 @@ async def main() -> None:
     parser.add_argument("--transformers", action="store_true", help="also run transformers' model (fla kernels)")
     parser.add_argument("--single-context", type=int, default=8192, help="context before the batch-1 decode")
     parser.add_argument("--profile", action="store_true", help="print the GPU kernels of a few decode steps")
-    parser.add_argument("--preset", default="48b", help="model preset of benchmarks.common (small: a smoke run)")
+    parser.add_argument("--preset", default="48b", choices=sorted(PRESETS),
+                        help="model preset of kimi_swarm.backend.model.presets (small: a smoke run)")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     device = torch.device(args.device)

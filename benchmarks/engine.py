@@ -1,8 +1,8 @@
 """Engine benchmark: prefill, fork, batched decode and memory per session, as one table.
 
-    python -m benchmarks.engine                          # CPU, small config
-    python -m benchmarks.engine --preset 48b --device cuda --prefix 65536   # GPU, real config
-    python -m benchmarks.engine --preset default --batches 1,8,20,32      # the shipped model (CPU path)
+    python benchmarks/engine.py                          # CPU, small config
+    python benchmarks/engine.py --preset 48b --device cuda --prefix 65536   # GPU, real config
+    python benchmarks/engine.py --preset default --batches 1,8,20,32      # the shipped model (CPU path)
 
 Random weights for small and 48b (speed hardly depends on their values; the router bias spreads tokens
 over experts, benchmarks/common.py says how); `default` loads the shipped checkpoint, whose trained router
@@ -19,12 +19,13 @@ import statistics
 import time
 
 import torch
+from common import sync
 
-from backend import Engine, SamplingParams
-from backend.default_model import default_model_path
-from backend.state_cache import CacheLayout
-from backend.weights import load_model
-from benchmarks.common import preset_config, random_model, sync
+from kimi_swarm.backend import Engine, SamplingParams
+from kimi_swarm.backend.engine.state_cache import CacheLayout
+from kimi_swarm.backend.model.default_model import default_model_path
+from kimi_swarm.backend.model.presets import preset_config, random_model
+from kimi_swarm.backend.model.weights import load_model
 
 
 def random_ids(n: int, vocab: int, seed: int) -> list[int]:

@@ -20,7 +20,6 @@ import importlib.util
 import inspect
 import json
 import math
-import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -29,12 +28,10 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from common import cuda_event_median_ms
 from triton.testing import do_bench
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import cuda_event_median_ms  # noqa: E402
-from kernels import kda_reference, kda_triton, mla_reference, mla_triton, norm_reference, norm_triton  # noqa: E402
+from kimi_swarm.kernels import kda_reference, kda_triton, mla_reference, mla_triton, norm_reference, norm_triton
 
 try:
     from fla.ops.kda import chunk_kda as fla_chunk_kda
@@ -338,7 +335,7 @@ def kda_chunk_section(impls: dict[str, ModuleType]) -> None:
                 kernel_breakdown(f"{name} best T={t}", fn)
             if fla_chunk_kda is not None:
                 kernel_breakdown(f"fla T={t}", run_fla)
-        del q, k, v, g, beta, fla_out
+        q = k = v = g = beta = fla_out = None  # free the inputs before the next, longer ones
         torch.cuda.empty_cache()
 
 

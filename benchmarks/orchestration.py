@@ -5,7 +5,7 @@ with a replayed model and a tool that returns at once, the run's whole wall time
 own work (agent loops, limits, events, conversation bookkeeping, replay lookups) spread over 1,500
 tool calls. Target: <= 1 ms per tool call on the 2-core development machine.
 
-    .venv/bin/python -m benchmarks.orchestration [--agents 100] [--calls 15] [--repeats 5]
+    .venv/bin/python benchmarks/orchestration.py [--agents 100] [--calls 15] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from backend.conversation import ChatBackend, Conversation, Reply, ReplyOptions
-from backend.messages import Message, ToolCall, ToolSpec
-from backend.replay import RecordingBackend, ReplayBackend
-from swarm import Swarm, prompts, tool
+from kimi_swarm import Swarm, prompts, tool
+from kimi_swarm.backend.chat.conversation import ChatBackend, Conversation, Reply, ReplyOptions
+from kimi_swarm.backend.chat.messages import Message, ToolCall, ToolSpec
+from kimi_swarm.backend.chat.replay import RecordingBackend, ReplayBackend
 
 
 @tool

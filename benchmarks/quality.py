@@ -17,21 +17,19 @@ import json
 import platform
 import random
 import re
-import sys
+import subprocess
 import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backend.conversation import ReplyOptions  # noqa: E402
-from backend.default_model import default_model_path  # noqa: E402
-from backend.engine_backend import EngineBackend  # noqa: E402
-from swarm.offline_web import OfflineWeb  # noqa: E402
-from swarm.offline_web.tasks import Family, ResearchTask, grade, sample_task  # noqa: E402
-from swarm.offline_web.trajectories import offline_web_tools, trained_tools  # noqa: E402
-from swarm.orchestrator import Swarm  # noqa: E402
+from kimi_swarm.backend.chat.conversation import ReplyOptions
+from kimi_swarm.backend.chat.engine_backend import EngineBackend
+from kimi_swarm.backend.model.default_model import default_model_path
+from kimi_swarm.launch import offline_web_tools, trained_tools
+from kimi_swarm.offline_web import OfflineWeb
+from kimi_swarm.offline_web.tasks import Family, ResearchTask, grade, sample_task
+from kimi_swarm.orchestrator import Swarm
 
 REPLY_TOKENS = 4096  # a byte-level model writes a 25-row table in about 2,800 tokens; --max-tokens changes it
 
@@ -99,7 +97,8 @@ def markdown(summaries: list[FamilySummary], model: str, device: str, seed: int,
         f"Embedded default model (`{model}`) on held-out entities of the offline web, full stack: Swarm + "
         f"in-process engine on {device} + real HTTP tools (`python benchmarks/quality.py --seed {seed}`; "
         f"tables have {table_rows} rows, one sub-agent per row). Machine: {platform.machine()}, "
-        f"{_cpu_count()} CPU cores.",
+        f"{_cpu_count()} CPU cores. Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+        f"Commit: {_commit()}.",
         "",
         "| family | tasks | correct | with correct source URL | tool calls / task | tokens / task "
         "| wall s / task (max) | critical steps | sub-agents / task |",
@@ -110,6 +109,14 @@ def markdown(summaries: list[FamilySummary], model: str, device: str, seed: int,
                      f"| {s.tool_calls:.1f} | {s.tokens:,.0f} | {s.wall_seconds:.1f} ({s.max_wall_seconds:.1f}) "
                      f"| {s.critical_steps:.1f} | {s.agents:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _commit() -> str:
+    """The checkout's short commit, marked when the tree has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True).stdout
+    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    return commit + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def _cpu_count() -> int:
@@ -132,7 +139,8 @@ async def main_async(args: argparse.Namespace) -> list[FamilySummary]:
     backend = EngineBackend.from_pretrained(model, device=args.device, **options)
     rng = random.Random(args.seed)
     plan: list[tuple[Family, int | None]] = (
-        [("compare", None)] * args.compare + [("table", args.table_rows)] * args.tables + [("two_hop", None)] * args.two_hop)
+        [("compare", None)] * args.compare + [("table", args.table_rows)] * args.tables
+        + [("two_hop", None)] * args.two_hop)
     scores: dict[Family, list[TaskScore]] = {}
     with OfflineWeb.start(seed=0) as offline:
         web = offline_web_tools(offline)

@@ -5,7 +5,7 @@ in shared-prefix mode the prefix is decompressed once and all forks' queries att
 call, merged with each fork's own keys by log-sum-exp. Checks the two modes against each other and
 the CUDA attention_with_lse against a float64 reference, then times both modes.
 
-    python -m benchmarks.shared_prefill                       # 48B layer, 128K prefix, 32 forks x 512 tokens
+    python benchmarks/shared_prefill.py                       # 48B layer, 128K prefix, 32 forks x 512 tokens
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import argparse
 import sys
 
 import torch
+from common import cuda_event_median_ms
 
-from backend.attention import attention_with_lse
-from backend.mla_layer import KimiMLAAttention
-from backend.paged_context import CachedLatents
-from benchmarks.common import cuda_event_median_ms, preset_config, randomize_
+from kimi_swarm.backend.model.attention import attention_with_lse
+from kimi_swarm.backend.model.context import CachedLatents
+from kimi_swarm.backend.model.mla_layer import KimiMLAAttention
+from kimi_swarm.backend.model.presets import preset_config, randomize_
 
 FLOAT64_CHECK_TOLERANCE = 2e-2  # bf16 inputs and outputs against a float64 reference
 
@@ -38,13 +39,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="48b")
     parser.add_argument("--prefix", type=int, default=131072)
-    parser.add_argument("--forks", type=int, default=32, help="forks per prefill chunk (16384 / 512 in benchmarks.e2e)")
+    parser.add_argument("--forks", type=int, default=32,
+                        help="forks per prefill chunk (16384 / 512 in benchmarks/e2e.py)")
     parser.add_argument("--suffix", type=int, default=512)
     parser.add_argument("--own", type=int, default=40, help="each fork's cached rows after the shared pages")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("benchmarks.shared_prefill times CUDA kernels; run it on a GPU")
+        sys.exit("benchmarks/shared_prefill.py times CUDA kernels; run it on a GPU")
     device = torch.device("cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     out_error, lse_error = check_attention_with_lse(device, gen)
@@ -73,10 +75,12 @@ def main() -> None:
     if not mismatch < FLOAT64_CHECK_TOLERANCE or not out_error < FLOAT64_CHECK_TOLERANCE:
         sys.exit("shared-prefix prefill disagrees; not timing it")
     ms_per_fork, ms_shared = (cuda_event_median_ms(fn, args.repeats) for fn in (per_fork, shared_once))
-    heads, nope, rope, v = config.num_attention_heads, config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
+    heads, nope = config.num_attention_heads, config.qk_nope_head_dim
+    rope, v = config.qk_rope_head_dim, config.v_head_dim
     attend = 2 * args.forks * args.suffix * (args.prefix + args.own) * heads * (nope + rope + v)
     decompress = 2 * (args.prefix + args.own) * config.kv_lora_rank * heads * (nope + v)
-    print(f"\n| mode ({args.forks} forks x {args.suffix} tokens, {args.prefix:,}-token prefix, one layer) | ms | TFLOP/s |")
+    shape = f"{args.forks} forks x {args.suffix} tokens, {args.prefix:,}-token prefix, one layer"
+    print(f"\n| mode ({shape}) | ms | TFLOP/s |")
     print("|---|---|---|")
     print(f"| per fork (prefix decompressed {args.forks}x) | {ms_per_fork:.1f} | "
           f"{(attend + args.forks * decompress) / ms_per_fork / 1e9:.0f} |")

@@ -6,7 +6,7 @@ reports. Each prompt is decoded greedily by the default model with drafts of eac
 outputs must match the plain decode's token for token. Prints one table: tokens/s, tokens per forward pass,
 speed-up.
 
-    python -m benchmarks.speculation --tasks compare table --draft 0 4 8 16
+    python benchmarks/speculation.py --tasks compare table --draft 0 4 8 16
 """
 
 from __future__ import annotations
@@ -15,16 +15,20 @@ import argparse
 import asyncio
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from backend.chat_format import render
-from backend.default_model import default_model_path
-from backend.engine import Engine
-from backend.sampling import SamplingParams
-from swarm.offline_web import OfflineWeb
-from swarm.offline_web.tasks import sample_task
-from swarm.offline_web.trajectories import offline_web_tools, record_run
+from kimi_swarm.backend.chat.chat_format import render
+from kimi_swarm.backend.engine.engine import Engine
+from kimi_swarm.backend.engine.sampling import SamplingParams
+from kimi_swarm.backend.model.default_model import default_model_path
+from kimi_swarm.launch import offline_web_tools
+from kimi_swarm.offline_web import OfflineWeb
+from kimi_swarm.offline_web.tasks import sample_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))  # the teacher plays every agent
+from trajectories import record_run  # noqa: E402
 
 TABLE_ROWS = 20
 

@@ -18,15 +18,14 @@ import sys
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from backend.conversation import ReplyOptions
-from swarm import RunResult, Swarm
-from swarm.launch import LIVE_SEARCH_PROVIDERS, LaunchError, WebMode, open_backend, open_web, resolve_web_mode
-from swarm.offline_web import SiteManifest, ensure_site
-from swarm.offline_web.tasks import Family, ResearchTask, sample_task
-from tools.rank import RANK_TOOL
+from kimi_swarm import Limits, RunResult, Swarm
+from kimi_swarm.backend import ReplyOptions
+from kimi_swarm.launch import REPLY_TOKENS, LaunchError, WebMode, open_backend, open_web, resolve_web_mode
+from kimi_swarm.offline_web import SiteManifest, ensure_site
+from kimi_swarm.offline_web.tasks import Family, ResearchTask, sample_task
+from kimi_swarm.tools import LIVE_SEARCH_PROVIDERS, rank
 
-REPLY_TOKENS = 4096
-"""Completion tokens per model turn: the default model writes a 25-row table in about 2,800."""
+DEFAULT_LIMITS = Limits()
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -43,9 +42,11 @@ def parser(description: str) -> argparse.ArgumentParser:
     web.add_argument("--search", choices=LIVE_SEARCH_PROVIDERS,
                      help="search provider on the live web (keys from BRAVE_API_KEY, TAVILY_API_KEY, SEARXNG_URL)")
     limits = options.add_argument_group("limits")
-    limits.add_argument("--max-agents", type=int, default=100, help="sub-agents over the whole run")
-    limits.add_argument("--max-tool-calls", type=int, default=1500, help="executed tool calls of all agents")
-    limits.add_argument("--deadline", type=float, help="wall-clock seconds for the whole run")
+    about = {name: field.description for name, field in Limits.model_fields.items()}
+    limits.add_argument("--max-agents", type=int, default=DEFAULT_LIMITS.max_agents, help=about["max_agents"])
+    limits.add_argument("--max-tool-calls", type=int, default=DEFAULT_LIMITS.max_tool_calls,
+                        help=about["max_tool_calls"])
+    limits.add_argument("--deadline", type=float, default=DEFAULT_LIMITS.deadline, help=about["deadline"])
     options.add_argument("--seed", type=int, default=0, help="which held-out offline-web entities to ask about")
     return options
 
@@ -70,7 +71,7 @@ async def research_swarm(options: argparse.Namespace) -> AsyncIterator[Swarm]:
     backend = open_backend(options.model, options.base_url or [], options.api_key)
     try:
         async with open_web(web_mode(options), options.search) as web:
-            yield Swarm(backend, [web.search, web.fetch, RANK_TOOL], max_agents=options.max_agents,
+            yield Swarm(backend, [web.search, web.fetch, rank], max_agents=options.max_agents,
                         max_tool_calls=options.max_tool_calls, deadline=options.deadline,
                         reply_options=ReplyOptions(max_tokens=REPLY_TOKENS))
     finally:

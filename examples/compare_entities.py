@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 
 from common import offline_task, parser, research, run_main
-from swarm.offline_web.tasks import COMPARISONS, PLURALS, join_names
+
+from kimi_swarm.offline_web.tasks import COMPARISONS, PLURALS, join_names
 
 
 def comparison_prompt(kind: str, attribute: str, entities: list[str], smallest: bool) -> str:

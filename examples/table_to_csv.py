@@ -16,7 +16,8 @@ import csv
 from pathlib import Path
 
 from common import offline_task, parser, research, run_main
-from swarm.offline_web.tasks import PLURALS, TABLE_TEMPLATES, join_names, table_rows
+
+from kimi_swarm.offline_web.tasks import PLURALS, TABLE_TEMPLATES, join_names, table_rows
 
 
 def table_prompt(kind: str, attribute: str, entities: list[str]) -> str:

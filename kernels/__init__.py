@@ -15,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from kernels import kda_reference, mla_reference, norm_reference
+from . import kda_reference, mla_reference, norm_reference
 
 _TRITON_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -23,7 +23,7 @@ _TRITON_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 @functools.cache
 def _triton_module(name: str) -> ModuleType | None:
     try:
-        return importlib.import_module(f"kernels.{name}")
+        return importlib.import_module(f".{name}", __name__)
     except ImportError:
         return None
 
@@ -38,8 +38,10 @@ def _triton_path(name: str, *xs: torch.Tensor) -> ModuleType | None:
     return _triton_module(name)
 
 
-def chunk_kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-              use_qk_l2norm=False):
+def chunk_kda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
+              scale: float | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+              cu_seqlens: torch.Tensor | None = None,
+              use_qk_l2norm: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """KDA over whole sequences (prefill): returns (o [B,T,H,V] in q's dtype, final state [N,H,K,V] fp32)."""
     fast = _triton_path("kda_triton", q)
     impl = fast.chunk_kda_triton if fast else kda_reference.chunk_kda_reference
@@ -47,28 +49,34 @@ def chunk_kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_
                 cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm)
 
 
-def recurrent_kda(q, k, v, g, beta, state_pool, state_indices, *, scale=None, use_qk_l2norm=False):
+def recurrent_kda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                  state_pool: torch.Tensor, state_indices: torch.Tensor, *, scale: float | None = None,
+                  use_qk_l2norm: bool = False) -> torch.Tensor:
     """One token per sequence; updates state_pool[state_indices] in place and returns o [N,1,H,V]."""
     fast = _triton_path("kda_triton", q)
     impl = fast.recurrent_kda_triton if fast else kda_reference.recurrent_kda_reference
     return impl(q, k, v, g, beta, state_pool, state_indices, scale=scale, use_qk_l2norm=use_qk_l2norm)
 
 
-def mla_decode(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale):
+def mla_decode(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+               seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """One query token per sequence over its paged latent cache: returns [N, H, R]."""
     fast = _triton_path("mla_triton", q_latent)
     impl = fast.mla_decode_triton if fast else mla_reference.mla_decode_reference
     return impl(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale)
 
 
-def mla_decode_shared(q_latent, q_pe, kv_cache, prefix_pages, prefix_len, block_tables, seq_lens, scale):
+def mla_decode_shared(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, prefix_pages: torch.Tensor,
+                      prefix_len: int, block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                      scale: float) -> torch.Tensor:
     """mla_decode for sequences that share their first prefix_len tokens: the prefix is read once."""
     fast = _triton_path("mla_triton", q_latent)
     impl = fast.mla_decode_shared_triton if fast else mla_reference.mla_decode_shared_reference
     return impl(q_latent, q_pe, kv_cache, prefix_pages, prefix_len, block_tables, seq_lens, scale)
 
 
-def mla_prefill(q_latent, q_pe, kv_cache, block_table, start_pos, scale):
+def mla_prefill(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
+                start_pos: int, scale: float) -> torch.Tensor:
     """T new tokens of one sequence attend causally to its cache: returns [T, H, R]."""
     fast = _triton_path("mla_triton", q_latent)
     impl = fast.mla_prefill_triton if fast else mla_reference.mla_prefill_reference

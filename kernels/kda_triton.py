@@ -75,8 +75,7 @@ def _diag_exact(b_q, b_k, b_G, BC: tl.constexpr):
 def _chunk_program(chunk_starts, chunk_ends, H: tl.constexpr, NB: tl.constexpr):
     """This program's chunk, head and 16-token block of a flat grid over (chunk, block, head), head fastest, and
     the chunk's token range. Programs that run side by side then read adjacent memory (a token's heads are
-    contiguous) and the blocks of one chunk and head run close together, so the rows they share stay in L2:
-    1.05-1.08x faster at 16K-128K on H100 than a (chunk, head, block) grid with the chunk fastest."""
+    contiguous) and the blocks of one chunk and head run close together, so the rows they share stay in L2."""
     pid = tl.program_id(0)
     i_h = pid % H
     i_b = (pid // H) % NB
@@ -398,7 +397,7 @@ def _block(n: int) -> int:
 
 
 def _inter_stages(device: torch.device, dtype: torch.dtype) -> int:
-    """Three pipeline stages for the inter-chunk pass (1.1x faster on H100) where an SM has the shared memory for
+    """Three pipeline stages for the inter-chunk pass (faster on Hopper) where an SM has the shared memory for
     them (about 190 KB for 2-byte inputs at K = V = 128; fp32 needs twice that), else two."""
     if device.type != "cuda" or dtype.itemsize > 2:
         return 2
@@ -428,13 +427,16 @@ def _chunk_table(bounds: tuple[int, ...], device: torch.device):
                  for x in (list(bounds), starts, ends, first))
 
 
-def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
-                     cu_seqlens=None, use_qk_l2norm=False, block_v=None, local_warps=4, row_warps=2, solve_warps=2,
-                     inter_warps=4, inter_stages=None):
+def chunk_kda_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
+                     scale: float | None = None, initial_state: torch.Tensor | None = None,
+                     output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None,
+                     use_qk_l2norm: bool = False, block_v: int | None = None, local_warps: int = 4, row_warps: int = 2,
+                     solve_warps: int = 2, inter_warps: int = 4,
+                     inter_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract as kernels.kda_reference.chunk_kda_reference, on CUDA (or the Triton interpreter).
 
     block_v and the *_warps / inter_stages knobs are launch shapes only (benchmarks/kernels.py sweeps them);
-    the defaults are the fastest measured on H100 (benchmarks/RESULTS.md).
+    the defaults are the fastest measured on H100 (benchmarks/history/kernels.md).
     """
     _check_kda_inputs(q, k, v, g, beta)
     b, t, h, kd = q.shape
@@ -487,8 +489,9 @@ def chunk_kda_triton(q, k, v, g, beta, *, scale=None, initial_state=None, output
     return o, final
 
 
-def recurrent_kda_triton(q, k, v, g, beta, state_pool, state_indices, *, scale=None, use_qk_l2norm=False,
-                         block_v=None):
+def recurrent_kda_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                         state_pool: torch.Tensor, state_indices: torch.Tensor, *, scale: float | None = None,
+                         use_qk_l2norm: bool = False, block_v: int | None = None) -> torch.Tensor:
     """Same contract as kernels.kda_reference.recurrent_kda_reference: in-place fp32 pool rows."""
     _check_kda_inputs(q, k, v, g, beta)
     n, t, h, kd = q.shape

@@ -61,7 +61,8 @@ def _check_paged(q_latent, q_pe, kv_cache):
         raise ValueError(f"kv_cache {tuple(kv_cache.shape)} must be [pages, page_size, R + P]")
 
 
-def mla_decode_reference(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale):
+def mla_decode_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                         seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """One query token per sequence (N, H heads) over its first seq_lens[n] cached tokens."""
     _check_paged(q_latent, q_pe, kv_cache)
     out = torch.empty_like(q_latent)
@@ -72,14 +73,16 @@ def mla_decode_reference(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale
     return out
 
 
-def merge_attention(o_a, lse_a, o_b, lse_b):
+def merge_attention(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor,
+                    lse_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine two normalised partial attentions over disjoint key sets by log-sum-exp."""
     lse = torch.logaddexp(lse_a, lse_b)
     return o_a * (lse_a - lse).exp()[..., None] + o_b * (lse_b - lse).exp()[..., None]
 
 
-def mla_decode_shared_reference(q_latent, q_pe, kv_cache, prefix_pages, prefix_len, block_tables, seq_lens,
-                                scale):
+def mla_decode_shared_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor,
+                                prefix_pages: torch.Tensor, prefix_len: int, block_tables: torch.Tensor,
+                                seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """Shared prefix attended once as one [N*H] x [prefix] product; the private suffixes, padded to the
     longest, as one batched product; the two merged by log-sum-exp (it runs in every CPU decode step)."""
     _check_paged(q_latent, q_pe, kv_cache)
@@ -88,7 +91,9 @@ def mla_decode_shared_reference(q_latent, q_pe, kv_cache, prefix_pages, prefix_l
                                         block_tables, starts, scale)[:, 0]
 
 
-def mla_prefill_shared_reference(q_latent, q_pe, kv_cache, prefix_pages, prefix_len, block_tables, starts, scale):
+def mla_prefill_shared_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor,
+                                 prefix_pages: torch.Tensor, prefix_len: int, block_tables: torch.Tensor,
+                                 starts: torch.Tensor, scale: float) -> torch.Tensor:
     """T new tokens of each of N sequences that share their first `prefix_len` cached tokens (forks), all
     already cached at starts[n]..starts[n]+T-1 (starts >= prefix_len): q_* [N, T, H, *] -> [N, T, H, R].
 
@@ -126,7 +131,8 @@ def mla_prefill_shared_reference(q_latent, q_pe, kv_cache, prefix_pages, prefix_
     return out.to(q_latent.dtype)
 
 
-def mla_prefill_reference(q_latent, q_pe, kv_cache, block_table, start_pos, scale):
+def mla_prefill_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
+                          start_pos: int, scale: float) -> torch.Tensor:
     """T new tokens (already cached at start_pos..start_pos+T-1) attend causally to the sequence."""
     _check_paged(q_latent, q_pe, kv_cache)
     t = q_latent.shape[0]

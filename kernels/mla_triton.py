@@ -47,7 +47,8 @@ def _mla_attend_kernel(q_lat, q_pe, kv, block_tables, kv_lens, o, part_o, part_l
     kv_end = tl.load(kv_lens + group)
     if CAUSAL:
         limit = kv_end - q_tokens + 1 + local // H
-        block_end = tl.minimum(kv_end, kv_end - q_tokens + 1 + tl.max(tl.minimum(local, rows_per_group - 1), axis=0) // H)
+        last_row = tl.max(tl.minimum(local, rows_per_group - 1), axis=0)
+        block_end = tl.minimum(kv_end, kv_end - q_tokens + 1 + last_row // H)
     else:
         limit = tl.full([BM], 0, tl.int32) + kv_end
         block_end = kv_end
@@ -177,8 +178,9 @@ def _decode_splits(launch, block_tables, kv_cache, n, device):
     return _splits(n * triton.cdiv(launch.heads, launch.block_m), capacity, device, waves=8, per_sm=2)
 
 
-def mla_decode_triton(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale, *, block_n=32, num_warps=4,
-                      num_stages=3, n_splits=None):
+def mla_decode_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                      seq_lens: torch.Tensor, scale: float, *, block_n: int = 32, num_warps: int = 4,
+                      num_stages: int = 3, n_splits: int | None = None) -> torch.Tensor:
     """Same contract as kernels.mla_reference.mla_decode_reference."""
     _check(q_latent, q_pe, kv_cache)
     n = q_latent.shape[0]
@@ -193,9 +195,11 @@ def mla_decode_triton(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale, *
     return out
 
 
-def mla_decode_shared_triton(q_latent, q_pe, kv_cache, prefix_pages, prefix_len, block_tables, seq_lens, scale,
-                             *, block_m=64, block_n=64, num_warps=8, num_stages=2, prefix_splits=None,
-                             suffix_splits=None):
+def mla_decode_shared_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor,
+                             prefix_pages: torch.Tensor, prefix_len: int, block_tables: torch.Tensor,
+                             seq_lens: torch.Tensor, scale: float, *, block_m: int = 64, block_n: int = 64,
+                             num_warps: int = 8, num_stages: int = 2, prefix_splits: int | None = None,
+                             suffix_splits: int | None = None) -> torch.Tensor:
     """Same contract as kernels.mla_reference.mla_decode_shared_reference."""
     _check(q_latent, q_pe, kv_cache)
     n, h, _ = q_latent.shape
@@ -228,8 +232,9 @@ def mla_decode_shared_triton(q_latent, q_pe, kv_cache, prefix_pages, prefix_len,
     return out
 
 
-def mla_prefill_triton(q_latent, q_pe, kv_cache, block_table, start_pos, scale, *, block_m=64, block_n=32,
-                       num_warps=8, num_stages=2, n_splits=None):
+def mla_prefill_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
+                       start_pos: int, scale: float, *, block_m: int = 64, block_n: int = 32, num_warps: int = 8,
+                       num_stages: int = 2, n_splits: int | None = None) -> torch.Tensor:
     """Same contract as kernels.mla_reference.mla_prefill_reference."""
     _check(q_latent, q_pe, kv_cache)
     t, h, _ = q_latent.shape

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs the whole test suite.
+# Sets everything up, then lints and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -7,4 +7,7 @@ bash scripts/setup.sh
 if [ ! -f /usr/share/doc/python3.11/html/library/json.html ]; then
     bash scripts/apt-install.sh python3.11-doc
 fi
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/ruff check .
+# The pytest entry point, not `python -m pytest`: that would put the checkout root on sys.path, where the folder
+# kernels/ would shadow Hugging Face's `kernels` package that transformers imports.
+exec .venv/bin/pytest -q "$@"

@@ -1,13 +1,60 @@
-"""Agent swarms: an orchestrator fans a task out to up to 100 sub-agents within hard limits."""
+"""kimi-swarm: agent swarms on one long shared context.
 
-from swarm.budget import Limits
-from swarm.events import Event, read_trace
-from swarm.orchestrator import RunStream, Swarm
-from swarm.result import AgentRecord, Citation, RunResult, ToolCallRecord, Usage
-from swarm.tape import ToolTape
-from swarm.tool import Tool, TransientToolError, as_tool, tool
+An orchestrator fans a task out to up to 100 sub-agents within hard limits, over any chat backend: the
+in-process Kimi Linear engine (`kimi_swarm.backend`), which forks one long session into every sub-agent, or an
+OpenAI-compatible server. `kimi_swarm.tools` has the web tools and `rank`; `kimi_swarm.kernels` the Triton
+kernels beside their PyTorch references.
+
+    from kimi_swarm import Swarm
+    from kimi_swarm.backend import EngineBackend
+    from kimi_swarm.tools import Web, rank
+"""
+
+from .budget import Limits
+from .events import (
+    AgentFinished,
+    AgentStarted,
+    BudgetLeft,
+    Event,
+    RunFinished,
+    RunStarted,
+    Tokens,
+    ToolCallFinished,
+    ToolCallStarted,
+    read_trace,
+)
+from .launch import LaunchError
+from .orchestrator import RunStream, Swarm
+from .result import AgentRecord, AgentStatus, Citation, RunResult, ToolCallRecord, Usage
+from .tape import ToolTape, ToolTapeMismatch
+from .tool import Tool, ToolArgumentsError, TransientToolError, as_tool, tool
 
 __all__ = [
-    "AgentRecord", "Citation", "Event", "Limits", "RunResult", "RunStream", "Swarm", "Tool", "ToolCallRecord",
-    "ToolTape", "TransientToolError", "Usage", "as_tool", "read_trace", "tool",
+    "AgentFinished",
+    "AgentRecord",
+    "AgentStarted",
+    "AgentStatus",
+    "BudgetLeft",
+    "Citation",
+    "Event",
+    "LaunchError",
+    "Limits",
+    "RunFinished",
+    "RunResult",
+    "RunStarted",
+    "RunStream",
+    "Swarm",
+    "Tokens",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolCallFinished",
+    "ToolCallRecord",
+    "ToolCallStarted",
+    "ToolTape",
+    "ToolTapeMismatch",
+    "TransientToolError",
+    "Usage",
+    "as_tool",
+    "read_trace",
+    "tool",
 ]

@@ -8,23 +8,23 @@ conversation stays well-formed and the model can answer with what it has.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import httpx
 
-from backend.conversation import Conversation
-from backend.messages import Message, ToolCall
-from backend.replay import ReplayMismatch
-from swarm import prompts
-from swarm.events import ToolCallFinished, ToolCallStarted
-from swarm.result import AgentRecord, ToolCallRecord
-from swarm.state import RunState
-from swarm.tape import ToolOutcome, ToolTapeMismatch
-from swarm.tool import Tool, ToolArgumentsError, TransientToolError, render_output
+from kimi_swarm.backend.chat.conversation import Conversation
+from kimi_swarm.backend.chat.messages import Message, ToolCall
+from kimi_swarm.backend.chat.replay import ReplayMismatch
+from kimi_swarm.tools import ToolError, wrap_untrusted
+
+from . import prompts
+from .events import ToolCallFinished, ToolCallStarted
+from .result import AgentRecord, ToolCallRecord
+from .state import RunState
+from .tape import ToolOutcome, ToolTapeMismatch
+from .tool import Tool, ToolArgumentsError, TransientToolError, render_output
 
 
 class SpawnReply(NamedTuple):
@@ -244,7 +244,6 @@ async def _invoke_with_retries(state: RunState, tool: Tool, arguments: dict, pla
     `place` says where in the run the call is (the tool tape's key)."""
     timeout = tool.timeout or state.limits.tool_timeout
     retries = state.limits.tool_retries if tool.retries is None else tool.retries
-    refusal = _web_tool_error_type()
     attempt = 0
     while True:
         attempt += 1
@@ -253,7 +252,7 @@ async def _invoke_with_retries(state: RunState, tool: Tool, arguments: dict, pla
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            transient = isinstance(error, TRANSIENT_ERRORS) and not (refusal and isinstance(error, refusal))
+            transient = isinstance(error, TRANSIENT_ERRORS) and not isinstance(error, ToolError)
             if transient and attempt <= retries:
                 await asyncio.sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1))
                 continue
@@ -264,7 +263,7 @@ async def _invoke_with_retries(state: RunState, tool: Tool, arguments: dict, pla
                                attempts=attempt)
         text = render_output(value)
         source_url = _source_url(value)
-        output = _wrap_untrusted(text, source_url or tool.name) if tool.untrusted else text
+        output = wrap_untrusted(text, source_url or tool.name) if tool.untrusted else text
         return ToolOutcome(**place, executed=True, ok=True, output=output, attempts=attempt, evidence=text,
                            source_url=source_url)
 
@@ -273,18 +272,4 @@ def _source_url(value: object) -> str | None:
     url = getattr(value, "url", None)
     return url if isinstance(url, str) else None
 
-
-def _web_tool_error_type() -> type[BaseException] | None:
-    """`tools.ToolError` is a refusal (blocked host, bad URL): reported, never retried."""
-    module = sys.modules.get("tools")
-    error = getattr(module, "ToolError", None) if module else None
-    return error if isinstance(error, type) else None
-
-
-def _wrap_untrusted(text: str, source: str) -> str:
-    try:
-        wrap = getattr(importlib.import_module("tools"), "wrap_untrusted", None)
-    except ImportError:
-        return text
-    return wrap(text, source) if callable(wrap) else text
 

@@ -6,10 +6,14 @@ The swarm is one asyncio loop, so a check-and-take with no await between them is
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 
 class Limits(BaseModel):
+    """Every limit of a run and its default, declared once: `Swarm`, `swarm run` and the examples read them here."""
+
+    model_config = ConfigDict(extra="forbid")
+
     max_agents: PositiveInt = Field(100, description="sub-agents over the whole run; tasks beyond are refused")
     max_tool_calls: int = Field(1500, ge=0, description="executed tool calls of all agents (spawn_agents not counted)")
     max_agent_steps: PositiveInt = Field(100, description="model turns per sub-agent")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from swarm.result import Citation
+from .result import Citation
 
 _URL = re.compile(r"https?://[^\s\"'<>\[\]()]+")
 _BRACKETS = re.compile(r"\[([^\[\]]+)\]")

@@ -22,17 +22,29 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from backend.conversation import ReplyOptions
-from backend.replay import RecordingBackend, ReplayMismatch
-from swarm.display import LivePanel, LogLines
-from swarm.launch import LIVE_SEARCH_PROVIDERS, EngineDtype, LaunchError, WebMode, import_or_fail, open_backend, \
-    open_web, resolve_web_mode
-from swarm.orchestrator import Swarm
-from swarm.report import markdown_report
-from swarm.result import RunResult
-from swarm.tape import ToolTape, ToolTapeMismatch, tool_tape_path
-from swarm.tool import Tool
-from tools.rank import RANK_TOOL
+from kimi_swarm.backend import RecordingBackend, ReplayMismatch, ReplyOptions
+from kimi_swarm.tools import LIVE_SEARCH_PROVIDERS, WebConfig
+
+from . import offline_web
+from .budget import Limits
+from .display import LivePanel, LogLines
+from .launch import (
+    REPLY_TOKENS,
+    TOOLS,
+    WEB_TOOLS,
+    EngineDtype,
+    LaunchError,
+    WebMode,
+    named_tools,
+    open_backend,
+    open_web,
+    resolve_web_mode,
+)
+from .orchestrator import Swarm
+from .report import markdown_report
+from .result import RunResult
+from .tape import ToolTape, ToolTapeMismatch, tool_tape_path
+from .tool import Tool
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -46,9 +58,13 @@ EXIT_CODES_HELP = (
     "still printed and saved)."
 )
 
-WEB_TOOLS = ("search", "fetch", "browse")
-TOOLS = (*WEB_TOOLS, "rank")
-"""What --tools can name: the web tools, and `rank` (tools.rank), which needs no web."""
+DEFAULT_LIMITS = Limits()
+
+
+def _about(limit: str) -> str:
+    """A limit's option help: its description in `Limits`, the one place limits are declared."""
+    description = Limits.model_fields[limit].description or limit
+    return description[0].upper() + description[1:] + "."
 
 app = typer.Typer(
     help="Agent swarms on one shared long context: an orchestrator fans a task out to up to 100 sub-agents.",
@@ -75,15 +91,18 @@ def run(
         help="What the in-process engine computes in: auto is bfloat16 on a GPU, float32 on the CPU. bfloat16 "
              "halves the weights' memory; on a CPU it pays only with bf16 instructions (AVX512-BF16, AMX).")
     ] = EngineDtype.auto,
-    max_agents: Annotated[int, typer.Option(min=1, help="Sub-agents over the whole run.")] = 100,
-    max_tool_calls: Annotated[int, typer.Option(min=0, help="Executed tool calls of all agents.")] = 1500,
-    max_agent_steps: Annotated[int, typer.Option(min=1, help="Model turns per sub-agent.")] = 100,
-    max_orchestrator_steps: Annotated[int, typer.Option(min=1, help="Model turns of the orchestrator.")] = 15,
-    concurrency: Annotated[int, typer.Option(min=1, help="Sub-agents running at once.")] = 100,
-    deadline: Annotated[float | None, typer.Option(min=0.001, help="Wall-clock seconds for the whole run.")] = None,
-    token_budget: Annotated[int | None, typer.Option(min=1, help="Prompt + completion tokens of the run.")] = None,
+    max_agents: Annotated[int, typer.Option(min=1, help=_about("max_agents"))] = DEFAULT_LIMITS.max_agents,
+    max_tool_calls: Annotated[int, typer.Option(min=0, help=_about("max_tool_calls"))] = DEFAULT_LIMITS.max_tool_calls,
+    max_agent_steps: Annotated[int, typer.Option(
+        min=1, help=_about("max_agent_steps"))] = DEFAULT_LIMITS.max_agent_steps,
+    max_orchestrator_steps: Annotated[int, typer.Option(
+        min=1, help=_about("max_orchestrator_steps"))] = DEFAULT_LIMITS.max_orchestrator_steps,
+    concurrency: Annotated[int, typer.Option(min=1, help=_about("max_concurrency"))] = DEFAULT_LIMITS.max_concurrency,
+    deadline: Annotated[float | None, typer.Option(min=0.001, help=_about("deadline"))] = DEFAULT_LIMITS.deadline,
+    token_budget: Annotated[int | None, typer.Option(
+        min=1, help=_about("token_budget"))] = DEFAULT_LIMITS.token_budget,
     max_tokens: Annotated[int, typer.Option(min=1, help="Completion tokens per model turn (a 25-row table "
-                                                         "takes the default model about 2,800).")] = 4096,
+                                                         "takes the default model about 2,800).")] = REPLY_TOKENS,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 0.0,
     tools: Annotated[str, typer.Option(
         help=f"Comma-separated tools to give the agents, from: {', '.join(TOOLS)}.")
@@ -94,7 +113,8 @@ def run(
     ] = WebMode.auto,
     search: Annotated[str | None, typer.Option(
         metavar="PROVIDER", help=f"Search provider on the live web: {', '.join(LIVE_SEARCH_PROVIDERS)} (keys and "
-                                 "URLs from BRAVE_API_KEY, TAVILY_API_KEY, SEARXNG_URL). Default: duckduckgo.")] = None,
+                                 "URLs from BRAVE_API_KEY, TAVILY_API_KEY, SEARXNG_URL). "
+                                 f"Default: {WebConfig.model_fields['search_provider'].default}.")] = None,
     tools_from: Annotated[list[str] | None, typer.Option(
         "--tools-from", metavar="MODULE:ATTR",
         help="Extra tools, 'module:attribute' naming a tool, a typed callable, or a list of them. Repeatable.")
@@ -121,10 +141,10 @@ def run(
     if not task.strip():
         raise typer.BadParameter("the task is empty", param_hint="TASK")
     selected = [name.strip() for name in tools.split(",") if name.strip()]
-    unknown = [name for name in selected if name not in TOOLS]
-    if unknown:
-        raise typer.BadParameter(f"unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}",
-                                 param_hint="--tools")
+    try:
+        named_tools(None, selected)
+    except LaunchError as error:
+        raise typer.BadParameter(str(error), param_hint="--tools") from None
     if search is not None and search not in LIVE_SEARCH_PROVIDERS:
         raise typer.BadParameter(f"unknown search provider {search!r}; choose from {', '.join(LIVE_SEARCH_PROVIDERS)}",
                                  param_hint="--search")
@@ -166,7 +186,6 @@ def serve_web(
 ) -> None:
     """Serve the generated offline web (pages and search corpus) on loopback until Ctrl-C."""
     try:
-        offline_web = import_or_fail("swarm.offline_web", "the offline web")
         offline_web.serve_forever(port=port, seed=seed)
     except (LaunchError, OSError) as error:
         _print_error(Console(stderr=True), error)
@@ -184,15 +203,12 @@ async def _run(task: str, documents: list[str], console: Console, settings: dict
                replay: Path | None, live: bool) -> tuple[RunResult, bool]:
     async with contextlib.AsyncExitStack() as stack:
         extra_tools = [t for spec in tools_from for t in _load_tools(spec)]
-        run_tools: list[Tool | Callable[..., Any]] = []
         backend = open_backend(model, base_urls, api_key, stream=stream, replay=replay, device=device, dtype=dtype)
         stack.push_async_callback(backend.aclose)
+        web = None
         if web_mode is not WebMode.none and set(tool_names) & set(WEB_TOOLS):
             web = await stack.enter_async_context(open_web(web_mode, search))
-            run_tools += [getattr(web, name) for name in tool_names if name in WEB_TOOLS]
-        if "rank" in tool_names:
-            run_tools.append(RANK_TOOL)
-        run_tools += extra_tools
+        run_tools: list[Tool | Callable[..., Any]] = [*named_tools(web, tool_names), *extra_tools]
         tool_tape = None
         if record:
             backend = RecordingBackend(backend, record)

@@ -10,9 +10,17 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from swarm.budget import Limits
-from swarm.events import (AgentFinished, AgentStarted, Event, RunFinished, RunStarted, Tokens, ToolCallFinished,
-                          ToolCallStarted)
+from .budget import Limits
+from .events import (
+    AgentFinished,
+    AgentStarted,
+    Event,
+    RunFinished,
+    RunStarted,
+    Tokens,
+    ToolCallFinished,
+    ToolCallStarted,
+)
 
 
 class RunCounters:

@@ -8,36 +8,65 @@ Kimi Linear checkpoint, `--base-url URL` an OpenAI-compatible server, both on th
 from __future__ import annotations
 
 import contextlib
-import importlib
-from collections.abc import AsyncIterator, Sequence
-from enum import Enum
+from collections.abc import AsyncIterator, Callable, Sequence
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from backend.conversation import ChatBackend
+from kimi_swarm.backend import ENGINE_DTYPES, ChatBackend, EngineBackend, OpenAIBackend, ReplayBackend
+from kimi_swarm.backend.model.default_model import default_model_path
+from kimi_swarm.tools import LIVE_SEARCH_PROVIDERS, Web, WebConfig, rank
+
+from .offline_web import OfflineWeb
 
 
 class LaunchError(Exception):
     """A problem the person can fix (a missing checkpoint, a bad option); the message says what."""
 
 
-class WebMode(str, Enum):
+class WebMode(StrEnum):
     auto = "auto"
     offline = "offline"
     live = "live"
     none = "none"
 
 
-class EngineDtype(str, Enum):
-    """What the in-process engine runs a checkpoint in (backend.engine_backend.ENGINE_DTYPES)."""
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
+EngineDtype = Enum("EngineDtype", {name: name for name in ENGINE_DTYPES}, type=str)  # type: ignore[misc]
+"""What the in-process engine runs a checkpoint in, as a choice for command-line options."""
+
+REPLY_TOKENS = 4096
+"""Completion tokens per model turn of `swarm run` and the examples: the default model writes a 25-row table in
+about 2,800."""
+
+WEB_TOOLS = ("search", "fetch", "browse")
+TOOLS = (*WEB_TOOLS, "rank")
+"""The tools a run can name (`swarm run --tools`), in the order the default model was trained to see them
+declared: the web's, then `rank`, which needs no web."""
 
 
-LIVE_SEARCH_PROVIDERS = ("duckduckgo", "searxng", "brave", "tavily")
-"""Search providers on the live web (keys and URLs from BRAVE_API_KEY, TAVILY_API_KEY, SEARXNG_URL)."""
+def named_tools(web: Web | None, names: Sequence[str]) -> list[Callable[..., Any]]:
+    """The tools called `names`: the web tools in the order given, from `web` (none without one), then `rank`."""
+    unknown = [name for name in names if name not in TOOLS]
+    if unknown:
+        raise LaunchError(f"unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}")
+    chosen: list[Callable[..., Any]] = [getattr(web, name) for name in names if name in WEB_TOOLS] if web else []
+    return chosen + [rank] if "rank" in names else chosen
+
+
+def trained_tools(web: Web) -> list[Callable[..., Any]]:
+    """The tools the default model was trained with, in their declared order."""
+    return named_tools(web, TOOLS)
+
+
+def offline_web_tools(site: OfflineWeb, index_dir: Path | None = None) -> Web:
+    """The web tools over a served offline web: local search of its files, fetch allowed to its address.
+
+    The server is our own on loopback, so requests are not paced as they are for public hosts.
+    """
+    extra = {"index_dir": index_dir} if index_dir else {}
+    return Web(WebConfig(search_provider="local", corpus_dir=site.site_dir, corpus_base_url=site.base_url,
+                         allowed_hosts=[site.host_port], per_host_rate=10_000.0, per_host_concurrency=64,
+                         cache_max_entries=8192, **extra))
 
 
 def open_backend(model: str | None = None, base_urls: Sequence[str] = (), api_key: str | None = None, *,
@@ -51,12 +80,8 @@ def open_backend(model: str | None = None, base_urls: Sequence[str] = (), api_ke
         raise LaunchError("--device and --dtype choose how the in-process engine runs a checkpoint; "
                           f"they do not apply to {'--replay' if replay else '--base-url'}")
     if replay:
-        from backend.replay import ReplayBackend
-
         return ReplayBackend(replay)
     if base_urls:
-        from backend.openai_backend import OpenAIBackend
-
         if not model:
             raise LaunchError("--base-url needs --model NAME (the model name the server serves)")
         try:
@@ -69,9 +94,8 @@ def open_backend(model: str | None = None, base_urls: Sequence[str] = (), api_ke
             raise LaunchError(f"--model {model!r} is not a checkpoint directory; to use a served model name, "
                               "also pass --base-url")
         return _engine_backend(checkpoint, device, dtype)
-    default_model = import_or_fail("backend.default_model", "the embedded default model")
     try:
-        return _engine_backend(default_model.default_model_path(), device, dtype)
+        return _engine_backend(default_model_path(), device, dtype)
     except FileNotFoundError as error:
         raise LaunchError(str(error)) from None
 
@@ -84,39 +108,28 @@ def resolve_web_mode(mode: WebMode, *, uses_default_model: bool) -> WebMode:
 
 
 @contextlib.asynccontextmanager
-async def open_web(mode: WebMode, search_provider: str | None = None) -> AsyncIterator[Any]:
-    """A `tools.Web` over the offline web (served on loopback while the context lasts) or the live internet
+async def open_web(mode: WebMode, search_provider: str | None = None) -> AsyncIterator[Web]:
+    """A `Web` over the offline web (served on loopback while the context lasts) or the live internet
     with `search_provider` (default: the web tools' own default). `mode` must be offline or live."""
-    web_tools = import_or_fail("tools", "the web tools")
     if mode is WebMode.live:
         if search_provider is not None and search_provider not in LIVE_SEARCH_PROVIDERS:
             raise LaunchError(f"unknown search provider {search_provider!r}; choose from "
                               f"{', '.join(LIVE_SEARCH_PROVIDERS)}")
-        config = web_tools.WebConfig(search_provider=search_provider) if search_provider else web_tools.WebConfig()
-        async with web_tools.Web(config) as web:
+        config = WebConfig(search_provider=search_provider) if search_provider else WebConfig()
+        async with Web(config) as web:
             yield web
         return
     if mode is not WebMode.offline:
         raise ValueError(f"open_web needs WebMode.offline or WebMode.live, not {mode.value!r}")
     if search_provider is not None:
         raise LaunchError("a search provider is for the live web; the offline web has its own local search")
-    offline_web = import_or_fail("swarm.offline_web", "the offline web")
-    trajectories = import_or_fail("swarm.offline_web.trajectories", "the offline web")
-    with offline_web.OfflineWeb.start() as site:
-        async with trajectories.offline_web_tools(site) as web:  # the web tools the default model was trained with
+    with OfflineWeb.start() as site:
+        async with offline_web_tools(site) as web:
             yield web
 
 
 def _engine_backend(path: Path, device: str, dtype: str) -> ChatBackend:
-    engine_backend = import_or_fail("backend.engine_backend", "the in-process engine")
     try:
-        return engine_backend.EngineBackend.from_pretrained(path, device=device, dtype=dtype)
+        return EngineBackend.from_pretrained(path, device=device, dtype=dtype)
     except (OSError, ValueError, KeyError) as error:
         raise LaunchError(f"cannot load the checkpoint at {path}: {error}") from None
-
-
-def import_or_fail(module: str, what: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise LaunchError(f"{what} is not available in this installation ({module}: {error})") from None

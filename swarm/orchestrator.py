@@ -17,17 +17,19 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from backend.conversation import ChatBackend, Conversation, ReplyOptions
-from backend.messages import ToolCall
-from swarm import prompts
-from swarm.agent import SpawnReply, run_agent
-from swarm.budget import Limits
-from swarm.citations import extract_citations
-from swarm.events import AgentFinished, AgentStarted, Event, RunFinished, RunStarted
-from swarm.result import COMPLETE_STATUSES, AgentRecord, RunResult, Usage
-from swarm.state import RunState
-from swarm.tape import ToolTape
-from swarm.tool import Tool, as_tool
+from kimi_swarm.backend.chat.conversation import ChatBackend, Conversation, ReplyOptions
+from kimi_swarm.backend.chat.messages import ToolCall
+from kimi_swarm.backend.engine.bridge import drain_while_running
+
+from . import prompts
+from .agent import SpawnReply, run_agent
+from .budget import Limits
+from .citations import extract_citations
+from .events import AgentFinished, AgentStarted, Event, RunFinished, RunStarted
+from .result import COMPLETE_STATUSES, AgentRecord, RunResult, Usage
+from .state import RunState
+from .tape import ToolTape
+from .tool import Tool, as_tool
 
 
 class Swarm:
@@ -46,29 +48,19 @@ class Swarm:
         backend: ChatBackend,
         tools: Sequence[Tool | Callable[..., Any]] = (),
         *,
-        max_agents: int = 100,
-        max_tool_calls: int = 1500,
-        max_agent_steps: int = 100,
-        max_orchestrator_steps: int = 15,
-        max_concurrency: int = 100,
-        max_tool_concurrency: int = 32,
-        token_budget: int | None = None,
-        deadline: float | None = None,
-        tool_timeout: float = 60.0,
-        tool_retries: int = 2,
-        max_corrections: int = 3,
+        limits: Limits | None = None,
         reply_options: ReplyOptions | None = None,
         trace_path: str | Path | None = None,
         tool_tape: ToolTape | None = None,
+        **limit_values: Any,
     ) -> None:
+        """`limits`, or any of its fields as keywords (`max_tool_calls=1500, deadline=600`); the rest keep the
+        defaults declared in `Limits`."""
+        if limits is not None and limit_values:
+            raise TypeError(f"pass limits=Limits(...) or limit keywords ({', '.join(limit_values)}), not both")
         self.backend = backend
         self.tools = _tools_by_name(tools)
-        self.limits = Limits(
-            max_agents=max_agents, max_tool_calls=max_tool_calls, max_agent_steps=max_agent_steps,
-            max_orchestrator_steps=max_orchestrator_steps, max_concurrency=max_concurrency,
-            max_tool_concurrency=max_tool_concurrency, token_budget=token_budget, deadline=deadline,
-            tool_timeout=tool_timeout, tool_retries=tool_retries, max_corrections=max_corrections,
-        )
+        self.limits = limits if limits is not None else Limits(**limit_values)
         self.reply_options = reply_options or ReplyOptions()
         self.trace_path = Path(trace_path) if trace_path else None
         self.tool_tape = tool_tape
@@ -306,17 +298,9 @@ class RunStream:
         self._swarm.add_listener(queue.put_nowait)
         run = asyncio.create_task(self._swarm.run(self._task, self._context))
         try:
-            while True:
-                getter = asyncio.create_task(queue.get())
-                await asyncio.wait({getter, run}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                    continue
-                getter.cancel()
-                while not queue.empty():
-                    yield queue.get_nowait()
-                self.result = run.result()
-                return
+            async for event in drain_while_running(queue, run):
+                yield event
+            self.result = run.result()
         finally:
             self._swarm.remove_listener(queue.put_nowait)
             if not run.done():

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from backend.messages import Message, ToolSpec
+from kimi_swarm.backend.chat.messages import Message, ToolSpec
 
 SPAWN_TOOL_NAME = "spawn_agents"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swarm.result import RunResult
+from .result import RunResult
 
 
 def _cell(text: str, limit: int = 120) -> str:

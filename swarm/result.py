@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from backend.messages import Message
-from swarm.events import Event
+from kimi_swarm.backend.chat.messages import Message
+
+from .events import Event
 
 AgentStatus = Literal[
     "pending", "running", "done", "budget", "step_limit", "token_limit", "deadline", "cancelled", "failed", "refused",

@@ -7,13 +7,14 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from backend.conversation import Reply, ReplyOptions
-from swarm.budget import Budget, Limits
-from swarm.citations import EvidenceStore
-from swarm.events import BudgetLeft, Event, Tokens, _Event
-from swarm.result import AgentRecord
-from swarm.tape import ToolTape
-from swarm.tool import Tool
+from kimi_swarm.backend.chat.conversation import Reply, ReplyOptions
+
+from .budget import Budget, Limits
+from .citations import EvidenceStore
+from .events import BudgetLeft, Event, Tokens, _Event
+from .result import AgentRecord
+from .tape import ToolTape
+from .tool import Tool
 
 
 class RunState:

@@ -2,7 +2,7 @@
 
 A tool is any sync or async function with type hints. `@tool` makes one explicitly (and lets you set
 its name, concurrency cap, timeout and retries); `as_tool` turns a plain callable or bound method,
-such as `tools.Web().search`, into one when it is handed to a `Swarm`.
+such as `kimi_swarm.tools.Web().search`, into one when it is handed to a `Swarm`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from backend.messages import ToolSpec
+from kimi_swarm.backend.chat.messages import ToolSpec
+from kimi_swarm.tools import has_untrusted_output
 
 _ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
 _SECTION_HEADER = re.compile(r"^\s*(Returns|Yields|Raises|Examples?|Notes?|Attributes|See Also):\s*$")
@@ -93,11 +94,11 @@ class Tool:
         self.arguments_model = _arguments_model(fn, self.name, argument_docs)
         self.parameters = _clean_schema(self.arguments_model.model_json_schema())
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None))
+            getattr(fn, "__call__", None))  # noqa: B004  (an object whose __call__ is async)
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.retries = retries
-        self.untrusted = _comes_from_web_tools(fn) if untrusted is None else untrusted
+        self.untrusted = has_untrusted_output(fn) if untrusted is None else untrusted
 
     @property
     def spec(self) -> ToolSpec:
@@ -156,7 +157,7 @@ def as_tool(obj: Tool | Callable[..., Any]) -> Tool:
 
 def _arguments_model(fn: Callable[..., Any], tool_name: str, docs: dict[str, str]) -> type[BaseModel]:
     signature = inspect.signature(fn)
-    target = fn.__call__ if not (inspect.isfunction(fn) or inspect.ismethod(fn)) and hasattr(fn, "__call__") else fn
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else fn.__call__
     try:
         hints = get_type_hints(target)
     except (NameError, TypeError) as error:
@@ -179,13 +180,6 @@ def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
     if isinstance(schema, list):
         return [_clean_schema(v) for v in schema]
     return schema
-
-
-def _comes_from_web_tools(fn: Callable[..., Any]) -> bool:
-    """Output of the project's web tools (package `tools`) is untrusted page text."""
-    owner = getattr(fn, "__self__", None)
-    module = getattr(type(owner), "__module__", "") if owner is not None else getattr(fn, "__module__", "")
-    return module == "tools" or module.startswith("tools.")
 
 
 def render_output(value: Any) -> str:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import h11
+from teacher import Teacher
 
-from backend.messages import Message, ToolCall
-from swarm import prompts, tool
-from swarm.offline_web.site import SiteManifest
-from swarm.offline_web.tasks import ResearchTask
-from swarm.offline_web.teacher import Teacher
+from kimi_swarm import prompts, tool
+from kimi_swarm.backend.chat.messages import Message, ToolCall
+from kimi_swarm.offline_web.site import SiteManifest
+from kimi_swarm.offline_web.tasks import ResearchTask
 
 
 @dataclass

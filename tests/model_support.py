@@ -64,7 +64,7 @@ def write_tiny_checkpoint(directory: Path, *, seed: int = 0, dtype: torch.dtype 
 
 def write_chat_checkpoint(directory: Path, *, layers: str, seed: int) -> Path:
     """A tiny checkpoint with the byte-level tokenizer (Kimi's special tokens), for engine and chat tests."""
-    from backend.tokenizer import ByteTokenizer
+    from kimi_swarm.backend.model.tokenizer import ByteTokenizer
 
     write_tiny_checkpoint(directory, layers=layers, vocab=300, seed=seed)
     ByteTokenizer().save(directory)
@@ -80,7 +80,7 @@ async def extend_then_generate(session, suffix: list[int], params):
 def forks_prefilled_with_and_without_sharing(model, cache, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of 3 forks of a root session (3 full pages + 5 tokens) prefilling 9 new tokens each in one
     batch, once in shared-prefix mode and once not; checks that the mode found the 3 shared pages."""
-    from backend.paged_context import PagedContext
+    from kimi_swarm.backend.engine.paged_context import PagedContext
 
     page = cache.page_size
     gen = torch.Generator().manual_seed(seed)

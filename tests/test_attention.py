@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from backend import attention
-from kernels.mla_reference import merge_attention
+from kimi_swarm.backend.model import attention
+from kimi_swarm.kernels.mla_reference import merge_attention
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -51,8 +51,9 @@ def test_flash_path_matches_float64_on_cuda(m, length, d):
 @needs_cuda
 def test_fused_lower_right_causal_attention_matches_float64_on_cuda():
     """The per-sequence prefill path (SDPA, causal_lower_right, fused kernels): T new tokens after L - T cached."""
-    from backend.mla_layer import _FUSED_ATTENTION
     from torch.nn.attention import sdpa_kernel
+
+    from kimi_swarm.backend.model.mla_layer import _FUSED_ATTENTION
 
     gen = torch.Generator(device="cuda").manual_seed(3)
     q, k, v = (torch.randn(1, 8, n, 96, device="cuda", generator=gen).bfloat16() for n in (9, 206, 206))
@@ -66,8 +67,8 @@ def test_fused_lower_right_causal_attention_matches_float64_on_cuda():
 def test_mla_chunks_expand_the_cache_only_when_that_is_cheaper(preset, crossover):
     """Expanding the cached latent costs rank x H x (nope + v) per cached token, once; the absorbed form costs
     H x (2 rank + rope) per query and cached token. On the CPU few queries stay absorbed; the GPU expands."""
-    from backend.mla_layer import KimiMLAAttention
-    from benchmarks.common import preset_config
+    from kimi_swarm.backend.model.mla_layer import KimiMLAAttention
+    from kimi_swarm.backend.model.presets import preset_config
 
     config = preset_config(preset)
     with torch.device("meta"):

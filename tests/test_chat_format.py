@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from backend.chat_format import (
+from kimi_swarm.backend.chat.chat_format import (
     END_OF_TURN,
     GENERATION_PROMPT,
     MARKERS,
     ParsedReply,
-    StreamParser,
     parse_assistant,
     render,
     tool_call_id,
 )
-from backend.messages import Message, ToolCall, ToolSpec
-from backend.tokenizer import REQUIRED_SPECIALS, SPECIAL_TOKENS, ByteTokenizer
+from kimi_swarm.backend.chat.messages import Message, ToolCall, ToolSpec
+from kimi_swarm.backend.model.tokenizer import REQUIRED_SPECIALS, SPECIAL_TOKENS, ByteTokenizer
 
 SEARCH = ToolSpec(
     name="search",
@@ -201,46 +200,3 @@ def test_junk_between_calls_is_reported() -> None:
         "unexpected <|tool_call_end|> between tool calls was ignored",
     ]
 
-
-SAMPLE = (
-    "Résumé <b>|bold|</b> 文 🎉 a<|im_ and <|tool_calls_section_begin|>"
-    '<|tool_call_begin|> functions.search:3 <|tool_call_argument_begin|> {"query": "x<|"} <|tool_call_end|>'
-    '<|tool_call_begin|>functions.fetch:4<|tool_call_argument_begin|>{bad}<|tool_call_end|>'
-    "<|tool_calls_section_end|><|im_end|>"
-)
-
-
-def stream(parts: list[str]) -> tuple[list[str], StreamParser]:
-    parser = StreamParser(tool_names={"search", "fetch"})
-    return [parser.feed(part) for part in parts], parser
-
-
-def test_stream_parse_equals_one_shot_for_every_split_point() -> None:
-    expected = parse_assistant(SAMPLE, tool_names={"search", "fetch"})
-    assert expected.content == "Résumé <b>|bold|</b> 文 🎉 a<|im_ and "
-    assert [c.id for c in expected.tool_calls] == ["functions.search:3"] and len(expected.malformed) == 1
-    for split in range(len(SAMPLE) + 1):
-        shown, parser = stream([SAMPLE[:split], SAMPLE[split:]])
-        assert expected.content.startswith(shown[0]), split
-        assert "".join(shown) == expected.content, split
-        assert parser.finish() == expected, split
-
-
-def test_stream_char_by_char_shows_only_final_content() -> None:
-    expected = parse_assistant(SAMPLE)
-    shown, parser = stream(list(SAMPLE))
-    text = ""
-    for delta in shown:
-        text += delta
-        assert expected.content.startswith(text)
-    assert text == expected.content
-    marker_at = SAMPLE.index("<|im_ and")
-    assert shown[marker_at : marker_at + 5] == [""] * 5  # "<|im_" could still become <|im_end|>
-    assert parser.flush() == ""
-
-
-def test_stream_flush_releases_held_back_text_when_output_is_cut() -> None:
-    shown, parser = stream(["partial answer <|im"])
-    assert shown == ["partial answer "]
-    assert parser.flush() == "<|im"
-    assert parser.finish() == ParsedReply(content="partial answer <|im")

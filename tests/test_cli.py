@@ -14,18 +14,22 @@ import time
 from pathlib import Path
 
 import httpx
+from fake_openai import CLI_COUNTER, FakeOpenAI, FakeReply, swarm_script, teacher_script
 from rich.console import Console
 from typer.testing import CliRunner
 
-from swarm.budget import Limits
-from swarm.cli import app
-from swarm.display import LivePanel
-from swarm.events import AgentFinished, AgentStarted, Tokens, ToolCallStarted, read_trace
-from swarm.offline_web import ensure_site
-from swarm.offline_web.tasks import sample_task
-from tests.fake_openai import CLI_COUNTER, FakeOpenAI, FakeReply, swarm_script, teacher_script
+from kimi_swarm.budget import Limits
+from kimi_swarm.cli import app
+from kimi_swarm.display import LivePanel
+from kimi_swarm.events import AgentFinished, AgentStarted, Tokens, ToolCallStarted, read_trace
+from kimi_swarm.offline_web import ensure_site
+from kimi_swarm.offline_web.tasks import sample_task
 
 REPO = Path(__file__).resolve().parent.parent
+HELPERS = os.pathsep.join(str(REPO / folder) for folder in ("tests", "training"))
+"""Where a child process finds the test helpers (fake_openai imports the training teacher), as pytest does."""
+SWARM = str(Path(sys.executable).parent / "swarm")
+"""The installed command, run from the checkout root as the README runs it (the root is not on its sys.path)."""
 runner = CliRunner(env={"COLUMNS": "200"})  # so typer's error boxes do not wrap the messages the tests look for
 ANSWER = "Alpha is first [http://facts.test/alpha]."
 
@@ -38,7 +42,7 @@ def answering_subagent(request, task, results):
 
 def cli(server: FakeOpenAI, *args: str):
     return runner.invoke(app, ["run", "Find the facts.", "--base-url", server.base_url, "--model", "fake",
-                               "--web", "none", "--tools-from", "tests.fake_openai:CLI_TOOLS", *args])
+                               "--web", "none", "--tools-from", "fake_openai:CLI_TOOLS", *args])
 
 
 def test_help_documents_every_option_and_the_exit_codes():
@@ -111,7 +115,7 @@ def test_record_then_replay_without_a_server_or_tools(tmp_path):
     assert len((tmp_path / "tape.jsonl.tools.jsonl").read_text().splitlines()) == 1
 
     calls_before = CLI_COUNTER.calls
-    replay = ["--replay", str(tape), "--web", "none", "--tools-from", "tests.fake_openai:CLI_TOOLS", "--json"]
+    replay = ["--replay", str(tape), "--web", "none", "--tools-from", "fake_openai:CLI_TOOLS", "--json"]
     replayed = runner.invoke(app, ["run", "Find the facts.", *replay])
     assert replayed.exit_code == 0, replayed.output
     assert CLI_COUNTER.calls == calls_before
@@ -127,10 +131,10 @@ def test_ctrl_c_stops_the_run_and_still_saves_the_partial_result(tmp_path):
     script = swarm_script([["slow a", "slow b"]], answering_subagent, answer=ANSWER)
     with FakeOpenAI(script) as server:
         process = subprocess.Popen(
-            [sys.executable, "-c", "from swarm.cli import app; app()", "run", "Wait for it.", "--base-url",
-             server.base_url, "--model", "fake", "--web", "none", "--tools-from", "tests.fake_openai:SLOW_TOOLS",
+            [SWARM, "run", "Wait for it.", "--base-url",
+             server.base_url, "--model", "fake", "--web", "none", "--tools-from", "fake_openai:SLOW_TOOLS",
              "--json", "--out", str(tmp_path / "partial.md")],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=REPO, env={**os.environ, "PYTHONPATH": HELPERS}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )
         waited = 0.0
@@ -167,8 +171,8 @@ def test_live_panel_shows_agents_tool_budget_and_tokens():
 
 
 def test_serve_web_serves_the_offline_web_until_ctrl_c():
-    process = subprocess.Popen([sys.executable, "-c", "from swarm.cli import app; app()", "serve-web", "--port", "0"],
-                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+    process = subprocess.Popen([SWARM, "serve-web", "--port", "0"],
+                               cwd=REPO, env={**os.environ, "PYTHONPATH": HELPERS}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         banner = process.stdout.readline()

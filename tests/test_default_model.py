@@ -3,56 +3,44 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import lzma
 import random
-import sys
-from pathlib import Path
 
+import average_checkpoints
 import pytest
 import pytest_asyncio
 import torch
+import train_default_model as train
+from trajectories import record_run
 
-import backend.kda_layer
-from backend import load_model
-from backend.chat_format import parse_assistant, render
-from backend.config import KimiLinearConfig
-from backend.context import latent_attention
-from backend.default_model import default_model_path
-from backend.engine import Engine
-from backend.messages import Message
-from backend.model import KimiLinearForCausalLM
-from backend.sampling import SamplingParams
-from backend.tokenizer import ByteTokenizer, load_tokenizer
-from kernels.kda_reference import chunk_kda_reference
-from swarm import prompts
-from swarm.offline_web import OfflineWeb, generate_site
-from swarm.offline_web.tasks import grade, sample_task
-from swarm.offline_web.trajectories import offline_web_tools, record_run, trained_tools
-from swarm.tool import as_tool
-from tools import Web
-from tools.rank import rank
+from kimi_swarm import prompts
+from kimi_swarm.backend import load_model
+from kimi_swarm.backend.chat.chat_format import parse_assistant, render
+from kimi_swarm.backend.chat.messages import Message
+from kimi_swarm.backend.engine.engine import Engine
+from kimi_swarm.backend.engine.sampling import SamplingParams
+from kimi_swarm.backend.model import kda_layer
+from kimi_swarm.backend.model.config import KimiLinearConfig
+from kimi_swarm.backend.model.context import latent_attention
+from kimi_swarm.backend.model.default_model import default_model_path
+from kimi_swarm.backend.model.model import KimiLinearForCausalLM
+from kimi_swarm.backend.model.tokenizer import ByteTokenizer, load_tokenizer
+from kimi_swarm.kernels.kda_reference import chunk_kda_reference
+from kimi_swarm.launch import offline_web_tools, trained_tools
+from kimi_swarm.offline_web import OfflineWeb, generate_site
+from kimi_swarm.offline_web.tasks import grade, sample_task
+from kimi_swarm.tool import as_tool
+from kimi_swarm.tools import Web
+from kimi_swarm.tools.rank import rank
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-SCRIPT = SCRIPTS / "train_default_model.py"
 BASE_URL = "http://127.0.0.1:40123/"
 
-
-def _load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # the trainer's worker processes find their function by module name
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_script(SCRIPT)
 
 
 @pytest.fixture
 def tiny_model(monkeypatch) -> KimiLinearForCausalLM:
-    monkeypatch.setattr(backend.kda_layer, "chunk_kda",
+    monkeypatch.setattr(kda_layer, "chunk_kda",
                         train.recomputed(functools.partial(chunk_kda_reference, chunk_size=16)))
     model = KimiLinearForCausalLM(KimiLinearConfig.from_dict(train.default_config(hidden=64, layers=4)))
     train.init_weights(model, seed=0)
@@ -120,12 +108,11 @@ def test_checkpoint_is_written_in_the_official_format(tiny_model, tmp_path):
 
 
 def test_averaged_checkpoint_holds_the_mean_of_its_parents_and_loads(tiny_model, tmp_path):
-    average = _load_script(SCRIPTS / "average_checkpoints.py")
     config = train.default_config(hidden=64, layers=4)
     train.save_checkpoint(tiny_model, config, tmp_path / "a")
     train.init_weights(tiny_model, seed=1)
     train.save_checkpoint(tiny_model, config, tmp_path / "b")
-    average.average_checkpoints([tmp_path / "a", tmp_path / "b"], [0.25, 0.75], tmp_path / "mean")
+    average_checkpoints.average_checkpoints([tmp_path / "a", tmp_path / "b"], [0.25, 0.75], tmp_path / "mean")
     parents = [load_model(tmp_path / name).state_dict() for name in ("a", "b")]
     mean = load_model(tmp_path / "mean").state_dict()
     assert mean.keys() == parents[0].keys()
@@ -137,9 +124,9 @@ def test_averaged_checkpoint_holds_the_mean_of_its_parents_and_loads(tiny_model,
     assert changed > 10
     (tmp_path / "b" / "config.json").write_text(json.dumps({**config, "num_experts": 4}))
     with pytest.raises(ValueError, match="config.json differs"):
-        average.average_checkpoints([tmp_path / "a", tmp_path / "b"], [0.5, 0.5], tmp_path / "other")
+        average_checkpoints.average_checkpoints([tmp_path / "a", tmp_path / "b"], [0.5, 0.5], tmp_path / "other")
     with pytest.raises(ValueError, match="sum to 1"):
-        average.average_checkpoints([tmp_path / "a", tmp_path / "a"], [0.5, 0.6], tmp_path / "other")
+        average_checkpoints.average_checkpoints([tmp_path / "a", tmp_path / "a"], [0.5, 0.6], tmp_path / "other")
 
 
 def test_widening_adds_heads_and_latent_channels_without_changing_the_outputs(tiny_model):

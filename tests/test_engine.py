@@ -8,11 +8,11 @@ import random
 
 import pytest
 import torch
+from model_support import extend_then_generate, forks_prefilled_with_and_without_sharing, write_chat_checkpoint
 
-from backend import Engine, SamplingParams
-from backend.engine import EngineCrashedError
-from backend.state_cache import CacheCapacityError, CacheLayout
-from tests.model_support import extend_then_generate, forks_prefilled_with_and_without_sharing, write_chat_checkpoint
+from kimi_swarm.backend import Engine, SamplingParams
+from kimi_swarm.backend.engine.engine import EngineCrashedError
+from kimi_swarm.backend.engine.state_cache import CacheCapacityError, CacheLayout
 
 PAGE = 16
 GREEDY = SamplingParams(max_tokens=8, stop_token_ids=[])
@@ -242,9 +242,9 @@ async def test_a_crashed_worker_fails_every_request_instead_of_hanging(engine, m
 def test_paged_prefill_in_either_form_matches_the_dense_absorbed_form(engine, monkeypatch, expand):
     """Prefill chunks attend with decompressed keys (SDPA) or, when that does not pay, in the absorbed form
     over the pages; DenseContext always absorbed. Both chunk forms must give the dense logits."""
-    from backend.context import DenseContext
-    from backend.mla_layer import KimiMLAAttention
-    from backend.paged_context import PagedContext
+    from kimi_swarm.backend.engine.paged_context import PagedContext
+    from kimi_swarm.backend.model.context import DenseContext
+    from kimi_swarm.backend.model.mla_layer import KimiMLAAttention
 
     monkeypatch.setattr(KimiMLAAttention, "_expanding_pays", lambda self, queries, device: expand)
 
@@ -263,7 +263,7 @@ def test_paged_prefill_in_either_form_matches_the_dense_absorbed_form(engine, mo
 def test_forks_prefilled_together_attend_their_shared_prefix_once_with_the_same_result(engine, monkeypatch):
     """A batch of forks' new tokens attends the shared pages in one call (merged by log-sum-exp with each
     fork's own keys); it must give the logits of prefilling each fork alone."""
-    from backend.mla_layer import KimiMLAAttention
+    from kimi_swarm.backend.model.mla_layer import KimiMLAAttention
 
     monkeypatch.setattr(KimiMLAAttention, "_expanding_pays", lambda self, queries, device: True)
     together, alone = forks_prefilled_with_and_without_sharing(engine.model, engine.cache, seed=11)
@@ -271,7 +271,7 @@ def test_forks_prefilled_together_attend_their_shared_prefix_once_with_the_same_
 
 
 def test_forked_token_histories_share_the_parent_list_and_read_like_copies():
-    from backend.sequence import TokenHistory
+    from kimi_swarm.backend.engine.sequence import TokenHistory
 
     root = TokenHistory(range(10))
     child = root.fork()

@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 import torch
+from model_support import write_chat_checkpoint, write_tiny_checkpoint
 
-from backend.chat_format import GENERATION_PROMPT, render
-from backend.conversation import ReplyOptions
-from backend.engine_backend import EngineBackend
-from backend.messages import Message, ToolSpec
-from tests.model_support import write_chat_checkpoint, write_tiny_checkpoint
+from kimi_swarm.backend.chat.chat_format import GENERATION_PROMPT, render
+from kimi_swarm.backend.chat.conversation import ReplyOptions
+from kimi_swarm.backend.chat.engine_backend import EngineBackend
+from kimi_swarm.backend.chat.messages import Message, ToolSpec
 
 TOOLS = [ToolSpec(name="search", description="Search the web.",
                   parameters={"type": "object", "properties": {"query": {"type": "string"}}})]
@@ -70,7 +70,7 @@ async def test_forks_continue_from_the_same_point(backend):
 
 
 def test_engine_without_tokenizer_is_refused(tmp_path):
-    from backend import Engine
+    from kimi_swarm.backend import Engine
     write_tiny_checkpoint(tmp_path, layers="KM", vocab=300)
     engine = Engine.from_pretrained(tmp_path, max_sessions=2, memory=8 << 20)
     with pytest.raises(ValueError, match="no tokenizer"):

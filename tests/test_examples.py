@@ -12,9 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from swarm.offline_web import ensure_site
-from swarm.offline_web.tasks import Family, ResearchTask, sample_task
-from tests.fake_openai import FakeOpenAI, teacher_script
+from fake_openai import FakeOpenAI, teacher_script
+
+from kimi_swarm.offline_web import ensure_site
+from kimi_swarm.offline_web.tasks import Family, ResearchTask, sample_task
 
 REPO = Path(__file__).resolve().parent.parent
 SERVED = r"http://127\.0\.0\.1:\d+"

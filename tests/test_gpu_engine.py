@@ -10,11 +10,11 @@ import asyncio
 
 import pytest
 import torch
+from model_support import extend_then_generate, forks_prefilled_with_and_without_sharing
 
-from backend import Engine, SamplingParams
-from backend.moe import StackedExperts
-from benchmarks.common import preset_config, random_model
-from tests.model_support import extend_then_generate, forks_prefilled_with_and_without_sharing
+from kimi_swarm.backend import Engine, SamplingParams
+from kimi_swarm.backend.model.moe import StackedExperts
+from kimi_swarm.backend.model.presets import preset_config, random_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is "
                                                                        "covered by test_engine.py)")

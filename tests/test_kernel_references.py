@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_support import float64, kda_inputs, rel_err
 
-from kernels import kda_reference, mla_reference
-from tests.kernel_support import float64, kda_inputs, rel_err
+from kimi_swarm.kernels import kda_reference, mla_reference
 
 
 @pytest.mark.parametrize("chunk_size, t", [(32, 75), (64, 64), (16, 1), (32, 2), (32, 9), (64, 20)])

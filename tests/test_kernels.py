@@ -18,9 +18,10 @@ if torch.cuda.is_available():
                 "tests/test_gpu_engine.py", allow_module_level=True)
 pytest.importorskip("triton", reason="Triton is not installed; the GPU kernels cannot be checked")
 
-import kernels  # noqa: E402  (tests/conftest.py has set TRITON_INTERPRET=1 before this first import)
-from kernels import kda_reference, kda_triton, mla_reference, mla_triton, norm_reference, norm_triton  # noqa: E402
-from tests.kernel_support import float64, kda_inputs, rel_err  # noqa: E402
+from kernel_support import float64, kda_inputs, rel_err  # noqa: E402
+
+from kimi_swarm import kernels  # noqa: E402  (tests/conftest.py has set TRITON_INTERPRET=1 before this first import)
+from kimi_swarm.kernels import kda_reference, kda_triton, mla_reference, mla_triton, norm_reference, norm_triton  # noqa: E402
 
 FP32_TOL = 1e-4
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from model_support import write_tiny_checkpoint
 
-from backend import load_model
-from backend.config import ConfigError, KimiLinearConfig
-from tests.model_support import write_tiny_checkpoint
+from kimi_swarm.backend import load_model
+from kimi_swarm.backend.model.config import ConfigError, KimiLinearConfig
 
 CASES = [
     # layer pattern (K = KDA, M = MLA), q_lora_rank, dense layers, sequence lengths

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from backend.moe import StackedExperts
+from kimi_swarm.backend.model.moe import StackedExperts
 
 
 def experts(num_experts: int, hidden: int, intermediate: int) -> StackedExperts:

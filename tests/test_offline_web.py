@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from swarm.offline_web import OfflineWeb, generate_site, load_manifest
-from swarm.offline_web.site import MANIFEST_NAME
-from swarm.offline_web.tasks import compare_task, finding_text, grade, sample_task, table_rows
-from tools.rank import DESCENDING, rank
+from kimi_swarm.offline_web import OfflineWeb, generate_site, load_manifest
+from kimi_swarm.offline_web.site import MANIFEST_NAME
+from kimi_swarm.offline_web.tasks import compare_task, grade, sample_task, table_rows
+from kimi_swarm.tools.rank import DESCENDING, rank
 
 HREF = re.compile(r'href="([^"]+)"')
 TAGS = re.compile(r"<[^>]+>")

@@ -6,12 +6,12 @@ import asyncio
 import time
 
 import pytest
+from fake_openai import Counter, FakeError, FakeOpenAI, FakeReply, counting_lookup, swarm_script
 
-from backend.conversation import ReplyOptions
-from backend.messages import Message, ToolSpec
-from backend.openai_backend import BackendError, OpenAIBackend, _retry_after_seconds
-from swarm import Swarm
-from tests.fake_openai import Counter, FakeError, FakeOpenAI, FakeReply, counting_lookup, swarm_script
+from kimi_swarm import Swarm
+from kimi_swarm.backend.chat.conversation import ReplyOptions
+from kimi_swarm.backend.chat.messages import Message, ToolSpec
+from kimi_swarm.backend.chat.openai_backend import BackendError, OpenAIBackend, _retry_after_seconds
 
 USER = [Message(role="user", content="hello")]
 

@@ -6,8 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from tools.errors import ToolError
-from tools.rank import RANK_TOOL, quantity, rank
+from kimi_swarm import Tool
+from kimi_swarm.tools.errors import ToolError
+from kimi_swarm.tools.rank import quantity, rank
 
 
 @pytest.mark.parametrize("text, number", [
@@ -49,9 +50,10 @@ def test_rank_names_the_bad_input(values, message):
 
 def test_rank_tool_spec_and_validation():
     """A model sees `values` (name -> value text) and `order`; anything else is refused before it runs."""
-    assert RANK_TOOL.name == "rank" and not RANK_TOOL.untrusted
-    assert set(RANK_TOOL.parameters["properties"]["order"]["enum"]) >= {"largest", "smallest", "most", "fewest",
+    rank_tool = Tool(rank)
+    assert rank_tool.name == "rank" and not rank_tool.untrusted
+    assert set(rank_tool.parameters["properties"]["order"]["enum"]) >= {"largest", "smallest", "most", "fewest",
                                                                         "earliest", "latest", "highest", "lowest"}
-    assert RANK_TOOL.validate('{"values": {"a": "1", "b": "2"}, "order": "smallest"}')["order"] == "smallest"
+    assert rank_tool.validate('{"values": {"a": "1", "b": "2"}, "order": "smallest"}')["order"] == "smallest"
     with pytest.raises(ValueError, match="order"):
-        RANK_TOOL.validate('{"values": {"a": "1", "b": "2"}, "order": "biggest"}')
+        rank_tool.validate('{"values": {"a": "1", "b": "2"}, "order": "biggest"}')

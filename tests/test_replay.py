@@ -8,16 +8,16 @@ import json
 import re
 
 import pytest
+from fake_openai import FakeOpenAI, FakeReply, swarm_script
+from tools_support import LoopbackSite, respond
 
-from backend.conversation import ReplyOptions
-from backend.messages import Message
-from backend.openai_backend import OpenAIBackend
-from backend.replay import RecordingBackend, ReplayBackend, ReplayMismatch
-from swarm import RunResult, Swarm, ToolTape, as_tool, tool
-from swarm.tape import ToolTapeMismatch
-from tests.fake_openai import FakeOpenAI, FakeReply, swarm_script
-from tests.tools_support import LoopbackSite, respond
-from tools import Web, WebConfig
+from kimi_swarm import RunResult, Swarm, ToolTape, as_tool, tool
+from kimi_swarm.backend.chat.conversation import ReplyOptions
+from kimi_swarm.backend.chat.messages import Message
+from kimi_swarm.backend.chat.openai_backend import OpenAIBackend
+from kimi_swarm.backend.chat.replay import RecordingBackend, ReplayBackend, ReplayMismatch
+from kimi_swarm.tape import ToolTapeMismatch
+from kimi_swarm.tools import Web, WebConfig
 
 
 @tool

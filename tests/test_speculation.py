@@ -7,11 +7,11 @@ import random
 from array import array
 
 import pytest
+from model_support import write_chat_checkpoint
 
-import backend.engine
-from backend import Engine, SamplingParams
-from backend.speculation import lookup_draft
-from tests.model_support import write_chat_checkpoint
+from kimi_swarm.backend import Engine, SamplingParams
+from kimi_swarm.backend.engine import engine as engine_module
+from kimi_swarm.backend.engine.speculation import lookup_draft
 
 PAGE = 16
 
@@ -101,7 +101,7 @@ async def test_kept_drafts_give_exactly_the_plain_greedy_output_and_state(checkp
         calls.append((done, len(draft)))
         return draft if done < len(free_run.token_ids) else []
 
-    monkeypatch.setattr(backend.engine, "lookup_draft", oracle_draft)
+    monkeypatch.setattr(engine_module, "lookup_draft", oracle_draft)
     engine = engine_for(checkpoint, 6)
     got = await greedy_run(engine, prompt, params, more)
     steps = list(engine.speculative_steps)

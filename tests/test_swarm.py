@@ -7,12 +7,22 @@ import json
 import time
 
 import pytest
+from fake_openai import (
+    Counter,
+    FakeError,
+    FakeOpenAI,
+    FakeReply,
+    counting_lookup,
+    spawn_results,
+    subagent_task,
+    swarm_script,
+)
 
-from backend.conversation import ReplyOptions
-from backend.openai_backend import OpenAIBackend
-from swarm import Swarm, TransientToolError, read_trace, tool
-from swarm.events import AgentStarted, RunFinished, RunStarted, ToolCallStarted
-from tests.fake_openai import Counter, FakeError, FakeOpenAI, FakeReply, counting_lookup, spawn_results, subagent_task, swarm_script
+from kimi_swarm import Swarm, TransientToolError, read_trace, tool
+from kimi_swarm.backend.chat.conversation import ReplyOptions
+from kimi_swarm.backend.chat.openai_backend import OpenAIBackend
+from kimi_swarm.events import AgentStarted, RunFinished, RunStarted, ToolCallStarted
+from kimi_swarm.tools import ToolError, untrusted_output
 
 
 async def run_swarm(server: FakeOpenAI, tools, task: str = "Research everything.", **limits):
@@ -25,8 +35,6 @@ async def run_swarm(server: FakeOpenAI, tools, task: str = "Research everything.
 
 async def test_120_agents_40_calls_execute_exactly_1500_calls_on_exactly_100_concurrent_agents(tmp_path):
     counter = Counter()
-    per_agent: dict[str, int] = {}
-
     def subagent(request, task, results):
         if any(r.startswith("Not executed") for r in results) or len(results) >= 40:
             return FakeReply(content=f"Done after {len(results)} results.")
@@ -222,10 +230,10 @@ async def test_tool_errors_become_error_results_and_transient_ones_are_retried()
 
 
 async def test_web_tool_refusals_are_not_retried_and_web_output_is_wrapped_as_untrusted():
-    tools_package = pytest.importorskip("tools")
     calls = []
 
     class Web:
+        @untrusted_output
         async def fetch(self, url: str) -> str:
             """Fetches a page.
 
@@ -234,10 +242,8 @@ async def test_web_tool_refusals_are_not_retried_and_web_output_is_wrapped_as_un
             """
             calls.append(url)
             if "blocked" in url:
-                raise tools_package.ToolError("This host is not allowed.")
+                raise ToolError("This host is not allowed.")
             return f"Page text of {url}"
-
-    Web.__module__ = "tools.web"
 
     def subagent(request, task, results):
         if not results:

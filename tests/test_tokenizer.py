@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.tokenizer import (
+from kimi_swarm.backend.model.tokenizer import (
     SPECIAL_TOKENS,
     ByteTokenizer,
     KimiTokenizer,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from tools_support import LoopbackSite, page, redirect, respond
 
-from tests.tools_support import LoopbackSite, page, redirect, respond
-from tools import BrowseAction, ToolError, Web, WebConfig
+from kimi_swarm.tools import BrowseAction, ToolError, Web, WebConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -9,9 +9,9 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+from tools_support import LoopbackSite, minimal_pdf, page, redirect, respond
 
-from tests.tools_support import LoopbackSite, minimal_pdf, page, redirect, respond
-from tools import ToolError, Web, WebConfig
+from kimi_swarm.tools import ToolError, Web, WebConfig
 
 ARTICLE = """<!doctype html><html><head><title>Tide pools of Brittany</title></head><body>
 <nav><a href="/">Home</a> | <a href="/shop">Shop</a> | <a href="/login">Log in to your account</a></nav>

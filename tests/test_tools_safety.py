@@ -7,12 +7,12 @@ import ipaddress
 from urllib.parse import urlsplit
 
 import pytest
+from tools_support import LoopbackSite, page, redirect
 
-from tests.tools_support import LoopbackSite, page, redirect
-from tools import ToolError, Web, WebConfig, wrap_untrusted
-from tools.addresses import HostPolicy, blocked_reason, literal_address
-from tools.proxy import GuardProxy
-from tools.transport import guarded_client
+from kimi_swarm.tools import ToolError, Web, WebConfig, wrap_untrusted
+from kimi_swarm.tools.addresses import HostPolicy, blocked_reason, literal_address
+from kimi_swarm.tools.proxy import GuardProxy
+from kimi_swarm.tools.transport import guarded_client
 
 BLOCKED = [
     "127.0.0.1",
@@ -138,7 +138,7 @@ async def test_default_config_refuses_loopback_even_where_a_server_listens(site)
 
 
 async def test_module_level_tools_use_a_safe_default_web(site):
-    import tools
+    from kimi_swarm import tools
 
     with pytest.raises(ToolError, match="loopback"):
         await tools.fetch(site.url("/ok"))

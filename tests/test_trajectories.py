@@ -9,28 +9,27 @@ import random
 import re
 
 import pytest
-
-from backend.chat_format import IM_END, render
-from backend.messages import Message, ToolCall
-from swarm import prompts
-from swarm.offline_web import OfflineWeb
-from swarm.offline_web.server import ensure_site
-from swarm.offline_web.tasks import COLUMN_TITLES, NOT_FOUND_CELL, misnamed, sample_task
-from swarm.offline_web.teacher import TeacherError
-from swarm.offline_web.trajectories import (
+from teacher import TeacherError
+from trajectories import (
     conversation_segments,
     generate,
     generate_plans,
     heldout_pattern,
-    offline_web_tools,
     plan_trajectory,
     record_run,
     run_trajectories,
-    trained_tools,
 )
-from swarm.tool import as_tool
-from tools import Web, wrap_untrusted
-from tools.rank import rank
+
+from kimi_swarm import prompts
+from kimi_swarm.backend.chat.chat_format import IM_END, render
+from kimi_swarm.backend.chat.messages import Message, ToolCall
+from kimi_swarm.launch import offline_web_tools, trained_tools
+from kimi_swarm.offline_web import OfflineWeb
+from kimi_swarm.offline_web.server import ensure_site
+from kimi_swarm.offline_web.tasks import COLUMN_TITLES, NOT_FOUND_CELL, misnamed, sample_task
+from kimi_swarm.tool import as_tool
+from kimi_swarm.tools import Web, wrap_untrusted
+from kimi_swarm.tools.rank import rank
 
 CALL_ID = re.compile(r"functions\.(\w+):(\d+)")
 

@@ -9,11 +9,11 @@ import textwrap
 
 import pytest
 import torch
+from model_support import write_tiny_checkpoint
 from safetensors.torch import load_file, save_file
 
-from backend import load_model
-from backend.weights import WeightLoadError
-from tests.model_support import write_tiny_checkpoint
+from kimi_swarm.backend import load_model
+from kimi_swarm.backend.model.weights import WeightLoadError
 
 
 def test_sharded_checkpoint_matches_single_file(tmp_path):
@@ -87,7 +87,7 @@ def test_peak_memory_while_loading(tmp_path):
     assert size > 150e6
     script = textwrap.dedent(f"""
         import re, resource, torch
-        from backend import load_model
+        from kimi_swarm.backend import load_model
         def rss():
             return int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()
         load_model({str(warm)!r})

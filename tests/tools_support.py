@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from collections.abc import Callable
 from urllib.parse import quote, unquote, urlsplit
 
 Handler = Callable[[BaseHTTPRequestHandler], None]

@@ -1,11 +1,12 @@
-"""Web tools for agents: search, fetch and a real browser, safe by default.
+"""Tools for agents: web search, fetch and a real browser, safe by default, and `rank`.
 
     async with Web(WebConfig(search_provider="local", corpus_dir=Path("docs"))) as web:
         results = await web.search("json dumps indent")
         page = await web.fetch(results[0].url)
 
 Module-level `search`, `fetch` and `browse` use a lazily created default `Web()`, one per event loop
-(its connections, locks and browser belong to the loop that made them).
+(its connections, locks and browser belong to the loop that made them). Tools that return web content
+are marked `untrusted_output`; the swarm wraps their output as untrusted data for the model.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import weakref
 
-from pydantic import BaseModel
-
-from tools.config import WebConfig
-from tools.errors import ToolError
-from tools.models import BrowseAction, BrowseResult, Page, SearchResult, search_results_text
-from tools.untrusted import wrap_untrusted
-from tools.web import Web
+from .config import LIVE_SEARCH_PROVIDERS, SEARCH_PROVIDERS, SearchProvider, WebConfig
+from .errors import ToolError
+from .models import BrowseAction, BrowseResult, Page, SearchResult, search_results_text
+from .rank import rank
+from .untrusted import has_untrusted_output, untrusted_output, wrap_untrusted
+from .web import Web
 
 _default_webs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Web] = weakref.WeakKeyDictionary()
 
@@ -33,14 +33,17 @@ def default_web() -> Web:
     return web
 
 
+@untrusted_output
 async def search(query: str, max_results: int = 8) -> list[SearchResult]:
     return await default_web().search(query, max_results)
 
 
+@untrusted_output
 async def fetch(url: str, page: int = 1) -> Page:
     return await default_web().fetch(url, page)
 
 
+@untrusted_output
 async def browse(url: str, actions: list[BrowseAction] | None = None, page: int = 1) -> BrowseResult:
     return await default_web().browse(url, actions, page)
 
@@ -49,29 +52,24 @@ search.__doc__ = Web.search.__doc__
 fetch.__doc__ = Web.fetch.__doc__
 browse.__doc__ = Web.browse.__doc__
 
-
-def agent_text(result: BaseModel | list[SearchResult], source: str) -> str:
-    """A tool result as the text placed in an agent's context, wrapped as untrusted web content."""
-    if isinstance(result, list):
-        return wrap_untrusted(search_results_text(result), source)
-    if isinstance(result, (Page, BrowseResult)):
-        return wrap_untrusted(result.to_text(), result.url)
-    return wrap_untrusted(result.model_dump_json(indent=2), source)
-
-
 __all__ = [
+    "LIVE_SEARCH_PROVIDERS",
+    "SEARCH_PROVIDERS",
     "BrowseAction",
     "BrowseResult",
     "Page",
+    "SearchProvider",
     "SearchResult",
     "ToolError",
     "Web",
     "WebConfig",
-    "agent_text",
     "browse",
     "default_web",
     "fetch",
+    "has_untrusted_output",
+    "rank",
     "search",
     "search_results_text",
+    "untrusted_output",
     "wrap_untrusted",
 ]

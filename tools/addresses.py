@@ -13,7 +13,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from tools.errors import ToolError
+from .errors import ToolError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

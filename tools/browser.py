@@ -12,15 +12,16 @@ import asyncio
 import uuid
 from urllib.parse import urlsplit
 
-from playwright.async_api import Browser, Error as PlaywrightError, Page, Playwright, async_playwright
+from playwright.async_api import Browser, Page, Playwright, async_playwright
+from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
-from tools.addresses import HostPolicy
-from tools.config import WebConfig
-from tools.errors import ToolError
-from tools.extract import html_to_text
-from tools.models import BrowseAction
-from tools.proxy import REFUSAL_HEADER, GuardProxy
+from .addresses import HostPolicy
+from .config import WebConfig
+from .errors import ToolError
+from .extract import html_to_text
+from .models import BrowseAction
+from .proxy import REFUSAL_HEADER, GuardProxy
 
 _MAX_WAIT_MS = 10_000
 

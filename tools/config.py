@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 SearchProvider = Literal["local", "searxng", "duckduckgo", "brave", "tavily"]
+SEARCH_PROVIDERS: tuple[str, ...] = get_args(SearchProvider)
+LIVE_SEARCH_PROVIDERS = tuple(provider for provider in SEARCH_PROVIDERS if provider != "local")
+"""Providers on the live web (keys and URLs from BRAVE_API_KEY, TAVILY_API_KEY, SEARXNG_URL); 'local' searches
+files or a site of your own."""
 
 
 def _env(name: str) -> str | None:

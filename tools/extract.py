@@ -17,7 +17,7 @@ import trafilatura
 from pypdf import PdfReader
 from pypdf.errors import PdfReadError
 
-from tools.errors import ToolError
+from .errors import ToolError
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
 _TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown", "text/csv", "text/x-rst")

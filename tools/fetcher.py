@@ -14,14 +14,14 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from tools.addresses import HostPolicy
-from tools.cache import ContentCache
-from tools.config import WebConfig
-from tools.errors import ToolError
-from tools.extract import body_to_text
-from tools.limits import HostLimiter
-from tools.models import Document
-from tools.transport import guarded_client
+from .addresses import HostPolicy
+from .cache import ContentCache
+from .config import WebConfig
+from .errors import ToolError
+from .extract import body_to_text
+from .limits import HostLimiter
+from .models import Document
+from .transport import guarded_client
 
 
 def cache_key(url: str) -> str:

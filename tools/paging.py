@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.errors import ToolError
+from .errors import ToolError
 
 
 def split_pages(text: str, page_chars: int) -> list[str]:

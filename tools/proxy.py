@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 from urllib.parse import urlsplit
 
-from tools.addresses import HostPolicy
-from tools.errors import ToolError
+from .addresses import HostPolicy
+from .errors import ToolError
 
 REFUSAL_HEADER = "X-Web-Tools-Refused"
 _MAX_HEAD = 64 * 1024

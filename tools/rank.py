@@ -11,8 +11,7 @@ import re
 from decimal import Decimal
 from typing import Literal
 
-from swarm.tool import Tool
-from tools.errors import ToolError
+from .errors import ToolError
 
 NUMBER = re.compile(r"(?<![\w.])([-−]?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:\s*(thousand|million|billion|trillion|"
                     r"[kKMB]|bn)\b)?")
@@ -60,6 +59,3 @@ def rank(values: dict[str, str], order: Order = "largest") -> str:
         lines.append(f"{place}. {name}: {values[name]}{tied}")
     return "\n".join(lines)
 
-
-RANK_TOOL = Tool(rank, untrusted=False)
-"""Its output only restates the caller's own arguments in order, so it is not wrapped as web content."""

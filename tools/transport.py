@@ -12,9 +12,8 @@ import typing
 import httpcore
 import httpx
 
-from tools.addresses import HostPolicy
-from tools.errors import ToolError
-
+from .addresses import HostPolicy
+from .errors import ToolError
 
 _ACCEPT = "text/html,application/xhtml+xml,application/json,text/plain,application/pdf;q=0.9,*/*;q=0.5"
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+ToolFunction = TypeVar("ToolFunction", bound=Callable[..., Any])
 
 OPEN_TAG = "untrusted_web_content"
 _DELIMITER = re.compile(r"<(\s*/?\s*untrusted_web_content)", re.IGNORECASE)
@@ -26,3 +30,15 @@ def wrap_untrusted(text: str, source: str) -> str:
         f"{_neutralise(text)}\n"
         f"</{OPEN_TAG}>"
     )
+
+
+def untrusted_output(fn: ToolFunction) -> ToolFunction:
+    """Marks a tool whose output is web content: the swarm wraps what it returns with `wrap_untrusted`
+    before any agent reads it. Every tool here that returns page or search text carries the mark."""
+    fn.untrusted_output = True  # type: ignore[attr-defined]
+    return fn
+
+
+def has_untrusted_output(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` (a function or a bound method) was marked with `untrusted_output`."""
+    return getattr(fn, "untrusted_output", False) is True

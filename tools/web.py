@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
-from tools.browser import BrowserPool
-from tools.config import WebConfig
-from tools.errors import ToolError
-from tools.fetcher import Fetcher
-from tools.models import BrowseAction, BrowseResult, Page, SearchResult
-from tools.paging import page_of
-from tools.search_backends import Searcher
+from .browser import BrowserPool
+from .config import WebConfig
+from .errors import ToolError
+from .fetcher import Fetcher
+from .models import BrowseAction, BrowseResult, Page, SearchResult
+from .paging import page_of
+from .search_backends import Searcher
+from .untrusted import untrusted_output
 
 _ACTIONS = TypeAdapter(list[BrowseAction])
 MAX_SEARCH_RESULTS = 50
@@ -40,6 +41,7 @@ class Web:
     def tools(self) -> list[Callable[..., Any]]:
         return [self.search, self.fetch, self.browse]
 
+    @untrusted_output
     async def search(self, query: str, max_results: int = 8) -> list[SearchResult]:
         """Searches the web and returns titles, URLs and snippets of the best matches.
 
@@ -51,6 +53,7 @@ class Web:
             raise ToolError(f"max_results must be between 1 and {MAX_SEARCH_RESULTS}, not {max_results}.")
         return await self.searcher.search(query, max_results)
 
+    @untrusted_output
     async def fetch(self, url: str, page: int = 1) -> Page:
         """Downloads a web page, PDF, JSON or text file and returns its main content as text.
 
@@ -74,6 +77,7 @@ class Web:
             total_chars=len(document.text),
         )
 
+    @untrusted_output
     async def browse(self, url: str, actions: list[BrowseAction] | None = None, page: int = 1) -> BrowseResult:
         """Opens a page in a real browser (JavaScript runs), performs actions, and returns the text.
 

@@ -1,8 +1,8 @@
 """A seeded fictional encyclopedia served on loopback: the research web of the embedded default model."""
 
-from swarm.offline_web.server import OfflineWeb, ensure_site, serve_forever
-from swarm.offline_web.site import SiteManifest, generate_site, load_manifest
-from swarm.offline_web.world import ArchivedPage, Entity
+from .server import OfflineWeb, ensure_site, serve_forever
+from .site import SiteManifest, generate_site, load_manifest
+from .world import ArchivedPage, Entity
 
 __all__ = ["ArchivedPage", "Entity", "OfflineWeb", "SiteManifest", "ensure_site", "generate_site",
            "load_manifest", "serve_forever"]

@@ -9,7 +9,7 @@ import random
 from collections.abc import Iterable
 from html import escape
 
-from swarm.offline_web.world import ArchivedPage, Entity
+from .world import ArchivedPage, Entity
 
 SITE_NAME = "Open Atlas"
 

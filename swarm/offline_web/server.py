@@ -10,7 +10,7 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from swarm.offline_web.site import MANIFEST_NAME, SITE_VERSION, SiteManifest, generate_site, load_manifest
+from .site import MANIFEST_NAME, SITE_VERSION, SiteManifest, generate_site, load_manifest
 
 LOOPBACK = "127.0.0.1"
 

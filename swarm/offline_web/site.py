@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from swarm.offline_web.render import SITE_NAME, archived_page, entity_page, list_page
-from swarm.offline_web.world import Entity, Kind, Split, build_world, slugify
+from .render import SITE_NAME, archived_page, entity_page, list_page
+from .world import Entity, Kind, Split, build_world, slugify
 
 SITE_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -13,11 +13,12 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel
 
-from swarm import prompts
-from swarm.offline_web.names import COMPANY_WORDS
-from swarm.offline_web.site import SiteManifest
-from swarm.offline_web.world import Entity, Kind, Split, entity_path
-from tools.rank import Order
+from kimi_swarm.tools.rank import Order
+
+from .. import prompts
+from .names import COMPANY_WORDS
+from .site import SiteManifest
+from .world import Entity, Kind, Split, entity_path
 
 Family = Literal["compare", "table", "two_hop"]
 FAMILIES: tuple[Family, ...] = ("compare", "table", "two_hop")

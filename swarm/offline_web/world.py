@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from swarm.offline_web.names import NameMaker
+from .names import NameMaker
 
 Kind = Literal["country", "city", "company", "person"]
 Split = Literal["train", "heldout"]

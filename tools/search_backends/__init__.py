@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from tools.config import WebConfig
-from tools.errors import ToolError
-from tools.fetcher import Fetcher
-from tools.models import SearchResult
-from tools.search_backends.local import LocalIndex
-from tools.search_backends.remote import RemoteSearch
-from tools.search_backends.site import crawl_site
+from ..config import WebConfig
+from ..errors import ToolError
+from ..fetcher import Fetcher
+from ..models import SearchResult
+from .local import LocalIndex
+from .remote import RemoteSearch
+from .site import crawl_site
 
 
 class Searcher:

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import trafilatura
 from pydantic import BaseModel
 
-from tools.extract import decode_text
+from ..extract import decode_text
 
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdx"}

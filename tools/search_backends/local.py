@@ -10,13 +10,13 @@ import hashlib
 import re
 import shutil
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import tantivy
 
-from tools.models import SearchResult
-from tools.search_backends.corpus import Entry, content_digest, corpus_files, folder_url, read_corpus
+from ..models import SearchResult
+from .corpus import Entry, content_digest, corpus_files, folder_url, read_corpus
 
 INDEX_FORMAT = "v3"  # bump when the schema or the extraction changes, so old cached indexes are not reused
 TITLE_BOOST = 2.0

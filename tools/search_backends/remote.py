@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import httpx
 import lxml.html
 
-from tools.config import WebConfig
-from tools.errors import ToolError
-from tools.models import SearchResult
+from ..config import WebConfig
+from ..errors import ToolError
+from ..models import SearchResult
 
 
 def plain(fragment: str) -> str:

@@ -7,10 +7,10 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 
 import lxml.html
 
-from tools.errors import ToolError
-from tools.extract import decode_text, sniff_type
-from tools.fetcher import Fetcher
-from tools.search_backends.corpus import Entry, html_title_and_text
+from ..errors import ToolError
+from ..extract import decode_text, sniff_type
+from ..fetcher import Fetcher
+from .corpus import Entry, html_title_and_text
 
 _CRAWLERS = 4
 

@@ -1,0 +1,230 @@
+"""The Kimi K2 / Kimi Linear chat format: render a conversation to prompt text, parse the model's reply.
+
+Rendering follows the K2 chat template (see the spec, section 6). The rendered text is encoded by a
+tokenizer that turns special-token strings into special ids, so every piece of free text (message
+content, tool results from fetched web pages, names, ids, arguments) is neutralised first: a page that
+contains "<|im_end|><|im_system|>..." must not be able to forge a turn.
+
+Parsing never raises: a malformed tool call (bad JSON, unknown tool, bad id, cut-off section) becomes an
+entry in `ParsedReply.malformed`, worded so the agent can be told what to fix, and the valid calls of the
+same section are still returned.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection
+
+from pydantic import BaseModel, Field
+
+from .messages import Message, ToolCall, ToolSpec
+
+IM_SYSTEM = "<|im_system|>"
+IM_USER = "<|im_user|>"
+IM_ASSISTANT = "<|im_assistant|>"
+IM_MIDDLE = "<|im_middle|>"
+IM_END = "<|im_end|>"
+SECTION_BEGIN = "<|tool_calls_section_begin|>"
+SECTION_END = "<|tool_calls_section_end|>"
+CALL_BEGIN = "<|tool_call_begin|>"
+ARGUMENT_BEGIN = "<|tool_call_argument_begin|>"
+CALL_END = "<|tool_call_end|>"
+
+MARKERS: tuple[str, ...] = (
+    IM_SYSTEM, IM_USER, IM_ASSISTANT, IM_MIDDLE, IM_END,
+    SECTION_BEGIN, SECTION_END, CALL_BEGIN, ARGUMENT_BEGIN, CALL_END,
+)
+"""Every special-token string the chat format writes or reads."""
+
+GENERATION_PROMPT = IM_ASSISTANT + "assistant" + IM_MIDDLE
+END_OF_TURN = IM_END
+DEFAULT_SYSTEM_PROMPT = "You are Kimi, an AI assistant created by Moonshot AI."
+
+_SPECIAL_TEXT = re.compile(r"<\|[^|<>\s]{1,80}\|>|\[(?:BOS|EOS|EOT|UNK|PAD)\]|</?think>")
+_ZERO_WIDTH_SPACE = "\u200b"
+_TOOL_MARKER = re.compile("(" + "|".join(re.escape(m) for m in (SECTION_BEGIN, SECTION_END, CALL_BEGIN,
+                                                                  ARGUMENT_BEGIN, CALL_END)) + ")")
+_CALL_ID = re.compile(r"functions\.(?P<name>[^\s:<>]+):(?P<index>\d+)")
+
+
+class ParsedReply(BaseModel):
+    """An assistant turn read back from model output; `malformed` holds problems to tell the agent."""
+
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    malformed: list[str] = Field(default_factory=list)
+
+
+def tool_call_id(name: str, index: int) -> str:
+    """The id Kimi gives its `index`-th tool call of a conversation: functions.NAME:INDEX."""
+    return f"functions.{name}:{index}"
+
+
+def neutralize_specials(text: str) -> str:
+    """`text` with every special-token look-alike broken by a zero-width space, so it encodes as plain text."""
+    return _SPECIAL_TEXT.sub(lambda match: match[0][0] + _ZERO_WIDTH_SPACE + match[0][1:], text)
+
+
+def _deep_sorted(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: _deep_sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_deep_sorted(item) for item in value]
+    return value
+
+
+def tools_json(tools: list[ToolSpec]) -> str:
+    """The tool_declare payload: OpenAI tool schemas, keys deep-sorted, compact separators."""
+    schemas = _deep_sorted([tool.openai_schema() for tool in tools])
+    return json.dumps(schemas, ensure_ascii=False, separators=(",", ":"))
+
+
+def _turn(marker: str, role_name: str, body: str) -> str:
+    return marker + neutralize_specials(role_name) + IM_MIDDLE + body + IM_END
+
+
+def _render_tool_calls(calls: list[ToolCall]) -> str:
+    return SECTION_BEGIN + "".join(
+        CALL_BEGIN + neutralize_specials(call.id) + ARGUMENT_BEGIN + neutralize_specials(call.arguments) + CALL_END
+        for call in calls
+    ) + SECTION_END
+
+
+def _render_message(message: Message, position: int) -> str:
+    if message.tool_calls and message.role != "assistant":
+        raise ValueError(f"message {position} ({message.role}) has tool_calls; only assistant messages can")
+    marker = {"user": IM_USER, "assistant": IM_ASSISTANT}.get(message.role, IM_SYSTEM)
+    body = neutralize_specials(message.content)
+    if message.role == "tool":
+        if not message.tool_call_id:
+            raise ValueError(f"message {position} is a tool result without tool_call_id; set it to the call's id")
+        body = f"## Return of {neutralize_specials(message.tool_call_id)}\n{body}"
+    elif message.tool_calls:
+        body += _render_tool_calls(message.tool_calls)
+    return _turn(marker, message.name or message.role, body)
+
+
+def render(
+    messages: list[Message],
+    tools: list[ToolSpec] | None = None,
+    *,
+    add_generation_prompt: bool = True,
+    default_system: bool = True,
+) -> str:
+    """Prompt text for `messages` in the K2 template.
+
+    With `default_system` the template's default system turn is inserted when the first message is not
+    a system message; turn it off (and pass no tools) to render only the given messages, e.g. tool
+    results appended to a live session.
+    """
+    parts = []
+    if tools:
+        parts.append(_turn(IM_SYSTEM, "tool_declare", neutralize_specials(tools_json(tools))))
+    if default_system and messages and messages[0].role != "system":
+        parts.append(_turn(IM_SYSTEM, "system", DEFAULT_SYSTEM_PROMPT))
+    parts.extend(_render_message(message, position) for position, message in enumerate(messages))
+    if add_generation_prompt:
+        parts.append(GENERATION_PROMPT)
+    return "".join(parts)
+
+
+def _preview(text: str, limit: int = 80) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class _SectionReader:
+    """Reads the inside of one tool-call section marker by marker, keeping good calls and noting bad ones."""
+
+    def __init__(self, tool_names: Collection[str] | None) -> None:
+        self.tool_names = tool_names
+        self.calls: list[ToolCall] = []
+        self.problems: list[str] = []
+        self.number = 0
+        self.state = "between"
+        self.call_id = ""
+        self.arguments = ""
+        self.broken: str | None = None
+
+    def read(self, section: str) -> None:
+        for position, piece in enumerate(_TOOL_MARKER.split(section)):
+            if position % 2:
+                self._marker(piece)
+            elif self.state == "id":
+                self.call_id += piece
+            elif self.state == "arguments":
+                self.arguments += piece
+            elif piece.strip():
+                self.problems.append(f"text between tool calls was ignored: {_preview(piece)}")
+        if self.state != "between":
+            self._finish(f"cut off before {CALL_END}")
+
+    def _marker(self, marker: str) -> None:
+        if marker == CALL_BEGIN:
+            if self.state != "between":
+                self._finish(f"not closed with {CALL_END} before the next {CALL_BEGIN}")
+            self.number += 1
+            self.state, self.call_id, self.arguments, self.broken = "id", "", "", None
+        elif self.state == "between":
+            self.problems.append(f"unexpected {marker} between tool calls was ignored")
+        elif marker == CALL_END:
+            self._finish(None if self.state == "arguments" else f"{ARGUMENT_BEGIN} is missing after the id")
+        elif marker == ARGUMENT_BEGIN and self.state == "id":
+            self.state = "arguments"
+        else:
+            self.broken = self.broken or f"unexpected {marker} inside the call"
+
+    def _finish(self, problem: str | None) -> None:
+        call_id, arguments = self.call_id.strip(), self.arguments.strip()
+        self.state = "between"
+        problem = self.broken or problem or self._check(call_id, arguments)
+        if problem:
+            label = f"tool call {self.number}" + (f" ({call_id})" if call_id else "")
+            self.problems.append(f"{label}: {problem}; it was not run")
+            return
+        name = _CALL_ID.fullmatch(call_id)["name"]
+        self.calls.append(ToolCall(id=call_id, name=name, arguments=arguments))
+
+    def _check(self, call_id: str, arguments: str) -> str | None:
+        match = _CALL_ID.fullmatch(call_id)
+        if match is None:
+            return f"id {call_id!r} is not of the form functions.NAME:INDEX"
+        if self.tool_names is not None and match["name"] not in self.tool_names:
+            return f"unknown tool {match['name']!r}; available tools: {', '.join(sorted(self.tool_names)) or 'none'}"
+        if any(call.id == call_id for call in self.calls):
+            return "its id repeats an earlier call of this reply; give every call its own index"
+        try:
+            value = json.loads(arguments)
+        except json.JSONDecodeError as error:
+            return f"arguments are not valid JSON: {error}"
+        if not isinstance(value, dict):
+            return f"arguments must be a JSON object, got {type(value).__name__}"
+        return None
+
+
+def parse_assistant(text: str, tool_names: Collection[str] | None = None) -> ParsedReply:
+    """Content and tool calls of model output that followed the generation prompt (<|im_end|> optional)."""
+    problems: list[str] = []
+    body, _, after_turn = text.partition(IM_END)
+    content, has_section, section = body.partition(SECTION_BEGIN)
+    if _TOOL_MARKER.search(content):
+        problems.append(
+            f"tool call markers outside a tool call section were not run; put calls between {SECTION_BEGIN} "
+            f"and {SECTION_END}"
+        )
+    calls: list[ToolCall] = []
+    if has_section:
+        inner, closed, after_section = section.partition(SECTION_END)
+        reader = _SectionReader(tool_names)
+        reader.read(inner)
+        calls = reader.calls
+        problems.extend(reader.problems)
+        if not closed:
+            problems.append(f"the tool call section was cut off (no {SECTION_END}); finished calls were kept")
+        elif after_section.strip():
+            problems.append(f"text after the tool call section was ignored: {_preview(after_section)}")
+    if after_turn.strip():
+        problems.append(f"text after {IM_END} was ignored: {_preview(after_turn)}")
+    return ParsedReply(content=content, tool_calls=calls, malformed=problems)
+

@@ -1,0 +1,70 @@
+"""Kimi Delta Attention layer (spec §3): projections, short conv, gates, the KDA recurrence, gated norm."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kimi_swarm.kernels import chunk_kda, gated_rms_norm, recurrent_kda
+
+from .config import KimiLinearConfig
+from .context import ForwardContext
+
+
+class KimiDeltaAttention(nn.Module):
+    def __init__(self, config: KimiLinearConfig, kda_index: int):
+        super().__init__()
+        self.kda_index = kda_index
+        self.num_heads = h = config.kda_heads
+        self.head_dim = d = config.kda_head_dim
+        self.kernel = w = config.conv_size
+        self.eps = config.rms_norm_eps
+        p, hidden = h * d, config.hidden_size
+        self.q_proj = nn.Linear(hidden, p, bias=False)
+        self.k_proj = nn.Linear(hidden, p, bias=False)
+        self.v_proj = nn.Linear(hidden, p, bias=False)
+        self.q_conv1d = nn.Conv1d(p, p, w, groups=p, bias=False)
+        self.k_conv1d = nn.Conv1d(p, p, w, groups=p, bias=False)
+        self.v_conv1d = nn.Conv1d(p, p, w, groups=p, bias=False)
+        self.f_a_proj = nn.Linear(hidden, d, bias=False)
+        self.f_b_proj = nn.Linear(d, p, bias=False)
+        self.dt_bias = nn.Parameter(torch.zeros(p, dtype=torch.float32))
+        self.A_log = nn.Parameter(torch.zeros(1, 1, h, 1, dtype=torch.float32))
+        self.b_proj = nn.Linear(hidden, h, bias=False)
+        self.g_a_proj = nn.Linear(hidden, d, bias=False)
+        self.g_b_proj = nn.Linear(d, p, bias=False)
+        self.o_norm = nn.Module()
+        self.o_norm.weight = nn.Parameter(torch.ones(d))
+        self.o_proj = nn.Linear(p, hidden, bias=False)
+
+    def _short_conv(self, x: torch.Tensor, conv_pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Causal depthwise conv over [cached window ; new tokens]; stores the new pre-conv window."""
+        mixed = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1).transpose(1, 2)
+        window = conv_pool.index_select(0, slots).to(mixed.dtype)
+        full = torch.cat([window, mixed], dim=-1)
+        conv_pool.index_copy_(0, slots, full[..., -(self.kernel - 1):].to(conv_pool.dtype))
+        weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight], dim=0)
+        if x.shape[1] == 1:  # decode: one window times the taps, cheaper than a conv1d call
+            out = (full.to(weight.dtype) * weight[:, 0]).sum(-1, keepdim=True)
+        else:
+            out = F.conv1d(full.to(weight.dtype), weight, groups=weight.shape[0])
+        return F.silu(out).to(x.dtype).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        n, t, _ = x.shape
+        shape = (n, t, self.num_heads, self.head_dim)
+        recurrent_pool, conv_pool, slots = ctx.kda_state(self.kda_index)
+        q, k, v = (part.reshape(shape) for part in self._short_conv(x, conv_pool, slots).chunk(3, dim=-1))
+        raw = self.f_b_proj(self.f_a_proj(x)).float() + self.dt_bias.float()
+        g = -self.A_log.float().exp() * F.softplus(raw.view(shape), beta=1.0, threshold=20.0)
+        beta = torch.sigmoid(self.b_proj(x).float())
+        if t == 1:
+            o = recurrent_kda(q, k, v, g, beta, recurrent_pool, slots, use_qk_l2norm=True)
+        else:
+            o, final = chunk_kda(q, k, v, g, beta, initial_state=recurrent_pool.index_select(0, slots),
+                                 output_final_state=True, use_qk_l2norm=True)
+            recurrent_pool.index_copy_(0, slots, final.to(recurrent_pool.dtype))
+        gate = self.g_b_proj(self.g_a_proj(x)).view(shape)
+        y = gated_rms_norm(o, gate, self.o_norm.weight, self.eps)
+        return self.o_proj(y.reshape(n, t, -1))

@@ -1,0 +1,137 @@
+"""Feed-forward blocks: the dense SwiGLU MLP and the sigmoid-routed MoE with a shared expert (spec §5)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import KimiLinearConfig
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+DENSE_EXPERT_WORK = 1 << 24
+"""Multiply-adds per projection up to which running all experts densely beats looping over the chosen ones."""
+
+
+class StackedExperts(nn.Module):
+    """All routed experts as [E, out, in] tensors (w1 gate, w3 up, w2 down), loaded from per-expert tensors."""
+
+    def __init__(self, num_experts: int, hidden: int, intermediate: int):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
+        self.w3 = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
+
+    def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """x [M, D]; expert_ids, weights [M, k] -> fp32 [M, D] (fp64 for fp64 x). Tokens are grouped by expert."""
+        if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
+            return self._grouped(x, expert_ids, weights)
+        if self._dense_pays(x, expert_ids):
+            return self._dense(x, expert_ids, weights)
+        return self._per_expert(x, expert_ids, weights)
+
+    def _dense_pays(self, x: torch.Tensor, expert_ids: torch.Tensor) -> bool:
+        """Small experts, a few tokens routed to most of them, on CPU: a per-expert loop costs more in dispatch
+        than running every expert on every token (the small default model's batched decode)."""
+        num_experts, m = self.w1.shape[0], x.shape[0]
+        work = m * num_experts * self.w1[0].numel()
+        return (not x.is_cuda and x.dtype != torch.float64 and expert_ids.numel() >= num_experts
+                and work <= DENSE_EXPERT_WORK)
+
+    def _dense(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token as three batched matmuls, weighted by a dense [M, E] routing map."""
+        num_experts, m = self.w1.shape[0], x.shape[0]
+        routing = torch.zeros(m, num_experts, dtype=torch.float32, device=x.device)
+        routing.scatter_(1, expert_ids, weights.float())
+        xe = x.unsqueeze(0).expand(num_experts, m, x.shape[-1])
+        h = F.silu(torch.bmm(xe, self.w1.transpose(1, 2))) * torch.bmm(xe, self.w3.transpose(1, 2))
+        y = torch.bmm(h, self.w2.transpose(1, 2))  # [E, M, D]
+        return torch.einsum("emd,me->md", y.float(), routing)
+
+    def _grouped(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """One grouped GEMM per projection for all experts: no host sync, three launches."""
+        m, k = expert_ids.shape
+        flat_ids = expert_ids.reshape(-1)
+        order = flat_ids.argsort(stable=True)
+        token_of = order // k
+        counts = torch.zeros(self.w1.shape[0], dtype=torch.int32, device=x.device)
+        counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=torch.int32))  # bincount syncs on CUDA
+        offsets = counts.cumsum(0, dtype=torch.int32)
+        h = x.index_select(0, token_of)
+        gate = torch._grouped_mm(h, self.w1.transpose(1, 2), offs=offsets)
+        up = torch._grouped_mm(h, self.w3.transpose(1, 2), offs=offsets)
+        y = torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(1, 2), offs=offsets)
+        y = y.float() * weights.reshape(-1)[order, None]
+        return torch.zeros(m, x.shape[-1], dtype=torch.float32, device=x.device).index_add_(0, token_of, y)
+
+    def _per_expert(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The CPU path (and the float64 oracle in tests): each expert with tokens runs one GEMM over them."""
+        m, k = expert_ids.shape
+        acc = torch.promote_types(x.dtype, torch.float32)
+        flat_ids = expert_ids.reshape(-1)
+        order = flat_ids.argsort(stable=True)
+        counts = torch.bincount(flat_ids, minlength=self.w1.shape[0]).tolist()
+        token_of = order // k
+        out = torch.zeros(m, x.shape[-1], dtype=acc, device=x.device)
+        flat_weights = weights.reshape(-1).to(acc)
+        start = 0
+        for expert, count in enumerate(counts):
+            if count == 0:
+                continue
+            rows = order[start:start + count]
+            tokens = token_of[start:start + count]
+            start += count
+            h = x.index_select(0, tokens)
+            h = F.silu(h @ self.w1[expert].T) * (h @ self.w3[expert].T)
+            y = (h @ self.w2[expert].T).to(acc) * flat_weights[rows, None]
+            out.index_add_(0, tokens, y)
+        return out
+
+
+class Router(nn.Module):
+    def __init__(self, config: KimiLinearConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_token
+        self.renormalize = config.moe_renormalize
+        self.scaling = config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        self.e_score_correction_bias = nn.Parameter(torch.zeros(config.num_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Select on sigmoid score + bias; weight by the unbiased score (vLLM/transformers, spec §5.4)."""
+        scores = torch.sigmoid(x.float() @ self.weight.float().T)
+        ids = torch.topk(scores + self.e_score_correction_bias.float(), self.top_k, dim=-1, sorted=False).indices
+        weights = scores.gather(1, ids)
+        if self.renormalize:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return ids, weights * self.scaling
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, config: KimiLinearConfig):
+        super().__init__()
+        self.gate = Router(config)
+        self.experts = StackedExperts(config.num_experts, config.hidden_size, config.moe_intermediate_size)
+        self.shared_experts = (
+            SwiGLU(config.hidden_size, config.moe_intermediate_size * config.num_shared_experts)
+            if config.num_shared_experts > 0 else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        ids, weights = self.gate(flat)
+        out = self.experts(flat, ids, weights).to(x.dtype).view_as(x)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out
