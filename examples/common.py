@@ -1,7 +1,7 @@
 """What the example workflows share: the options that pick the model and the web, the swarm they build
 from them, and how a result is printed.
 
-The model and the web come from swarm.launch, exactly as `swarm run` builds them:
+The model and the web come from kimi_swarm.launch, exactly as `swarm run` builds them:
   (no option)                  the embedded default model on the offline web; nothing leaves the machine
   --model PATH                 a local Kimi Linear checkpoint (e.g. Kimi-Linear-48B-A3B-Instruct), live web
   --base-url URL --model NAME  an OpenAI-compatible server (vLLM, SGLang, Moonshot's API), live web

@@ -433,7 +433,7 @@ def chunk_kda_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
                      use_qk_l2norm: bool = False, block_v: int | None = None, local_warps: int = 4, row_warps: int = 2,
                      solve_warps: int = 2, inter_warps: int = 4,
                      inter_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as kernels.kda_reference.chunk_kda_reference, on CUDA (or the Triton interpreter).
+    """Same contract as kimi_swarm.kernels.kda_reference.chunk_kda_reference, on CUDA (or the Triton interpreter).
 
     block_v and the *_warps / inter_stages knobs are launch shapes only (benchmarks/kernels.py sweeps them);
     the defaults are the fastest measured on H100 (benchmarks/history/kernels.md).
@@ -492,7 +492,7 @@ def chunk_kda_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
 def recurrent_kda_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                          state_pool: torch.Tensor, state_indices: torch.Tensor, *, scale: float | None = None,
                          use_qk_l2norm: bool = False, block_v: int | None = None) -> torch.Tensor:
-    """Same contract as kernels.kda_reference.recurrent_kda_reference: in-place fp32 pool rows."""
+    """Same contract as kimi_swarm.kernels.kda_reference.recurrent_kda_reference: in-place fp32 pool rows."""
     _check_kda_inputs(q, k, v, g, beta)
     n, t, h, kd = q.shape
     vd = v.shape[-1]

@@ -181,7 +181,7 @@ def _decode_splits(launch, block_tables, kv_cache, n, device):
 def mla_decode_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                       seq_lens: torch.Tensor, scale: float, *, block_n: int = 32, num_warps: int = 4,
                       num_stages: int = 3, n_splits: int | None = None) -> torch.Tensor:
-    """Same contract as kernels.mla_reference.mla_decode_reference."""
+    """Same contract as kimi_swarm.kernels.mla_reference.mla_decode_reference."""
     _check(q_latent, q_pe, kv_cache)
     n = q_latent.shape[0]
     launch = _Launch(q_latent, q_pe, kv_cache, scale, _block(q_latent.shape[1]))
@@ -200,7 +200,7 @@ def mla_decode_shared_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cach
                              seq_lens: torch.Tensor, scale: float, *, block_m: int = 64, block_n: int = 64,
                              num_warps: int = 8, num_stages: int = 2, prefix_splits: int | None = None,
                              suffix_splits: int | None = None) -> torch.Tensor:
-    """Same contract as kernels.mla_reference.mla_decode_shared_reference."""
+    """Same contract as kimi_swarm.kernels.mla_reference.mla_decode_shared_reference."""
     _check(q_latent, q_pe, kv_cache)
     n, h, _ = q_latent.shape
     page_size = kv_cache.shape[1]
@@ -235,7 +235,7 @@ def mla_decode_shared_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cach
 def mla_prefill_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
                        start_pos: int, scale: float, *, block_m: int = 64, block_n: int = 32, num_warps: int = 8,
                        num_stages: int = 2, n_splits: int | None = None) -> torch.Tensor:
-    """Same contract as kernels.mla_reference.mla_prefill_reference."""
+    """Same contract as kimi_swarm.kernels.mla_reference.mla_prefill_reference."""
     _check(q_latent, q_pe, kv_cache)
     t, h, _ = q_latent.shape
     if block_table.numel() * kv_cache.shape[1] < start_pos + t:

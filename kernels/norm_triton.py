@@ -66,10 +66,10 @@ def _norm(x: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor, eps:
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Same contract as kernels.norm_reference.rms_norm_reference."""
+    """Same contract as kimi_swarm.kernels.norm_reference.rms_norm_reference."""
     return _norm(x, None, weight, eps, torch.promote_types(weight.dtype, x.dtype))
 
 
 def gated_rms_norm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Same contract as kernels.norm_reference.gated_rms_norm_reference."""
+    """Same contract as kimi_swarm.kernels.norm_reference.gated_rms_norm_reference."""
     return _norm(x, gate, weight, eps, x.dtype)

@@ -39,7 +39,7 @@ class Swarm:
     "budget spent" instead of being executed, tasks over `max_agents` are refused in the spawn result,
     and the deadline or `cancel()` stops every agent and still returns the partial result.
     With `tool_tape=ToolTape.record(path)` every tool outcome is recorded; `ToolTape.replay(path)` plays
-    them back (with backend.replay.ReplayBackend for the model) to reproduce a run exactly, and a replay
+    them back (with kimi_swarm.backend.ReplayBackend for the model) to reproduce a run exactly, and a replay
     that departs from its recording stops and raises ToolTapeMismatch or ReplayMismatch.
     """
 

@@ -1,6 +1,6 @@
 """A tool tape: every tool call's outcome and budget decision, recorded and replayed by position.
 
-With a model tape (backend.replay) alone, a replay re-executes the tools, so it is exact only when
+With a model tape (kimi_swarm.backend.ReplayBackend) alone, a replay re-executes the tools, so it is exact only when
 they are deterministic and no limit races (which of two agents got the last budgeted call depends
 on timing). The tool tape closes both gaps: on replay each call gets the recorded outcome, and the
 budget grants exactly the calls it granted then, so a live web-research run replays offline, exactly.

@@ -48,6 +48,8 @@ def test_the_wheel_installs_one_top_level_name_with_its_data(wheel):
     assert {"kimi_swarm/py.typed", "kimi_swarm/backend/checkpoints/config.json"} <= names
     assert any(name.startswith("kimi_swarm/backend/checkpoints/model") for name in names)
     assert not any("teacher" in name or "trajectories" in name or "train_" in name for name in names)
+    sources = {"/".join(_module(path)) + ".py" for folder in PARTS for path in (REPO / folder).rglob("*.py")}
+    assert sources <= names, f"modules left out of the wheel: {sorted(sources - names)}"
 
 
 def test_the_installed_wheel_runs_beside_transformers_from_a_neutral_directory(wheel, tmp_path):

@@ -1,8 +1,8 @@
 """Train the embedded default model (dev-only): a small Kimi Linear on the teacher's swarm trajectories.
 
-Uses the project's own model code (backend.model: KDA, MLA, MoE layers) through a stateless
+Uses the project's own model code (kimi_swarm.backend.model: KDA, MLA, MoE layers) through a stateless
 full-sequence context, with one swap: the KDA core is fla-core's Triton chunk_kda when it is
-installed and matches ours on the GPU at start-up, else kernels.kda_reference's `chunk_kda_reference`
+installed and matches ours on the GPU at start-up, else kimi_swarm.kernels.kda_reference's `chunk_kda_reference`
 (the engine's CPU path: every chunk, row and head at once, one op per chunk in its Python loop). Loss
 is on assistant tokens only; bf16 autocast; the MoE router is balanced without an auxiliary loss by
 nudging e_score_correction_bias (DeepSeek-V3 style).
@@ -101,7 +101,7 @@ class TrainingContext:
         return self.recurrent[kda_index], self.conv[kda_index], self.slots
 
     def mla_attend(self, mla_index, q_latent, q_pe, latent_new, scale):
-        """backend.context.latent_attention (absorbed MQA form) through SDPA, so memory stays linear in T."""
+        """The model's latent_attention (absorbed MQA form) through SDPA, so memory stays linear in T."""
         n, t, heads, rank = q_latent.shape
         query = torch.cat([q_latent, q_pe.to(q_latent.dtype)], dim=-1).transpose(1, 2)
         keys = latent_new.to(query.dtype)

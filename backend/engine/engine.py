@@ -92,7 +92,7 @@ class Engine:
         if speculative_tokens < 0:
             raise ValueError(f"speculative_tokens must be >= 0, got {speculative_tokens}")
         self.speculative_tokens = speculative_tokens
-        """Prompt-lookup draft length for a lone greedy generation (backend.speculation); 0 turns it off.
+        """Prompt-lookup draft length for a lone greedy generation (engine/speculation.py); 0 turns it off.
         On by default on CPU, where checking several tokens costs about one decode step."""
         self.vocab_limit = min(self.config.vocab_size, tokenizer.vocab_size if tokenizer else self.config.vocab_size)
         self._ids = itertools.count()

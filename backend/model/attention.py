@@ -2,7 +2,7 @@
 
 The engine's shared-prefix prefill attends many sessions' new tokens to the prefix they share in one
 call and to each session's own keys separately, then merges the two partial results by log-sum-exp
-(kernels.mla_reference.merge_attention).
+(kimi_swarm.kernels.mla_reference.merge_attention).
 """
 
 from __future__ import annotations

@@ -173,8 +173,8 @@ class ResearchTask(BaseModel):
         return f"Goal: {self.order()}." if self.family == "compare" else ""
 
     def rank_arguments(self) -> dict[str, object]:
-        """A comparison's `rank` call (tools.rank): the direction as the plan turn stated it, then each entity's
-        value as its sub-agent found it."""
+        """A comparison's `rank` call (kimi_swarm.tools.rank): the direction as the plan turn stated it, then each
+        entity's value as its sub-agent found it."""
         return {"order": self.order(), "values": {lk.entity: lk.value for lk in self.waves[0]}}
 
     def winner(self) -> Lookup:
