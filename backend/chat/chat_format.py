@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -45,7 +46,11 @@ _SPECIAL_TEXT = re.compile(r"<\|[^|<>\s]{1,80}\|>|\[(?:BOS|EOS|EOT|UNK|PAD)\]|</
 _ZERO_WIDTH_SPACE = "\u200b"
 _TOOL_MARKER = re.compile("(" + "|".join(re.escape(m) for m in (SECTION_BEGIN, SECTION_END, CALL_BEGIN,
                                                                   ARGUMENT_BEGIN, CALL_END)) + ")")
-_CALL_ID = re.compile(r"functions\.(?P<name>[^\s:<>]+):(?P<index>\d+)")
+_CALL_ID = re.compile(r"(?:functions\.)?(?P<name>[^\s:<>]+):(?P<index>\d+)|(?P<counter>\d+)")
+"""The ids Kimi models emit: functions.NAME:INDEX as taught, NAME:INDEX, or a bare counter that names no tool."""
+
+ToolSchemas = Mapping[str, Mapping[str, Any]]
+"""Declared tools by name, each with its JSON schema of parameters (what `ToolSpec.parameters` holds)."""
 
 
 class ParsedReply(BaseModel):
@@ -134,10 +139,38 @@ def _preview(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+def _fits(arguments: Mapping[str, Any], schema: Mapping[str, Any]) -> bool:
+    """Whether `arguments` could be a call of a tool with this parameter schema: every key is one of its
+    properties and every required property is there."""
+    properties = schema.get("properties") or {}
+    return set(arguments) <= set(properties) and set(schema.get("required") or ()) <= set(arguments)
+
+
+def _tool_of_counter(arguments: str, tools: Collection[str] | ToolSchemas) -> tuple[str | None, str | None]:
+    """(tool name, None) for a call whose id is a bare counter, when only one declared tool can be meant: the only
+    tool, or the only one whose schema the arguments fit; else (None, the problem, naming the tools that fit)."""
+    names = sorted(tools)
+    if len(names) == 1:
+        return names[0], None
+    advice = "write its id as functions.NAME:INDEX"
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError:
+        return None, f"its id names no tool and its arguments are not valid JSON; {advice}"
+    if not isinstance(tools, Mapping) or not isinstance(value, dict):
+        return None, f"its id names no tool; {advice} (tools: {', '.join(names) or 'none'})"
+    fitting = [name for name in names if _fits(value, tools[name])]
+    if len(fitting) == 1:
+        return fitting[0], None
+    if fitting:
+        return None, f"its id names no tool and its arguments fit several tools ({', '.join(fitting)}); {advice}"
+    return None, f"its id names no tool and its arguments fit none of the tools ({', '.join(names)}); {advice}"
+
+
 class _SectionReader:
     """Reads the inside of one tool-call section marker by marker, keeping good calls and noting bad ones."""
 
-    def __init__(self, tool_names: Collection[str] | None) -> None:
+    def __init__(self, tool_names: Collection[str] | ToolSchemas | None) -> None:
         self.tool_names = tool_names
         self.calls: list[ToolCall] = []
         self.problems: list[str] = []
@@ -178,33 +211,46 @@ class _SectionReader:
     def _finish(self, problem: str | None) -> None:
         call_id, arguments = self.call_id.strip(), self.arguments.strip()
         self.state = "between"
-        problem = self.broken or problem or self._check(call_id, arguments)
-        if problem:
+        name, found = None, self.broken or problem
+        if found is None:
+            name, found = self._check(call_id, arguments)
+        if found or name is None:
             label = f"tool call {self.number}" + (f" ({call_id})" if call_id else "")
-            self.problems.append(f"{label}: {problem}; it was not run")
+            self.problems.append(f"{label}: {found}; it was not run")
             return
-        name = _CALL_ID.fullmatch(call_id)["name"]
         self.calls.append(ToolCall(id=call_id, name=name, arguments=arguments))
 
-    def _check(self, call_id: str, arguments: str) -> str | None:
+    def _check(self, call_id: str, arguments: str) -> tuple[str | None, str | None]:
+        """(the tool's name, None) for a call that can run, else (None, what is wrong with it)."""
         match = _CALL_ID.fullmatch(call_id)
         if match is None:
-            return f"id {call_id!r} is not of the form functions.NAME:INDEX"
-        if self.tool_names is not None and match["name"] not in self.tool_names:
-            return f"unknown tool {match['name']!r}; available tools: {', '.join(sorted(self.tool_names)) or 'none'}"
+            return None, f"id {call_id!r} is not of the form functions.NAME:INDEX"
+        name = match["name"]
+        if name is None:
+            if self.tool_names is None:
+                return None, "its id names no tool; write its id as functions.NAME:INDEX"
+            name, problem = _tool_of_counter(arguments, self.tool_names)
+            if problem:
+                return None, problem
+        elif self.tool_names is not None and name not in self.tool_names:
+            return None, f"unknown tool {name!r}; available tools: {', '.join(sorted(self.tool_names)) or 'none'}"
         if any(call.id == call_id for call in self.calls):
-            return "its id repeats an earlier call of this reply; give every call its own index"
+            return None, "its id repeats an earlier call of this reply; give every call its own index"
         try:
             value = json.loads(arguments)
         except json.JSONDecodeError as error:
-            return f"arguments are not valid JSON: {error}"
+            return None, f"arguments are not valid JSON: {error}"
         if not isinstance(value, dict):
-            return f"arguments must be a JSON object, got {type(value).__name__}"
-        return None
+            return None, f"arguments must be a JSON object, got {type(value).__name__}"
+        return name, None
 
 
-def parse_assistant(text: str, tool_names: Collection[str] | None = None) -> ParsedReply:
-    """Content and tool calls of model output that followed the generation prompt (<|im_end|> optional)."""
+def parse_assistant(text: str, tool_names: Collection[str] | ToolSchemas | None = None) -> ParsedReply:
+    """Content and tool calls of model output that followed the generation prompt (<|im_end|> optional).
+
+    Call ids are read as Kimi models write them (functions.NAME:INDEX, NAME:INDEX or a bare counter). A bare
+    counter runs only when one declared tool can be meant: the only tool, or, given the tools' schemas
+    (`tool_names` as a mapping of name to parameters), the only tool whose schema its arguments fit."""
     problems: list[str] = []
     body, _, after_turn = text.partition(IM_END)
     content, has_section, section = body.partition(SECTION_BEGIN)

@@ -15,16 +15,16 @@ import torch
 from ..engine.engine import Engine
 from ..engine.sampling import SamplingParams
 from ..engine.session import Session
-from .chat_format import END_OF_TURN, GENERATION_PROMPT, parse_assistant, render
+from .chat_format import END_OF_TURN, GENERATION_PROMPT, ToolSchemas, parse_assistant, render
 from .conversation import ChatBackend, Conversation, Reply, ReplyOptions
 from .messages import Message, ToolSpec
 
 
 class EngineConversation(Conversation):
-    def __init__(self, session: Session, messages: list[Message], tool_names: set[str]):
+    def __init__(self, session: Session, messages: list[Message], tools: ToolSchemas):
         self._session = session
         self._messages = messages
-        self._tool_names = tool_names
+        self._tools = tools
         self._end_id = session.engine.tokenizer.special_ids[END_OF_TURN]
 
     @property
@@ -48,7 +48,7 @@ class EngineConversation(Conversation):
             seed=options.seed))
         if completion.token_ids[-1:] != [self._end_id]:
             await self._session.extend(END_OF_TURN)  # keep the transcript well-formed for the next turn
-        parsed = parse_assistant(completion.text, self._tool_names)
+        parsed = parse_assistant(completion.text, self._tools)
         finish = "tool_calls" if parsed.tool_calls else completion.finish_reason
         reply = Reply(content=parsed.content, tool_calls=parsed.tool_calls, finish_reason=finish,
                       prompt_tokens=prompt_tokens, completion_tokens=len(completion.token_ids),
@@ -57,7 +57,7 @@ class EngineConversation(Conversation):
         return reply
 
     def fork(self, n: int) -> list[Conversation]:
-        return [EngineConversation(child, list(self._messages), self._tool_names)
+        return [EngineConversation(child, list(self._messages), self._tools)
                 for child in self._session.fork(n)]
 
     def close(self) -> None:
@@ -83,7 +83,7 @@ class EngineBackend(ChatBackend):
 
     async def open(self, messages: list[Message], tools: list[ToolSpec]) -> Conversation:
         session = await self.engine.session(render(messages, tools or None, add_generation_prompt=False))
-        return EngineConversation(session, list(messages), {tool.name for tool in tools})
+        return EngineConversation(session, list(messages), {tool.name: tool.parameters for tool in tools})
 
     async def aclose(self) -> None:
         self.engine.shutdown()
