@@ -1,15 +1,19 @@
-"""fetch against real loopback servers: extraction, redirects, caps, charsets, paging and the shared cache."""
+"""fetch against real loopback servers: extraction, links, redirects, caps, charsets, paging and the shared cache."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
 import json
+import re
 import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
+import lxml.html
 import pytest
-from tools_support import LoopbackSite, minimal_pdf, page, redirect, respond
+from tools_support import Handler, LoopbackSite, minimal_pdf, page, redirect, respond
 
 from kimi_swarm.tools import ToolError, Web, WebConfig
 
@@ -24,6 +28,21 @@ and the spring tides of March and September uncover the lowest shelves.</p>
 </article>
 <footer>Copyright 2024 Coastal Media Group. Cookie settings. Privacy policy.</footer>
 <script>document.write("tracking pixel script text")</script></body></html>"""
+
+KEEPING = """<!doctype html><html><head><title>Lighthouse keeping</title>{base}</head><body>
+<nav><a href="/">Home</a></nav>
+<article><h1>Lighthouse keeping<a class="headerlink" href="#top" title="Permalink to this heading">¶</a></h1>
+<p>The keeper trims the wick every evening, as the <a href="lamps.html">lamp manual</a> explains, and logs the
+weather in the <a href="../logbook/2024.html">logbook</a>, which the <a href="/guild/rules.html">guild rules</a>
+require; the <a href="#fog-signals">fog signals</a> section below says when to sound the horn, and the
+<a href="?view=print">printable view</a> and the <a href="//charts.example/north-sea">sea charts</a> help too.
+Questions go to <a href="mailto:keeper@example.org">the keeper</a>; the <a href="javascript:void(0)">menu
+button</a> and the <a href=" JavaScript:alert(1)">alert link</a> do nothing outside a browser.</p>
+<h2 id="fog-signals">Fog signals<a class="headerlink" href="#fog-signals" title="Permalink to this heading">¶</a></h2>
+<p>In fog the horn sounds twice every minute until the keeper sees the breakwater light again from the gallery.</p>
+</article></body></html>"""
+MARKDOWN_LINK = re.compile(r"\]\(<?([^()<>\s]+)>?\)")
+PYTHON_DOCS = Path("/usr/share/doc/python3.11/html")
 
 CYRILLIC = "Привет, мир! Это страница о погоде в Москве и Санкт-Петербурге, написанная в кодировке windows-1251."
 
@@ -91,6 +110,11 @@ ROUTES = {
     "/long.txt": page(LONG_TEXT, "text/plain; charset=utf-8"),
     "/shared": counted_slowly,
     "/missing": lambda r: respond(r, "<h1>gone</h1>", status=404),
+    "/moved/keeping": redirect("/docs/guide/keeping.html"),
+    "/docs/guide/keeping.html": page(KEEPING.format(base="")),
+    "/docs/guide/mirrored.html": page(KEEPING.format(base='<base href="https://mirror.example/archive/v2/">')),
+    "/docs/guide/shared.html": page(KEEPING.format(base='<base href="../shared/">')),
+    "/fragment.html": page("<p>This page moved to the harbour office.</p>"),
 }
 
 
@@ -214,3 +238,93 @@ async def test_per_host_rate_limit_spaces_requests(site):
     assert site.hits["/shared"] - before == 5
     assert elapsed >= 0.4  # five starts at 10/s span at least 0.4 s
     assert site.max_active <= 2
+
+
+def links(markdown: str) -> list[str]:
+    return MARKDOWN_LINK.findall(markdown)
+
+
+async def test_links_resolve_against_the_final_page_url(web, site):
+    result = await web.fetch(site.url("/moved/keeping"))
+    assert result.url == site.url("/docs/guide/keeping.html")
+    assert links(result.text) == [
+        site.url("/docs/guide/lamps.html"),
+        site.url("/docs/logbook/2024.html"),
+        site.url("/guild/rules.html"),
+        site.url("/docs/guide/keeping.html#fog-signals"),
+        site.url("/docs/guide/keeping.html?view=print"),
+        "http://charts.example/north-sea",
+        "mailto:keeper@example.org",
+    ]
+    assert "menu\nbutton and the alert link do nothing" in result.text
+    assert "javascript" not in result.text.lower()
+    assert "¶" not in result.text
+    assert "\n## Fog signals\n" in result.text
+
+
+async def test_links_honour_base_href_but_fragments_stay_on_the_page(web, site):
+    mirrored = await web.fetch(site.url("/docs/guide/mirrored.html"))
+    assert links(mirrored.text) == [
+        "https://mirror.example/archive/v2/lamps.html",
+        "https://mirror.example/archive/logbook/2024.html",
+        "https://mirror.example/guild/rules.html",
+        site.url("/docs/guide/mirrored.html#fog-signals"),
+        "https://mirror.example/archive/v2/?view=print",
+        "https://charts.example/north-sea",
+        "mailto:keeper@example.org",
+    ]
+    shared = await web.fetch(site.url("/docs/guide/shared.html"))
+    assert links(shared.text) == [
+        site.url("/docs/shared/lamps.html"),
+        site.url("/docs/logbook/2024.html"),
+        site.url("/guild/rules.html"),
+        site.url("/docs/guide/shared.html#fog-signals"),
+        site.url("/docs/shared/?view=print"),
+        "http://charts.example/north-sea",
+        "mailto:keeper@example.org",
+    ]
+
+
+async def test_a_page_that_is_only_a_fragment_is_still_read(web, site):
+    result = await web.fetch(site.url("/fragment.html"))
+    assert result.text == "This page moved to the harbour office."
+
+
+def python_docs_routes() -> dict[str, Handler]:
+    """Every HTML page of Debian's Python docs at its path, read when asked for (the corpus is 60-odd MB)."""
+    return {
+        "/" + quote(path.relative_to(PYTHON_DOCS).as_posix()): lambda request, path=path: respond(
+            request, path.read_bytes()
+        )
+        for path in PYTHON_DOCS.rglob("*.html")
+    }
+
+
+@pytest.mark.skipif(
+    not (PYTHON_DOCS / "library" / "asyncio-task.html").exists(), reason="Debian's python3.11-doc is not installed"
+)
+async def test_links_in_the_python_docs_lead_to_the_pages_and_sections_they_name():
+    with LoopbackSite(python_docs_routes()) as docs:
+        config = WebConfig(allowed_hosts=[docs.host], page_chars=1_000_000, per_host_rate=1000)
+        async with Web(config) as web:
+            page_url = docs.url("/library/asyncio-task.html")
+            result = await web.fetch(page_url)
+            found = links(result.text)
+            assert result.title == "Coroutines and Tasks"
+            assert "¶" not in result.text and "\n## Coroutines\n" in result.text
+            assert docs.url("/library/asyncio-eventloop.html#asyncio.get_running_loop") in found
+            assert f"{page_url}#asyncio.create_task" in found
+            assert all(urlsplit(link).scheme in ("http", "https") for link in found)
+            local = [urlsplit(link) for link in found if link.startswith(docs.base + "/")]
+            assert len(local) > 100
+            own_ids = set(lxml.html.parse(PYTHON_DOCS / "library" / "asyncio-task.html").getroot().xpath("//@id"))
+            for link in local:
+                assert (PYTHON_DOCS / unquote(link.path).lstrip("/")).is_file(), link.geturl()
+                if link.path == "/library/asyncio-task.html":
+                    assert link.fragment in own_ids, link.geturl()
+            linked_pages = sorted({link._replace(fragment="").geturl() for link in local} - {page_url})
+            assert len(linked_pages) > 10
+            followed = await asyncio.gather(*(web.fetch(url) for url in linked_pages))
+    assert all(page.status == 200 and page.text for page in followed)
+    event_loop = followed[linked_pages.index(docs.url("/library/asyncio-eventloop.html"))]
+    assert event_loop.title == "Event Loop" and "get_running_loop" in event_loop.text

@@ -215,6 +215,77 @@ async def test_real_python_docs_put_json_html_in_the_top_three(tmp_path, index_d
     assert "library/json.html" in result_paths(results, corpus.as_posix())
 
 
+@pytest.mark.skipif(
+    not (PYTHON_DOCS / "_sources" / "library" / "json.rst.txt").exists(), reason="Debian's python3.11-doc is not installed"
+)
+async def test_real_python_docs_show_each_page_once_as_html_not_also_its_source(tmp_path, index_dir):
+    """The docs ship every page twice, as HTML and as its reStructuredText source under _sources/."""
+    corpus = tmp_path / "python-docs"
+    (corpus / "library").mkdir(parents=True)
+    (corpus / "_sources" / "library").mkdir(parents=True)
+    for path in (PYTHON_DOCS / "library").glob("*.html"):
+        text = path.read_text(errors="replace")
+        if "dumps" in text or "indent" in text:
+            shutil.copy(path, corpus / "library" / path.name)
+            shutil.copy(PYTHON_DOCS / "_sources" / "library" / f"{path.stem}.rst.txt", corpus / "_sources" / "library")
+    async with Web(WebConfig(search_provider="local", corpus_dir=corpus, index_dir=index_dir)) as web:
+        results = await web.search("json dumps indent", max_results=20)
+    paths = result_paths(results, corpus.as_posix())
+    assert len(paths) == 20 and len(set(paths)) == 20
+    assert paths[0] == "library/json.html"
+    for module in ("json", "pickle", "marshal", "pprint", "ast", "tabnanny"):
+        assert f"library/{module}.html" in paths
+        assert f"_sources/library/{module}.rst.txt" not in paths
+
+
+LAMPS = """Lamp maintenance. Every evening before the lamp is lit the keeper trims the wick, polishes the Fresnel lens
+with a soft chamois, refills the paraffin reservoir and winds the clockwork that turns the optic. Soot on the lens
+dims the beam by a third; a crooked wick smokes and cracks the chimney glass."""
+
+
+def test_near_identical_documents_collapse_to_the_html_one_but_stay_findable(tmp_path):
+    corpus = tmp_path / "handbook"
+    (corpus / "tides").mkdir(parents=True)
+    (corpus / "lamps.html").write_text(f"<html><head><title>Lamp maintenance</title></head><body><main><p>{LAMPS}"
+                                       "</p></main></body></html>")
+    (corpus / "lamps.txt").write_text(f"{LAMPS}\n\nSource of the handbook page; last reviewed by Marit.\n")
+    (corpus / "tides" / "brest.html").write_text(
+        "<html><head><title>Tide tables</title></head><body><main><p>At Brest the spring tides reach eight metres; "
+        "the harbour master posts the tables for the roadstead, the naval base and the Elorn estuary every Monday, "
+        "and pilots board ships at the Goulet narrows on the flood.</p></main></body></html>"
+    )
+    (corpus / "tides" / "roscoff.html").write_text(
+        "<html><head><title>Tide tables</title></head><body><main><p>At Roscoff the ferry to Plymouth sails only "
+        "above half tide; the old port dries completely at low water, so fishing boats wait on the sand beside "
+        "the quay while the deep-water terminal at Bloscon serves them.</p></main></body></html>"
+    )
+    index = LocalIndex.for_folder(corpus, tmp_path / "index", None)
+    assert index.num_docs == 4  # collapsing happens in results: every document stays indexed
+    lens = index.search("polish fresnel lens chamois", max_results=5)
+    assert [result.url.rsplit("/", 1)[1] for result in lens] == ["lamps.html"]
+    assert lens[0].title == "Lamp maintenance"
+    reviewed = index.search("reviewed marit", max_results=5)
+    assert [result.url.rsplit("/", 1)[1] for result in reviewed] == ["lamps.txt"]
+    tides = index.search("tide tables", max_results=5)
+    assert sorted(result.url.split("/tides/")[1] for result in tides) == ["brest.html", "roscoff.html"]
+    assert {result.title for result in tides} == {"Tide tables"}
+
+
+def test_copies_crowding_the_first_hits_still_leave_a_full_page_of_results(tmp_path):
+    corpus = tmp_path / "mirrors"
+    corpus.mkdir()
+    for n in range(8):
+        (corpus / f"lamps-{n}.txt").write_text(f"Fresnel lens. Fresnel lens. {LAMPS}")
+    (corpus / "optics.html").write_text(
+        "<html><head><title>History of optics</title></head><body><main><p>Augustin Fresnel proposed the stepped "
+        "lens in 1822 to replace heavy mirrors; the first Fresnel lens lit the Cordouan lighthouse in the Gironde "
+        "estuary, and glassworks in Paris cut the prisms by hand for decades afterwards.</p></main></body></html>"
+    )
+    index = LocalIndex.for_folder(corpus, tmp_path / "index", None)
+    results = index.search("fresnel lens", max_results=2)
+    assert [result.url.rsplit("/", 1)[1] for result in results] == ["lamps-0.txt", "optics.html"]
+
+
 def small_site(root: Path, pages: int) -> None:
     rng = random.Random(7)
     vocabulary = [f"term{n}" for n in range(3000)]

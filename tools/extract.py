@@ -1,8 +1,9 @@
 """Turns a response body into readable text: HTML main content, JSON, plain text or PDF text.
 
 HTML goes through trafilatura, which keeps the page's main content as Markdown and drops
-navigation, sidebars, footers and scripts. Bytes are decoded by declared charset only when the
-declaration fits the bytes; a wrong declaration falls back to detection.
+navigation, sidebars, footers and scripts. Its links are first made absolute against the page's own URL
+(or its <base href>), so an agent can fetch any link it reads. Bytes are decoded by declared charset only
+when the declaration fits the bytes; a wrong declaration falls back to detection.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import contextlib
 import io
 import json
 import re
+from urllib.parse import urljoin, urlsplit
 
 import charset_normalizer
 import trafilatura
+from lxml.html import HtmlElement
 from pypdf import PdfReader
 from pypdf.errors import PdfReadError
 
@@ -21,6 +24,9 @@ from .errors import ToolError
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w.:-]+)""", re.IGNORECASE)
 _TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown", "text/csv", "text/x-rst")
+_FOLLOWABLE_SCHEMES = frozenset({"http", "https", "ftp", "mailto", "tel"})
+_PERMALINK_MARKS = frozenset({"", "¶", "§", "#", "🔗"})
+_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 
 
 def decode_text(body: bytes, declared: str | None) -> str:
@@ -58,14 +64,63 @@ def sniff_type(body: bytes, content_type: str) -> str:
     return content_type
 
 
+def _join(base: str, href: str) -> str | None:
+    try:
+        return urljoin(base, href)
+    except ValueError:  # an unparsable URL, such as an unclosed IPv6 bracket
+        return None
+
+
+def _is_permalink(anchor: HtmlElement) -> bool:
+    """A heading's or definition's link to itself (Sphinx's ¶, MkDocs' headerlink, GitHub's icon): pure noise."""
+    return "headerlink" in anchor.classes or anchor.text_content().strip() in _PERMALINK_MARKS
+
+
+def resolve_links(tree: HtmlElement, page_url: str) -> None:
+    """Rewrites every link of `tree` in place to an absolute URL, so an agent can fetch what it reads.
+
+    Links resolve against <base href> (itself relative to the page) or else the page's own URL; trafilatura
+    alone joins them to the host root. A fragment-only link names a part of the page being read, so it keeps
+    the page's URL even under <base> (where a browser would leave the page, rarely what the author meant).
+    Permalinks are removed; a same-page link inside a heading (Sphinx links each heading to its table of
+    contents) and links with nothing to follow (`#`, `javascript:`) keep their text but lose the link.
+    """
+    base_hrefs = tree.xpath("//base/@href")
+    base = _join(page_url, base_hrefs[0].strip()) if base_hrefs else None
+    if base is None or urlsplit(base).scheme.lower() not in ("http", "https"):
+        base = page_url
+    for anchor in tree.xpath("//a[@href]"):
+        href = anchor.get("href", "").strip()
+        fragment_only = not href or href.startswith("#")
+        if fragment_only and _is_permalink(anchor):
+            anchor.drop_tree()
+            continue
+        if fragment_only:
+            in_heading = next(anchor.iterancestors(*_HEADINGS), None) is not None
+            target = None if len(href) <= 1 or in_heading else _join(page_url, href)
+        else:
+            target = _join(base, href)
+        if target is None or urlsplit(target).scheme.lower() not in _FOLLOWABLE_SCHEMES:
+            anchor.drop_tag()  # nothing an agent could follow: the text stays, the link goes
+        else:
+            anchor.set("href", target)
+
+
 def html_to_text(html: str, url: str) -> tuple[str | None, str]:
-    """(title, main content as Markdown) of an HTML page; falls back to all visible text for tiny pages."""
+    """(title, main content as Markdown) of the HTML page at `url` (the final URL, after redirects), its links
+    absolute; falls back to all visible text for tiny pages."""
+    tree = trafilatura.load_html(html)
+    if tree is None:  # trafilatura refuses a bare fragment ("<p>Moved.</p>"), yet such a page is still text
+        tree = trafilatura.load_html(f"<html><body>{html}</body></html>")
+    if tree is None:
+        raise ToolError(f"{url} is labelled HTML but could not be parsed as HTML.")
+    resolve_links(tree, url)
     text = trafilatura.extract(
-        html, url=url, output_format="markdown", include_links=True, include_tables=True, include_comments=False
+        tree, output_format="markdown", include_links=True, include_tables=True, include_comments=False
     )
     if not text:
-        text = trafilatura.html2txt(html) or ""
-    metadata = trafilatura.extract_metadata(html)
+        text = trafilatura.html2txt(tree) or ""
+    metadata = trafilatura.extract_metadata(tree)
     return (metadata.title if metadata else None) or None, text.strip()
 
 

@@ -25,6 +25,7 @@ class Entry(BaseModel):
     url: str
     title: str
     text: str
+    is_html: bool = False  # of near-identical entries, search shows an HTML one: the page people read
 
 
 def corpus_files(corpus_dir: Path) -> list[Path]:
@@ -61,7 +62,8 @@ def read_entry(path: Path, url: str) -> Entry:
         text = raw
         heading = _MARKDOWN_HEADING.search(raw) if suffix in MARKDOWN_SUFFIXES else None
         title = heading.group(1).strip() if heading else ""
-    return Entry(url=url, title=title or path.stem.replace("_", " ").replace("-", " "), text=text)
+    title = title or path.stem.replace("_", " ").replace("-", " ")
+    return Entry(url=url, title=title, text=text, is_html=suffix in HTML_SUFFIXES)
 
 
 def relative_url(corpus_dir: Path, path: Path) -> str:

@@ -1,7 +1,8 @@
 """BM25 full-text search over local documents with tantivy, cached on disk by corpus content.
 
 Titles are indexed in their own field and boosted (documentation titles name the topic), words are
-stemmed, and each result's snippet is the best-matching passage of the page's text.
+stemmed, and each result's snippet is the best-matching passage of the page's text. Near-identical documents
+(a page and its source) share a group, and results show one document per group.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import tantivy
 
 from ..models import SearchResult
 from .corpus import Entry, content_digest, corpus_files, folder_url, read_corpus
+from .duplicates import near_duplicate_groups
 
-INDEX_FORMAT = "v3"  # bump when the schema or the extraction changes, so old cached indexes are not reused
+INDEX_FORMAT = "v4"  # bump when the schema or the extraction changes, so old cached indexes are not reused
 TITLE_BOOST = 2.0
 SNIPPET_CHARS = 300
+_CANDIDATES_PER_RESULT = 3  # hits read per result wanted, so copies collapsing seldom leave the page short
 _WRITER_HEAP = 64 * 1024 * 1024
 _COMPLETE_MARK = "complete"
 _WORD = re.compile(r"\w+")
@@ -31,6 +34,7 @@ def _schema() -> tantivy.Schema:
     builder.add_text_field("url", stored=True, tokenizer_name="raw")
     builder.add_text_field("title", stored=True, tokenizer_name="en_stem")
     builder.add_text_field("body", stored=True, tokenizer_name="en_stem")
+    builder.add_text_field("group", stored=True, tokenizer_name="raw")
     return builder.build()
 
 
@@ -86,23 +90,33 @@ class LocalIndex:
     @staticmethod
     def _write(index: tantivy.Index, entries: list[Entry]) -> None:
         writer = index.writer(_WRITER_HEAP, 1)
-        for entry in entries:
-            writer.add_document(tantivy.Document(url=entry.url, title=entry.title, body=entry.text))
+        for entry, group in zip(entries, near_duplicate_groups(entries), strict=True):
+            writer.add_document(tantivy.Document(url=entry.url, title=entry.title, body=entry.text, group=group))
         writer.commit()
         writer.wait_merging_threads()
 
     def search(self, query: str, max_results: int) -> list[SearchResult]:
-        """The best `max_results` documents for the words of `query` (query syntax is not interpreted)."""
+        """The best `max_results` documents for the words of `query` (query syntax is not interpreted), one per
+        group of near-identical documents: the group's representative if it matched, else its best match."""
         words = _WORD.findall(query.lower())
         if not words:
             return []
         parsed = self._index.parse_query(" ".join(words), ["title", "body"], field_boosts={"title": TITLE_BOOST})
-        hits = self._searcher.search(parsed, max_results).hits
+        limit = max_results * _CANDIDATES_PER_RESULT
+        while True:  # copies take places among the hits: widen until the page is full or the hits run out
+            hits = self._searcher.search(parsed, limit).hits
+            groups: dict[str, list[tantivy.Document]] = {}
+            for _, address in hits:
+                doc = self._searcher.doc(address)
+                groups.setdefault(doc["group"][0], []).append(doc)
+            if len(groups) >= max_results or len(hits) < limit:
+                break
+            limit *= 4
         snippets = tantivy.SnippetGenerator.create(self._searcher, parsed, self._schema, "body")
         snippets.set_max_num_chars(SNIPPET_CHARS)
         results = []
-        for _, address in hits:
-            doc = self._searcher.doc(address)
+        for group, docs in list(groups.items())[:max_results]:
+            doc = next((doc for doc in docs if doc["url"][0] == group), docs[0])
             fragment = snippets.snippet_from_doc(doc).fragment()
             snippet = " ".join(fragment.split()) or " ".join(doc["body"][0][:SNIPPET_CHARS].split())
             url = self._url_prefix + doc["url"][0]

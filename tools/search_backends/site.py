@@ -45,7 +45,8 @@ async def crawl_site(fetcher: Fetcher, base_url: str, max_pages: int) -> list[En
         if media_type not in ("text/html", "application/xhtml+xml", "text/plain", "text/markdown"):
             return
         text = decode_text(raw.body, raw.charset)
-        if media_type in ("text/html", "application/xhtml+xml"):
+        is_html = media_type in ("text/html", "application/xhtml+xml")
+        if is_html:
             title, content = await asyncio.to_thread(html_title_and_text, text)
             for link in _links(text, raw.url):
                 if link not in seen and _in_scope(link, base_url) and len(seen) < max_pages:
@@ -53,7 +54,7 @@ async def crawl_site(fetcher: Fetcher, base_url: str, max_pages: int) -> list[En
                     queue.put_nowait(link)
         else:
             title, content = "", text
-        entries.append(Entry(url=raw.url, title=title or raw.url, text=content))
+        entries.append(Entry(url=raw.url, title=title or raw.url, text=content, is_html=is_html))
 
     async def worker() -> None:
         while True:
