@@ -2,9 +2,9 @@
 
 Each public function has one signature for both paths: CUDA tensors in bf16/fp16/fp32 go to the Triton
 kernels (kernels/*_triton.py) when Triton can be imported; anything else (CPU, float64, no Triton, inputs
-autograd must track: the kernels are forward-only) goes to the references (kernels/*_reference.py), which
-are also the oracle in tests. Triton is imported only when a CUDA tensor arrives, so CPU-only installs
-never load it.
+autograd must track: the kernels are forward-only; KDA head dims over 128) goes to the references
+(kernels/*_reference.py), which are also the oracle in tests. Triton is imported only when a CUDA tensor
+arrives, so CPU-only installs never load it.
 """
 
 from __future__ import annotations
@@ -38,12 +38,19 @@ def _triton_path(name: str, *xs: torch.Tensor) -> ModuleType | None:
     return _triton_module(name)
 
 
+def _kda_path(q: torch.Tensor, v: torch.Tensor) -> ModuleType | None:
+    """The Triton KDA module for these inputs, or None for the reference: also for head dims the kernels do not
+    take (kda_triton.MAX_HEAD_DIM), so every head dim the dispatcher accepts is computed correctly."""
+    fast = _triton_path("kda_triton", q)
+    return fast if fast is not None and max(q.shape[-1], v.shape[-1]) <= fast.MAX_HEAD_DIM else None
+
+
 def chunk_kda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
               scale: float | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = False,
               cu_seqlens: torch.Tensor | None = None,
               use_qk_l2norm: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """KDA over whole sequences (prefill): returns (o [B,T,H,V] in q's dtype, final state [N,H,K,V] fp32)."""
-    fast = _triton_path("kda_triton", q)
+    fast = _kda_path(q, v)
     impl = fast.chunk_kda_triton if fast else kda_reference.chunk_kda_reference
     return impl(q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                 cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm)
@@ -53,7 +60,7 @@ def recurrent_kda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
                   state_pool: torch.Tensor, state_indices: torch.Tensor, *, scale: float | None = None,
                   use_qk_l2norm: bool = False) -> torch.Tensor:
     """One token per sequence; updates state_pool[state_indices] in place and returns o [N,1,H,V]."""
-    fast = _triton_path("kda_triton", q)
+    fast = _kda_path(q, v)
     impl = fast.recurrent_kda_triton if fast else kda_reference.recurrent_kda_reference
     return impl(q, k, v, g, beta, state_pool, state_indices, scale=scale, use_qk_l2norm=use_qk_l2norm)
 

@@ -32,6 +32,8 @@ import triton.language as tl
 
 CHUNK = 64
 SUB = 16
+MAX_HEAD_DIM = 128
+"""The largest K and V the kernels take: at 256 the chunked pass's tiles need more shared memory than an SM has."""
 MAX_BLOCK_DECAY = 80.0  # e^80 < fp32 max / 1e3: the factored products cannot overflow below this
 
 
@@ -410,6 +412,9 @@ def _check_kda_inputs(q, k, v, g, beta):
                          f"{tuple(g.shape)}")
     if v.shape[:3] != q.shape[:3] or beta.shape != q.shape[:3]:
         raise ValueError(f"v {tuple(v.shape)} and beta {tuple(beta.shape)} do not match q {tuple(q.shape)}")
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+        raise ValueError(f"the Triton KDA kernels take head dims K, V up to {MAX_HEAD_DIM}, got K={q.shape[-1]}, "
+                         f"V={v.shape[-1]}; kimi_swarm.kernels.chunk_kda runs larger ones on the PyTorch reference")
 
 
 @functools.lru_cache(maxsize=64)
@@ -436,9 +441,17 @@ def chunk_kda_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
     """Same contract as kimi_swarm.kernels.kda_reference.chunk_kda_reference, on CUDA (or the Triton interpreter).
 
     block_v and the *_warps / inter_stages knobs are launch shapes only (benchmarks/kernels.py sweeps them);
-    the defaults are the fastest measured on H100 (benchmarks/history/kernels.md).
+    the defaults are the fastest measured on H100 (benchmarks/history/kernels.md). fp16 inputs are computed in
+    fp32: the chunk-local decayed keys and queries that strong gates give exceed fp16's range (bf16 has fp32's).
     """
     _check_kda_inputs(q, k, v, g, beta)
+    if q.dtype == torch.float16:
+        o, final = chunk_kda_triton(
+            *(x.float() for x in (q, k, v, g, beta)), scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,
+            block_v=block_v, local_warps=local_warps, row_warps=row_warps, solve_warps=solve_warps,
+            inter_warps=inter_warps, inter_stages=inter_stages)
+        return o.to(torch.float16), final
     b, t, h, kd = q.shape
     vd = v.shape[-1]
     if cu_seqlens is None:

@@ -269,3 +269,13 @@ def test_cpu_tensors_dispatch_to_the_references():
     assert torch.equal(kernels.rms_norm(x, w, 1e-5), norm_reference.rms_norm_reference(x, w, 1e-5))
     assert torch.equal(kernels.gated_rms_norm(x, gate, w, 1e-5),
                        norm_reference.gated_rms_norm_reference(x, gate, w, 1e-5))
+
+
+def test_kda_kernels_name_the_head_dims_they_take():
+    """Head dims over kda_triton.MAX_HEAD_DIM are refused by the kernels (the dispatcher runs them on the reference)."""
+    q, k, v, g, beta = kda_inputs(1, 16, 2, 256, 256)
+    with pytest.raises(ValueError, match="head dims K, V up to 128, got K=256, V=256"):
+        kda_triton.chunk_kda_triton(q, k, v, g, beta)
+    with pytest.raises(ValueError, match="up to 128"):
+        kda_triton.recurrent_kda_triton(q[:, :1], k[:, :1], v[:, :1], g[:, :1], beta[:, :1],
+                                        torch.zeros(1, 2, 256, 256), torch.zeros(1, dtype=torch.long))
