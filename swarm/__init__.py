@@ -2,12 +2,12 @@
 
 An orchestrator fans a task out to up to 100 sub-agents within hard limits, over any chat backend: the
 in-process Kimi Linear engine (`kimi_swarm.backend`), which forks one long session into every sub-agent, or an
-OpenAI-compatible server. `kimi_swarm.tools` has the web tools and `rank`; `kimi_swarm.kernels` the Triton
-kernels beside their PyTorch references.
+OpenAI-compatible server. `kimi_swarm.tools` has the web tools, `rank` and `MCPServer` (an MCP server's tools);
+`kimi_swarm.kernels` the Triton kernels beside their PyTorch references.
 
     from kimi_swarm import Swarm
     from kimi_swarm.backend import EngineBackend
-    from kimi_swarm.tools import Web, rank
+    from kimi_swarm.tools import MCPServer, Web, rank
 """
 
 from .budget import Limits
@@ -16,6 +16,7 @@ from .events import (
     AgentStarted,
     BudgetLeft,
     Event,
+    ModelCallStarted,
     RunFinished,
     RunStarted,
     Tokens,
@@ -39,6 +40,7 @@ __all__ = [
     "Event",
     "LaunchError",
     "Limits",
+    "ModelCallStarted",
     "RunFinished",
     "RunResult",
     "RunStarted",

@@ -78,6 +78,7 @@ async def run_agent(state: RunState, record: AgentRecord, conversation: Conversa
             if not state.budget.try_reserve_tokens(cap):
                 raise AgentStopped("token_limit", "(stopped: the run's token budget is spent)")
             used = 0
+            state.begin_model_call(record.id, record.steps + 1)
             try:
                 reply = await conversation.reply(state.options)
                 used = reply.prompt_tokens + reply.completion_tokens
@@ -187,7 +188,7 @@ async def _run_call(state: RunState, record: AgentRecord, call: ToolCall,
         return _not_executed(state, record, call, f"Error: {problem}."), problem, False
     outcome = await _execute(state, record, call, tool, arguments, position)
     if not outcome.executed:
-        return _not_executed(state, record, call, outcome.output), None, True
+        return _not_executed(state, record, call, outcome.output, refused=True), None, True
     if outcome.evidence is not None:
         state.evidence.add(outcome.evidence, source_url=outcome.source_url)
     return prompts.tool_result_message(call.id, outcome.output), None, False
@@ -231,11 +232,11 @@ async def _execute(state: RunState, record: AgentRecord, call: ToolCall, tool: T
     return outcome
 
 
-def _not_executed(state: RunState, record: AgentRecord, call: ToolCall, text: str) -> Message:
+def _not_executed(state: RunState, record: AgentRecord, call: ToolCall, text: str, refused: bool = False) -> Message:
     record.tool_calls.append(ToolCallRecord(call_id=call.id, tool=call.name, arguments=call.arguments,
                                             executed=False, ok=False, output=text))
     state.emit(ToolCallFinished(t=state.now(), agent_id=record.id, call_id=call.id, tool=call.name, ok=False,
-                                executed=False, attempts=0, seconds=0.0, error=text))
+                                executed=False, attempts=0, seconds=0.0, error=text, refused=refused))
     return prompts.tool_result_message(call.id, text)
 
 

@@ -1,9 +1,10 @@
-"""`swarm run TASK`: a research swarm from the command line; `swarm serve-web`: the offline web.
+"""`swarm run TASK`: a research swarm from the command line; `swarm serve-web`: the offline web;
+`swarm report TRACE`: a finished run's HTML page from its trace.
 
 Model, in order of precedence: `--replay FILE` (a recorded run), `--base-url URL --model NAME` (an
 OpenAI-compatible server), `--model PATH` (a local Kimi Linear checkpoint on the in-process
 engine), or nothing: the embedded default model, with the offline web as its web. `--device` and `--dtype`
-say where and in what the in-process engine runs.
+say where and in what the in-process engine runs. `--mcp` adds the tools of MCP servers.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from kimi_swarm.backend import RecordingBackend, ReplayMismatch, ReplyOptions
-from kimi_swarm.tools import LIVE_SEARCH_PROVIDERS, WebConfig
+from kimi_swarm.tools import LIVE_SEARCH_PROVIDERS, MCPServer, MCPServerError, WebConfig
 
 from . import offline_web
 from .budget import Limits
 from .display import LivePanel, LogLines
+from .events import Event, read_trace
 from .launch import (
     REPLY_TOKENS,
     TOOLS,
@@ -35,6 +37,7 @@ from .launch import (
     EngineDtype,
     LaunchError,
     WebMode,
+    mcp_server,
     named_tools,
     open_backend,
     open_web,
@@ -42,6 +45,7 @@ from .launch import (
 )
 from .orchestrator import Swarm
 from .report import markdown_report
+from .report_html import render_report
 from .result import RunResult
 from .tape import ToolTape, ToolTapeMismatch, tool_tape_path
 from .tool import Tool
@@ -119,6 +123,12 @@ def run(
         "--tools-from", metavar="MODULE:ATTR",
         help="Extra tools, 'module:attribute' naming a tool, a typed callable, or a list of them. Repeatable.")
     ] = None,
+    mcp: Annotated[list[str] | None, typer.Option(
+        "--mcp", metavar="COMMAND|URL",
+        help="An MCP tool server whose tools the agents get, their output marked untrusted: a command line run as "
+             "a subprocess over stdio (e.g. 'uvx mcp-server-time'), or the http:// or https:// URL of a "
+             "streamable-HTTP server. Repeatable.")
+    ] = None,
     context: Annotated[list[Path] | None, typer.Option(
         "--context", exists=True, dir_okay=False, metavar="FILE",
         help="A shared context document for the orchestrator. Repeatable.")] = None,
@@ -126,6 +136,12 @@ def run(
         metavar="FILE", help="Write a Markdown report (answer, sources, agents, usage).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the RunResult as JSON on stdout.")] = False,
     trace: Annotated[Path | None, typer.Option(metavar="FILE", help="Write every event of the run as JSONL.")] = None,
+    report: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="Write the run as one self-contained HTML page: a timeline of every agent, the answer "
+                             "with its sources, budget and token use, and each agent's transcript.")] = None,
+    otel: Annotated[bool, typer.Option(
+        "--otel", help="Export the run's OpenTelemetry spans over OTLP/HTTP to where the standard "
+                       "OTEL_EXPORTER_OTLP_* variables say. Needs: pip install 'kimi-swarm[otel]'.")] = False,
     record: Annotated[Path | None, typer.Option(
         metavar="FILE",
         help="Record every model exchange to this JSONL tape, and every tool outcome to TAPE.tools.jsonl.")] = None,
@@ -145,6 +161,10 @@ def run(
         named_tools(None, selected)
     except LaunchError as error:
         raise typer.BadParameter(str(error), param_hint="--tools") from None
+    try:
+        servers = [mcp_server(spec) for spec in mcp or []]
+    except LaunchError as error:
+        raise typer.BadParameter(str(error), param_hint="--mcp") from None
     if search is not None and search not in LIVE_SEARCH_PROVIDERS:
         raise typer.BadParameter(f"unknown search provider {search!r}; choose from {', '.join(LIVE_SEARCH_PROVIDERS)}",
                                  param_hint="--search")
@@ -166,12 +186,15 @@ def run(
         result, interrupted = asyncio.run(_run(
             task, documents, console, settings, model=model, base_urls=base_url or [], api_key=api_key,
             stream=stream, device=device, dtype=dtype.value, web_mode=web_mode, search=search, tool_names=selected,
-            tools_from=tools_from or [], record=record, replay=replay, live=console.is_terminal and not json_output,
+            tools_from=tools_from or [], servers=servers, record=record, replay=replay,
+            live=console.is_terminal and not json_output, otel=otel,
         ))
     except (LaunchError, ReplayMismatch, ToolTapeMismatch) as error:
         _print_error(console, error)
         raise typer.Exit(EXIT_ERROR) from None
     _print_result(result, console, json_output, out, max_tool_calls)
+    if report:
+        result.report_html(report)
     if interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     if result.status == "failed":
@@ -192,6 +215,32 @@ def serve_web(
         raise typer.Exit(EXIT_ERROR) from None
 
 
+@app.command("report")
+def report_command(
+    trace: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A trace written by swarm run --trace.")],
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="The page to write; default: TRACE with .html.")
+    ] = None,
+) -> None:
+    """Write the HTML page of a finished run from its trace: timeline, answer, budget and tokens, tool calls."""
+    try:
+        events = read_trace(str(trace))
+    except (ValueError, OSError) as error:
+        _print_error(Console(stderr=True), LaunchError(f"{trace} is not a swarm trace: {error}"))
+        raise typer.Exit(EXIT_ERROR) from None
+    target = out or trace.with_suffix(".html")
+    target.write_text(render_report(events), encoding="utf-8")
+    Console(stderr=True).print(f"report: {target}", markup=False, highlight=False)
+
+
+def _otel_tracer() -> contextlib.AbstractContextManager[Callable[[Event], None]]:
+    """The OTLP exporter, imported only when --otel asks for it (the SDK is an optional extra)."""
+    try:
+        from .telemetry import otlp_tracer
+    except ImportError as error:
+        raise LaunchError(str(error)) from None
+    return otlp_tracer()
+
+
 def _print_error(console: Console, error: Exception) -> None:
     """One unwrapped line, so the message can be copied and grepped; its text is not read as markup."""
     console.print("[red]error:[/red]", escape(str(error)), soft_wrap=True)
@@ -199,16 +248,18 @@ def _print_error(console: Console, error: Exception) -> None:
 
 async def _run(task: str, documents: list[str], console: Console, settings: dict[str, Any], *, model: str | None,
                base_urls: list[str], api_key: str | None, stream: bool, device: str, dtype: str, web_mode: WebMode,
-               search: str | None, tool_names: list[str], tools_from: list[str], record: Path | None,
-               replay: Path | None, live: bool) -> tuple[RunResult, bool]:
+               search: str | None, tool_names: list[str], tools_from: list[str], servers: list[MCPServer],
+               record: Path | None, replay: Path | None, live: bool, otel: bool = False) -> tuple[RunResult, bool]:
     async with contextlib.AsyncExitStack() as stack:
+        tracer = stack.enter_context(_otel_tracer()) if otel else None
         extra_tools = [t for spec in tools_from for t in _load_tools(spec)]
         backend = open_backend(model, base_urls, api_key, stream=stream, replay=replay, device=device, dtype=dtype)
         stack.push_async_callback(backend.aclose)
         web = None
         if web_mode is not WebMode.none and set(tool_names) & set(WEB_TOOLS):
             web = await stack.enter_async_context(open_web(web_mode, search))
-        run_tools: list[Tool | Callable[..., Any]] = [*named_tools(web, tool_names), *extra_tools]
+        run_tools: list[Tool | Callable[..., Any] | MCPServer] = [*named_tools(web, tool_names), *extra_tools,
+                                                                  *servers]
         tool_tape = None
         if record:
             backend = RecordingBackend(backend, record)
@@ -220,9 +271,14 @@ async def _run(task: str, documents: list[str], console: Console, settings: dict
         swarm = Swarm(backend, run_tools, tool_tape=tool_tape, **settings)
         display = LivePanel(console, swarm.limits, task) if live else LogLines(console, swarm.limits)
         swarm.add_listener(display)
+        if tracer is not None:
+            swarm.add_listener(tracer)
         interrupts = _InterruptHandler(swarm)
         with display, interrupts:
-            result = await swarm.run(task, documents)
+            try:
+                result = await swarm.run(task, documents)
+            except MCPServerError as error:
+                raise LaunchError(str(error)) from None
         return result, interrupts.interrupted
 
 

@@ -15,6 +15,7 @@ class RunStarted(_Event):
     type: Literal["run_started"] = "run_started"
     task: str
     limits: dict[str, Any]
+    model: str | None = Field(None, description="the model name the backend asks for, where it has one")
 
 
 class AgentStarted(_Event):
@@ -51,6 +52,7 @@ class ToolCallFinished(_Event):
     attempts: int
     seconds: float
     error: str | None = None
+    refused: bool = Field(False, description="not executed because the run's tool-call budget is spent")
 
 
 class Tokens(_Event):
@@ -60,6 +62,7 @@ class Tokens(_Event):
     agent_id: int
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: str | None = None
 
 
 class BudgetLeft(_Event):
@@ -69,16 +72,26 @@ class BudgetLeft(_Event):
     tokens: int | None
 
 
+class ModelCallStarted(_Event):
+    """A model turn began; the agent's next Tokens event ends it (an agent has one turn in flight at a time)."""
+
+    type: Literal["model_call_started"] = "model_call_started"
+    agent_id: int
+    step: int = Field(description="the agent's model turn, counting from 1")
+
+
 class RunFinished(_Event):
     type: Literal["run_finished"] = "run_finished"
     status: str
     partial: bool
     answer: str
     usage: dict[str, Any]
+    stop_reason: str | None = None
 
 
 Event = Annotated[
-    RunStarted | AgentStarted | AgentFinished | ToolCallStarted | ToolCallFinished | Tokens | BudgetLeft | RunFinished,
+    RunStarted | AgentStarted | AgentFinished | ToolCallStarted | ToolCallFinished | Tokens | BudgetLeft | RunFinished
+    | ModelCallStarted,
     Field(discriminator="type"),
 ]
 

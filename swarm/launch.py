@@ -1,4 +1,4 @@
-"""The parts of a run built from a person's options: the model backend and the web its tools use.
+"""The parts of a run built from a person's options: the model backend, the web its tools use, MCP servers.
 
 `swarm run` and the example workflows (examples/) both build them here, so a script behaves like the
 CLI: no model option means the embedded default model on the offline web; `--model PATH` a local
@@ -8,6 +8,7 @@ Kimi Linear checkpoint, `--base-url URL` an OpenAI-compatible server, both on th
 from __future__ import annotations
 
 import contextlib
+import shlex
 from collections.abc import AsyncIterator, Callable, Sequence
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from kimi_swarm.backend import ENGINE_DTYPES, ChatBackend, EngineBackend, OpenAIBackend, ReplayBackend
 from kimi_swarm.backend.model.default_model import default_model_path
-from kimi_swarm.tools import LIVE_SEARCH_PROVIDERS, Web, WebConfig, rank
+from kimi_swarm.tools import LIVE_SEARCH_PROVIDERS, MCPServer, Web, WebConfig, rank
 
 from .offline_web import OfflineWeb
 
@@ -98,6 +99,21 @@ def open_backend(model: str | None = None, base_urls: Sequence[str] = (), api_ke
         return _engine_backend(default_model_path(), device, dtype)
     except FileNotFoundError as error:
         raise LaunchError(str(error)) from None
+
+
+def mcp_server(spec: str) -> MCPServer:
+    """`--mcp SPEC`: an http:// or https:// URL is a streamable-HTTP server; anything else is a command line
+    (split as a POSIX shell would, without running one) whose process speaks MCP over stdio."""
+    text = spec.strip()
+    if text.lower().startswith(("http://", "https://")):
+        return MCPServer.http(text)
+    try:
+        words = shlex.split(text)
+    except ValueError as error:
+        raise LaunchError(f"--mcp {spec!r} is not a command line: {error}") from None
+    if not words or not words[0]:
+        raise LaunchError("--mcp needs a server: a command line (e.g. 'uvx mcp-server-time') or an http(s):// URL")
+    return MCPServer.stdio(words[0], words[1:])
 
 
 def resolve_web_mode(mode: WebMode, *, uses_default_model: bool) -> WebMode:

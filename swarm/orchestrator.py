@@ -4,6 +4,7 @@
 called it — one child per accepted task, each answered with its own task — runs the children
 concurrently (capped), and answers the orchestrator with their results. Waves repeat until the
 orchestrator answers in plain text or a limit ends the run; either way a RunResult comes back.
+MCP tool servers given as tools are opened at the start of each run and closed at its end, however it ends.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 from kimi_swarm.backend.chat.conversation import ChatBackend, Conversation, ReplyOptions
 from kimi_swarm.backend.chat.messages import ToolCall
 from kimi_swarm.backend.engine.bridge import drain_while_running
+from kimi_swarm.tools import MCPServer, MCPServerError
 
 from . import prompts
 from .agent import SpawnReply, run_agent
@@ -27,9 +29,9 @@ from .budget import Limits
 from .citations import extract_citations
 from .events import AgentFinished, AgentStarted, Event, RunFinished, RunStarted
 from .result import COMPLETE_STATUSES, AgentRecord, RunResult, Usage
-from .state import RunState
+from .state import RunState, served_model
 from .tape import ToolTape
-from .tool import Tool, as_tool
+from .tool import Tool, as_tool, mcp_tool
 
 
 class Swarm:
@@ -41,12 +43,17 @@ class Swarm:
     With `tool_tape=ToolTape.record(path)` every tool outcome is recorded; `ToolTape.replay(path)` plays
     them back (with kimi_swarm.backend.ReplayBackend for the model) to reproduce a run exactly, and a replay
     that departs from its recording stops and raises ToolTapeMismatch or ReplayMismatch.
+
+    An `MCPServer` among the tools is opened (a fresh connection) at the start of each run, inside its limits:
+    its tools are declared after the others, marked untrusted, and every call of one goes through the same
+    limits as any tool. A server that cannot start raises MCPServerError from `run`; the servers are closed
+    when the run ends, cancelled, past its deadline or failed.
     """
 
     def __init__(
         self,
         backend: ChatBackend,
-        tools: Sequence[Tool | Callable[..., Any]] = (),
+        tools: Sequence[Tool | Callable[..., Any] | MCPServer] = (),
         *,
         limits: Limits | None = None,
         reply_options: ReplyOptions | None = None,
@@ -59,7 +66,8 @@ class Swarm:
         if limits is not None and limit_values:
             raise TypeError(f"pass limits=Limits(...) or limit keywords ({', '.join(limit_values)}), not both")
         self.backend = backend
-        self.tools = _tools_by_name(tools)
+        self.tools = _tools_by_name([item for item in tools if not isinstance(item, MCPServer)])
+        self.servers = [item for item in tools if isinstance(item, MCPServer)]
         self.limits = limits if limits is not None else Limits(**limit_values)
         self.reply_options = reply_options or ReplyOptions()
         self.trace_path = Path(trace_path) if trace_path else None
@@ -94,13 +102,14 @@ class Swarm:
         if self.tool_tape is not None:
             self.tool_tape.begin_run()
         trace_file = self.trace_path.open("w", encoding="utf-8") if self.trace_path else None
-        state = RunState(task, self.tools, self.limits, self.reply_options, trace_file, list(self._listeners),
+        state = RunState(task, dict(self.tools), self.limits, self.reply_options, trace_file, list(self._listeners),
                          self.tool_tape)
+        servers = [server.clone() for server in self.servers]
         self._cancel_events.add(state.cancel_requested)
         try:
-            state.emit(RunStarted(t=0.0, task=task, limits=self.limits.model_dump()))
+            state.emit(RunStarted(t=0.0, task=task, limits=self.limits.model_dump(), model=served_model(self.backend)))
             try:
-                await self._run_until_stopped(state, context)
+                await self._run_until_stopped(state, context, servers)
             except asyncio.CancelledError:
                 _finish(state)  # the caller cancelled us: the trace still ends with the partial result
                 raise
@@ -110,12 +119,14 @@ class Swarm:
             return result
         finally:
             self._cancel_events.discard(state.cancel_requested)
+            await asyncio.gather(*(server.aclose() for server in servers))
             if trace_file is not None:
                 trace_file.close()
 
-    async def _run_until_stopped(self, state: RunState, context: Sequence[str] | None) -> None:
+    async def _run_until_stopped(self, state: RunState, context: Sequence[str] | None,
+                                 servers: list[MCPServer]) -> None:
         """Run the orchestrator; on the deadline or a cancel request, cancel it (and with it every sub-agent)."""
-        main = asyncio.create_task(self._orchestrate(state, context))
+        main = asyncio.create_task(self._orchestrate(state, context, servers))
         cancel_wait = asyncio.create_task(state.cancel_requested.wait())
         try:
             done, _ = await asyncio.wait({main, cancel_wait}, timeout=self.limits.deadline,
@@ -134,7 +145,8 @@ class Swarm:
         finally:
             cancel_wait.cancel()
 
-    async def _orchestrate(self, state: RunState, context: Sequence[str] | None) -> None:
+    async def _orchestrate(self, state: RunState, context: Sequence[str] | None, servers: list[MCPServer]) -> None:
+        await _open_servers(state, servers)
         specs = [prompts.SPAWN_TOOL] + [t.spec for t in state.tools.values()]
         conversation = await self.backend.open(prompts.orchestrator_messages(state.task, context), specs)
         record = state.orchestrator
@@ -228,6 +240,22 @@ class SpawnRequest(BaseModel):
         return cls(tasks=tasks, columns=columns, final=final)
 
 
+async def _open_servers(state: RunState, servers: list[MCPServer]) -> None:
+    """Open the servers side by side and add their tools to the run's; this runs inside the run's deadline
+    and cancellation, like the agents."""
+    outcomes = await asyncio.gather(*(server.open() for server in servers), return_exceptions=True)
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if failures:
+        raise failures[0]
+    for server in servers:
+        for spec in server.tools:
+            if spec.name in state.tools or spec.name == prompts.SPAWN_TOOL_NAME:
+                raise MCPServerError(f"MCP server `{server.label}` has a tool named {spec.name!r}, and so does "
+                                     "another tool of the run: tool names must be unique")
+            state.tools[spec.name] = mcp_tool(server, spec)
+            state.tool_slots[spec.name] = asyncio.Semaphore(state.limits.max_tool_concurrency)
+
+
 def _tools_by_name(tools: Sequence[Tool | Callable[..., Any]]) -> dict[str, Tool]:
     by_name: dict[str, Tool] = {}
     for item in tools:
@@ -242,7 +270,7 @@ def _tools_by_name(tools: Sequence[Tool | Callable[..., Any]]) -> dict[str, Tool
 
 def _finish(state: RunState) -> RunResult:
     result = _result(state)
-    state.emit(RunFinished(t=state.now(), status=result.status, partial=result.partial,
+    state.emit(RunFinished(t=state.now(), status=result.status, partial=result.partial, stop_reason=result.stop_reason,
                            answer=result.answer, usage=result.usage.model_dump()))
     result.trace = list(state.events)
     return result

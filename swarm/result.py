@@ -2,65 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from kimi_swarm.backend.chat.messages import Message
-
 from .events import Event
+from .records import COMPLETE_STATUSES, FAILED_STATUSES, AgentRecord, AgentStatus, Citation, ToolCallRecord, Usage
+from .report_html import render_report
 
-AgentStatus = Literal[
-    "pending", "running", "done", "budget", "step_limit", "token_limit", "deadline", "cancelled", "failed", "refused",
-]
-"""`done`: answered within every limit. `budget`/`step_limit`/`token_limit`/`deadline`/`cancelled`: cut
-short by that limit (its result is what it had). `failed`: an error ended it. `refused`: over the agent cap."""
-
-COMPLETE_STATUSES = frozenset({"done", "refused"})
-
-
-class ToolCallRecord(BaseModel):
-    call_id: str
-    tool: str
-    arguments: str
-    executed: bool
-    ok: bool
-    output: str
-    attempts: int = 0
-    seconds: float = 0.0
-
-
-class AgentRecord(BaseModel):
-    id: int
-    task: str
-    wave: int
-    status: AgentStatus = "pending"
-    result: str = ""
-    steps: int = 0
-    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
-    transcript: list[Message] = Field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def executed_tool_calls(self) -> int:
-        return sum(call.executed for call in self.tool_calls)
-
-
-class Citation(BaseModel):
-    url: str
-    claim: str = Field(description="the answer's sentence that cites the URL")
-    evidence: str = Field(description="the text of a tool result from that URL that best supports the claim")
-
-
-class Usage(BaseModel):
-    tool_calls: int = 0
-    agents: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    model_calls: int = 0
-    waves: int = 0
-    critical_steps: int = Field(0, description="orchestrator steps + sum over waves of the longest sub-agent's steps")
-    wall_seconds: float = 0.0
+__all__ = ["COMPLETE_STATUSES", "FAILED_STATUSES", "AgentRecord", "AgentStatus", "Citation", "RunResult",
+           "ToolCallRecord", "Usage"]
 
 
 class RunResult(BaseModel):
@@ -81,3 +32,11 @@ class RunResult(BaseModel):
         return self.model_dump_json(indent=indent, exclude={
             "orchestrator": agent_detail, "agents": {"__all__": agent_detail},
         })
+
+    def report_html(self, path: str | Path | None = None) -> str:
+        """The run as one self-contained HTML page (timeline, answer and sources, budget and tokens, every
+        agent's transcript), also written to `path` when one is given."""
+        page = render_report(self.trace, self)
+        if path is not None:
+            Path(path).write_text(page, encoding="utf-8")
+        return page

@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from kimi_swarm.backend.chat.conversation import Reply, ReplyOptions
+from kimi_swarm.backend.chat.conversation import ChatBackend, Reply, ReplyOptions
 
 from .budget import Budget, Limits
 from .citations import EvidenceStore
-from .events import BudgetLeft, Event, Tokens, _Event
+from .events import BudgetLeft, Event, ModelCallStarted, Tokens, _Event
 from .result import AgentRecord
 from .tape import ToolTape
 from .tool import Tool
@@ -64,12 +64,15 @@ class RunState:
         for listener in self._listeners:
             listener(event)  # type: ignore[arg-type]
 
+    def begin_model_call(self, agent_id: int, step: int) -> None:
+        self.emit(ModelCallStarted(t=self.now(), agent_id=agent_id, step=step))
+
     def book_reply(self, agent_id: int, reply: Reply) -> None:
         self.model_calls += 1
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
         self.emit(Tokens(t=self.now(), agent_id=agent_id, prompt_tokens=reply.prompt_tokens,
-                         completion_tokens=reply.completion_tokens))
+                         completion_tokens=reply.completion_tokens, finish_reason=reply.finish_reason))
 
     def emit_budget(self) -> None:
         self.emit(BudgetLeft(t=self.now(), tool_calls=self.budget.tool_calls_left, agents=self.budget.agents_left,
@@ -79,3 +82,13 @@ class RunState:
         record = AgentRecord(id=len(self.agents) + 1, task=task, wave=wave)
         self.agents.append(record)
         return record
+
+
+def served_model(backend: ChatBackend) -> str | None:
+    """The model name a backend asks its server for (through a recording wrapper), for the run's telemetry;
+    None where the backend has no such name (the in-process engine, a replay)."""
+    model = getattr(backend, "model", None)
+    if isinstance(model, str):
+        return model
+    inner = getattr(backend, "inner", None)
+    return served_model(inner) if isinstance(inner, ChatBackend) else None

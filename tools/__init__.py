@@ -1,4 +1,4 @@
-"""Tools for agents: web search, fetch and a real browser, safe by default, and `rank`.
+"""Tools for agents: web search, fetch and a real browser, safe by default, `rank`, and MCP tool servers.
 
     async with Web(WebConfig(search_provider="local", corpus_dir=Path("docs"))) as web:
         results = await web.search("json dumps indent")
@@ -16,6 +16,7 @@ import weakref
 
 from .config import LIVE_SEARCH_PROVIDERS, SEARCH_PROVIDERS, SearchProvider, WebConfig
 from .errors import ToolError
+from .mcp import MCPServer, MCPServerError, MCPTool
 from .models import BrowseAction, BrowseResult, Page, SearchResult, search_results_text
 from .rank import rank
 from .untrusted import has_untrusted_output, untrusted_output, wrap_untrusted
@@ -57,6 +58,9 @@ __all__ = [
     "SEARCH_PROVIDERS",
     "BrowseAction",
     "BrowseResult",
+    "MCPServer",
+    "MCPServerError",
+    "MCPTool",
     "Page",
     "SearchProvider",
     "SearchResult",
