@@ -10,26 +10,36 @@ OpenAI-compatible server. `kimi_swarm.tools` has the web tools, `rank` and `MCPS
     from kimi_swarm.tools import MCPServer, Web, rank
 """
 
-from .budget import Limits
-from .events import (
-    AgentFinished,
-    AgentStarted,
-    BudgetLeft,
-    Event,
-    ModelCallStarted,
-    RunFinished,
-    RunStarted,
-    Tokens,
-    ToolCallFinished,
-    ToolCallStarted,
-    read_trace,
-)
-from .launch import LaunchError
-from .orchestrator import RunStream, Swarm
-from .result import AgentRecord, AgentStatus, Citation, RunResult, ToolCallRecord, Usage
-from .tape import ToolTape, ToolTapeMismatch
-from .tool import Tool, ToolArgumentsError, TransientToolError, as_tool, tool
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    ".budget": ("Limits",),
+    ".events": (
+        "AgentFinished",
+        "AgentStarted",
+        "BudgetLeft",
+        "Event",
+        "ModelCallStarted",
+        "RunFinished",
+        "RunStarted",
+        "Tokens",
+        "ToolCallFinished",
+        "ToolCallStarted",
+        "read_trace",
+    ),
+    ".launch": ("LaunchError",),
+    ".orchestrator": ("RunStream", "Swarm"),
+    ".result": ("AgentRecord", "AgentStatus", "Citation", "RunResult", "ToolCallRecord", "Usage"),
+    ".tape": ("ToolTape", "ToolTapeMismatch"),
+    ".tool": ("Tool", "ToolArgumentsError", "TransientToolError", "as_tool", "tool"),
+}
+"""Each public name by the module that defines it. They load on first use, so importing a part such as
+`kimi_swarm.kernels` or `kimi_swarm.tools` does not import the orchestration, the engine or torch."""
+
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "AgentFinished",
     "AgentRecord",
@@ -60,3 +70,38 @@ __all__ = [
     "read_trace",
     "tool",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kimi_swarm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from .budget import Limits
+    from .events import (
+        AgentFinished,
+        AgentStarted,
+        BudgetLeft,
+        Event,
+        ModelCallStarted,
+        RunFinished,
+        RunStarted,
+        Tokens,
+        ToolCallFinished,
+        ToolCallStarted,
+        read_trace,
+    )
+    from .launch import LaunchError
+    from .orchestrator import RunStream, Swarm
+    from .result import AgentRecord, AgentStatus, Citation, RunResult, ToolCallRecord, Usage
+    from .tape import ToolTape, ToolTapeMismatch
+    from .tool import Tool, ToolArgumentsError, TransientToolError, as_tool, tool

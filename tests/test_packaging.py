@@ -141,3 +141,15 @@ def test_no_import_cycles_between_modules():
 
     for name in sorted(graph):
         visit(name, [])
+
+
+@pytest.mark.parametrize(("part", "not_loaded"), [
+    ("kimi_swarm.kernels", ["kimi_swarm.orchestrator", "kimi_swarm.backend", "pydantic", "httpx"]),
+    ("kimi_swarm.tools", ["kimi_swarm.orchestrator", "kimi_swarm.backend", "torch"]),
+])
+def test_a_part_imports_without_the_rest(part, not_loaded, tmp_path):
+    """The root's public names load on first use, so a part alone (the kernels on a GPU machine, the tools in
+    another agent framework) does not pull in the orchestration, the engine or torch."""
+    probe = f"import sys, {part}; print(' '.join(m for m in {not_loaded!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""
