@@ -34,7 +34,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ".orchestrator": ("RunStream", "Swarm"),
     ".result": ("AgentRecord", "AgentStatus", "Citation", "RunResult", "ToolCallRecord", "Usage"),
     ".tape": ("ToolTape", "ToolTapeMismatch"),
-    ".tool": ("Tool", "ToolArgumentsError", "TransientToolError", "as_tool", "tool"),
+    ".function_tools": ("Tool", "ToolArgumentsError", "TransientToolError", "as_tool", "tool"),
 }
 """Each public name by the module that defines it. They load on first use, so importing a part such as
 `kimi_swarm.kernels` or `kimi_swarm.tools` does not import the orchestration, the engine or torch."""
@@ -100,8 +100,8 @@ if TYPE_CHECKING:
         ToolCallStarted,
         read_trace,
     )
+    from .function_tools import Tool, ToolArgumentsError, TransientToolError, as_tool, tool
     from .launch import LaunchError
     from .orchestrator import RunStream, Swarm
     from .result import AgentRecord, AgentStatus, Citation, RunResult, ToolCallRecord, Usage
     from .tape import ToolTape, ToolTapeMismatch
-    from .tool import Tool, ToolArgumentsError, TransientToolError, as_tool, tool

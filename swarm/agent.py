@@ -21,10 +21,10 @@ from kimi_swarm.tools import ToolError, wrap_untrusted
 
 from . import prompts
 from .events import ToolCallFinished, ToolCallStarted
+from .function_tools import Tool, ToolArgumentsError, TransientToolError, render_output
 from .result import AgentRecord, ToolCallRecord
 from .state import RunState
 from .tape import ToolOutcome, ToolTapeMismatch
-from .tool import Tool, ToolArgumentsError, TransientToolError, render_output
 
 
 class SpawnReply(NamedTuple):

@@ -30,6 +30,7 @@ from . import offline_web
 from .budget import Limits
 from .display import LivePanel, LogLines
 from .events import Event, read_trace
+from .function_tools import Tool
 from .launch import (
     REPLY_TOKENS,
     TOOLS,
@@ -48,7 +49,6 @@ from .report import markdown_report
 from .report_html import render_report
 from .result import RunResult
 from .tape import ToolTape, ToolTapeMismatch, tool_tape_path
-from .tool import Tool
 
 EXIT_OK = 0
 EXIT_ERROR = 1

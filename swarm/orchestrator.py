@@ -28,10 +28,10 @@ from .agent import SpawnReply, run_agent
 from .budget import Limits
 from .citations import extract_citations
 from .events import AgentFinished, AgentStarted, Event, RunFinished, RunStarted
+from .function_tools import Tool, as_tool, mcp_tool
 from .result import COMPLETE_STATUSES, AgentRecord, RunResult, Usage
 from .state import RunState, served_model
 from .tape import ToolTape
-from .tool import Tool, as_tool, mcp_tool
 
 
 class Swarm:

@@ -12,9 +12,9 @@ from kimi_swarm.backend.chat.conversation import ChatBackend, Reply, ReplyOption
 from .budget import Budget, Limits
 from .citations import EvidenceStore
 from .events import BudgetLeft, Event, ModelCallStarted, Tokens, _Event
+from .function_tools import Tool
 from .result import AgentRecord
 from .tape import ToolTape
-from .tool import Tool
 
 
 class RunState:

@@ -26,11 +26,11 @@ from kimi_swarm.backend.model.context import latent_attention
 from kimi_swarm.backend.model.default_model import default_model_path
 from kimi_swarm.backend.model.model import KimiLinearForCausalLM
 from kimi_swarm.backend.model.tokenizer import ByteTokenizer, load_tokenizer
+from kimi_swarm.function_tools import as_tool
 from kimi_swarm.kernels.kda_reference import chunk_kda_reference
 from kimi_swarm.launch import offline_web_tools, trained_tools
 from kimi_swarm.offline_web import OfflineWeb, generate_site
 from kimi_swarm.offline_web.tasks import grade, sample_task
-from kimi_swarm.tool import as_tool
 from kimi_swarm.tools import Web
 from kimi_swarm.tools.rank import rank
 

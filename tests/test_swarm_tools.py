@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from kimi_swarm import Tool, as_tool, tool
 from kimi_swarm.citations import EvidenceStore, cited_urls, extract_citations
-from kimi_swarm.tool import ToolArgumentsError, parse_docstring, render_output
+from kimi_swarm.function_tools import ToolArgumentsError, parse_docstring, render_output
 
 
 @tool

@@ -17,7 +17,7 @@ import pytest
 from tools_support import LoopbackSite, files_under, page, request_body, respond
 
 from kimi_swarm import as_tool
-from kimi_swarm.tool import render_output
+from kimi_swarm.function_tools import render_output
 from kimi_swarm.tools import SearchResult, ToolError, Web, WebConfig, wrap_untrusted
 from kimi_swarm.tools.search_backends.local import LocalIndex
 

@@ -23,11 +23,11 @@ from trajectories import (
 from kimi_swarm import prompts
 from kimi_swarm.backend.chat.chat_format import IM_END, render
 from kimi_swarm.backend.chat.messages import Message, ToolCall
+from kimi_swarm.function_tools import as_tool
 from kimi_swarm.launch import offline_web_tools, trained_tools
 from kimi_swarm.offline_web import OfflineWeb
 from kimi_swarm.offline_web.server import ensure_site
 from kimi_swarm.offline_web.tasks import COLUMN_TITLES, NOT_FOUND_CELL, misnamed, sample_task
-from kimi_swarm.tool import as_tool
 from kimi_swarm.tools import Web, wrap_untrusted
 from kimi_swarm.tools.rank import rank
 

@@ -36,13 +36,13 @@ from teacher import Teacher, TeacherBackend, TeacherConversation
 from kimi_swarm import prompts
 from kimi_swarm.backend.chat.chat_format import render
 from kimi_swarm.backend.chat.messages import Message, ToolSpec
+from kimi_swarm.function_tools import as_tool
 from kimi_swarm.launch import offline_web_tools, trained_tools
 from kimi_swarm.offline_web.server import OfflineWeb, ensure_site
 from kimi_swarm.offline_web.site import SiteManifest
 from kimi_swarm.offline_web.tasks import FAMILIES, Family, ResearchTask, misnamed, sample_task
 from kimi_swarm.offline_web.world import Split
 from kimi_swarm.orchestrator import Swarm
-from kimi_swarm.tool import as_tool
 from kimi_swarm.tools import Web, rank
 
 Segment = tuple[str, bool]
