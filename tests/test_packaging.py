@@ -153,3 +153,13 @@ def test_a_part_imports_without_the_rest(part, not_loaded, tmp_path):
     probe = f"import sys, {part}; print(' '.join(m for m in {not_loaded!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_every_public_name_of_the_root_is_what_it_names_after_every_module_is_loaded():
+    """A submodule sharing a public name would replace it on the package once imported (as `tool` once did)."""
+    import kimi_swarm
+
+    for path in (REPO / "swarm").rglob("*.py"):
+        importlib.import_module(".".join(_module(path)).removesuffix(".__init__"))
+    shadowed = [name for name in kimi_swarm.__all__ if type(getattr(kimi_swarm, name)).__name__ == "module"]
+    assert not shadowed, shadowed
