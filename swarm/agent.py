@@ -260,13 +260,22 @@ async def _invoke_with_retries(state: RunState, tool: Tool, arguments: dict, pla
             reason = f"timed out after {timeout:g} s" if isinstance(error, TimeoutError) and not str(error) else (
                 f"{type(error).__name__}: {error}")
             tried = f" (after {attempt} attempts)" if attempt > 1 else ""
-            return ToolOutcome(**place, executed=True, ok=False, output=f"Error from {tool.name}{tried}: {reason}",
-                               attempts=attempt)
-        text = render_output(value)
+            output = bounded_output(f"Error from {tool.name}{tried}: {reason}", state.limits.max_tool_output_chars)
+            return ToolOutcome(**place, executed=True, ok=False, output=output, attempts=attempt)
+        text = bounded_output(render_output(value), state.limits.max_tool_output_chars)
         source_url = _source_url(value)
         output = wrap_untrusted(text, source_url or tool.name) if tool.untrusted else text
         return ToolOutcome(**place, executed=True, ok=True, output=output, attempts=attempt, evidence=text,
                            source_url=source_url)
+
+
+def bounded_output(text: str, limit: int) -> str:
+    """At most `limit` characters of a tool's output, then a marker saying how much was cut: the result goes
+    into the agent's context, every later request, the records and the trace, so one huge result must not."""
+    if len(text) <= limit:
+        return text
+    return (f"{text[:limit]}\n[truncated: the tool returned {len(text):,} characters; the last "
+            f"{len(text) - limit:,} were cut (limit: {limit:,})]")
 
 
 def _source_url(value: object) -> str | None:

@@ -25,6 +25,8 @@ class Limits(BaseModel):
     deadline: float | None = Field(None, gt=0, description="wall-clock seconds for the whole run")
     tool_timeout: float = Field(60.0, gt=0, description="seconds per tool attempt (per-tool override)")
     tool_retries: int = Field(2, ge=0, description="retries of a transient tool failure (per-tool override)")
+    max_tool_output_chars: PositiveInt = Field(100_000, description="characters of one tool result the agent "
+                                               "gets; the rest is cut, and a marker says how much")
     max_corrections: int = Field(3, ge=0, description="correction turns for malformed calls per agent")
 
 

@@ -2,7 +2,8 @@
 
 It runs its own event loop in a thread, so both async tests and the synchronous CLI can talk to it.
 A `script(request) -> FakeReply | FakeError` plays the model; the server counts requests and the
-peak number in flight, and can delay each reply so that concurrency is observable.
+peak number in flight, and can delay each reply so that concurrency is observable. A script may also
+answer `FakeCut` (a reply that breaks off mid-body) or `FakeStall` (a server that never answers).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import h11
 from teacher import Teacher
@@ -40,7 +43,29 @@ class FakeError:
     message: str = "overloaded"
 
 
-Script = Callable[[dict[str, Any]], FakeReply | FakeError]
+@dataclass
+class FakeCut:
+    """A 200 answer that breaks off after `fraction` of its body: then the connection is reset (a TCP RST),
+    closed (a FIN short of the announced length), held open without another byte for `stall` seconds, or a
+    stream "end"s cleanly at the last event boundary before it, framed as complete, so only the missing
+    `data: [DONE]` tells."""
+
+    reply: FakeReply = field(default_factory=FakeReply)
+    fraction: float = 0.5
+    how: Literal["reset", "close", "stall", "end"] = "reset"
+    stall: float = 0.0
+
+
+@dataclass
+class FakeStall:
+    """A server that takes the request and sends nothing for `seconds`, then closes the connection."""
+
+    seconds: float
+
+
+Script = Callable[[dict[str, Any]], FakeReply | FakeError | FakeCut | FakeStall]
+_CUT_PAUSE = 0.02
+"""Seconds between a cut answer's first bytes and its break: the client has read the head, the break is mid-body."""
 
 
 class FakeOpenAI:
@@ -51,6 +76,8 @@ class FakeOpenAI:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.statuses: list[int] = []
+        self.faults: list[str] = []
+        """How each FakeCut or FakeStall answer broke: "reset", "close", "stall", "end" or "hang"."""
         self.bodies: list[dict[str, Any]] = []
         self.keep_bodies = False
         self._loop = asyncio.new_event_loop()
@@ -100,9 +127,13 @@ class FakeOpenAI:
                     body += event.data
                 elif isinstance(event, h11.EndOfMessage):
                     assert request is not None
-                    for chunk in await self._respond(request, bytes(body), connection):
+                    chunks, broken = await self._respond(request, bytes(body), connection)
+                    for chunk in chunks:
                         writer.write(chunk)
                     await writer.drain()
+                    if broken is not None:
+                        await _break_off(writer, broken)
+                        break
                     if connection.our_state is h11.MUST_CLOSE:
                         break
                     connection.start_next_cycle()
@@ -113,7 +144,9 @@ class FakeOpenAI:
         finally:
             writer.close()
 
-    async def _respond(self, request: h11.Request, body: bytes, connection: h11.Connection) -> list[bytes]:
+    async def _respond(self, request: h11.Request, body: bytes,
+                       connection: h11.Connection) -> tuple[list[bytes], FakeCut | FakeStall | None]:
+        """The bytes to send, and the fault that breaks the connection after them (None: a whole answer)."""
         self.requests += 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -121,7 +154,7 @@ class FakeOpenAI:
             if self.delay:
                 await asyncio.sleep(self.delay)
             if request.method != b"POST" or not request.target.endswith(b"/chat/completions"):
-                return _http(connection, 404, b'{"error": {"message": "not found"}}')
+                return _http(connection, 404, b'{"error": {"message": "not found"}}'), None
             payload = json.loads(body)
             if self.keep_bodies:
                 self.bodies.append(payload)
@@ -134,11 +167,25 @@ class FakeOpenAI:
             self.statuses.append(outcome.status)
             headers = [("retry-after", outcome.retry_after)] if outcome.retry_after is not None else []
             error = json.dumps({"error": {"message": outcome.message}}).encode()
-            return _http(connection, outcome.status, error, headers)
+            return _http(connection, outcome.status, error, headers), None
+        if isinstance(outcome, FakeStall):
+            self.faults.append("hang")
+            return [], outcome
+        if isinstance(outcome, FakeCut):
+            self.faults.append(outcome.how)
+            whole, headers = self._answer(payload, outcome.reply)
+            part = whole[:int(len(whole) * outcome.fraction)]
+            if outcome.how == "end":
+                return _http(connection, 200, part[:part.rfind(b"\n\n") + 2], headers), None
+            return [_head(connection, 200, len(whole), headers), connection.send(h11.Data(data=part))], outcome
         self.statuses.append(200)
+        return _http(connection, 200, *self._answer(payload, outcome)), None
+
+    def _answer(self, payload: dict[str, Any], outcome: FakeReply) -> tuple[bytes, list[tuple[str, str]]]:
+        """A reply's body (server-sent events when the request asked for a stream) and its extra headers."""
         calls = _tool_calls(payload, outcome)
         if payload.get("stream"):
-            return _http(connection, 200, _sse(payload, outcome, calls), [("content-type", "text/event-stream")])
+            return _sse(payload, outcome, calls), [("content-type", "text/event-stream")]
         message: dict[str, Any] = {"role": "assistant", "content": outcome.content or None}
         if calls:
             message["tool_calls"] = calls
@@ -148,7 +195,20 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
                       "total_tokens": outcome.prompt_tokens + outcome.completion_tokens},
         }
-        return _http(connection, 200, json.dumps(answer).encode())
+        return json.dumps(answer).encode(), []
+
+
+async def _break_off(writer: asyncio.StreamWriter, fault: FakeCut | FakeStall) -> None:
+    """Break the connection the way `fault` says, after what was sent so far; the caller then closes it (a FIN)."""
+    if isinstance(fault, FakeStall) or fault.how == "stall":
+        await asyncio.sleep(fault.seconds if isinstance(fault, FakeStall) else fault.stall)
+    elif fault.how == "reset":
+        await asyncio.sleep(_CUT_PAUSE)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() then sends a RST
+        writer.transport.abort()
+    else:
+        await asyncio.sleep(_CUT_PAUSE)
 
 
 def _tool_calls(payload: dict[str, Any], reply: FakeReply) -> list[dict[str, Any]]:
@@ -184,14 +244,18 @@ def _sse(payload: dict[str, Any], reply: FakeReply, calls: list[dict[str, Any]])
 
 def _http(connection: h11.Connection, status: int, body: bytes,
           headers: list[tuple[str, str]] | None = None) -> list[bytes]:
-    all_headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-    if headers:
-        all_headers = [h for h in all_headers if h[0] not in {k for k, _ in headers}] + headers
     return [
-        connection.send(h11.Response(status_code=status, headers=all_headers)),
+        _head(connection, status, len(body), headers),
         connection.send(h11.Data(data=body)),
         connection.send(h11.EndOfMessage()),
     ]
+
+
+def _head(connection: h11.Connection, status: int, length: int, headers: list[tuple[str, str]] | None) -> bytes:
+    all_headers = [("content-type", "application/json"), ("content-length", str(length))]
+    if headers:
+        all_headers = [h for h in all_headers if h[0] not in {k for k, _ in headers}] + headers
+    return connection.send(h11.Response(status_code=status, headers=all_headers))
 
 
 def _task_message(template: str) -> re.Pattern[str]:

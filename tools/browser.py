@@ -93,6 +93,8 @@ class BrowserPool:
                     reason += " (the page or one of its redirects leads to a host the web tools refuse or cannot reach)"
                 elif "Download is starting" in reason:
                     reason += " (the URL is a file, not a page: use fetch to read it)"
+                elif not browser.is_connected():
+                    reason += " (the browser process ended; browse again and a new browser starts)"
                 raise ToolError(f"The browser failed on {url}: {reason}") from None
             finally:
                 try:

@@ -4,6 +4,8 @@ A fork copies the message list, so every sub-agent's request starts with the ide
 the server's prefix cache hits. With several base URLs, each `open()` (one per run) picks the least
 busy server and all of that run's agents stay on it. 429/503 are not failures: the request waits
 (honouring Retry-After) and the server's concurrency limit halves, then grows back one by one (AIMD).
+A 500, a timeout, and a connection or stream that breaks off (a stream ends with `data: [DONE]`) are
+retried with exponential backoff, so a half-received reply is never taken for the whole.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from .messages import Message, ToolCall, ToolSpec
 
 CONNECTIONS_PER_CLIENT = 8
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+FAILED_ATTEMPT_STATUSES = frozenset({500})
+"""A server error of this one request (vLLM answers 500 when a generation fails): retried with backoff, but
+not an overload, so the concurrency limit stays."""
 _FINISH_REASONS: dict[str | None, FinishReason] = {
     "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls", None: "stop",
 }
@@ -32,6 +37,14 @@ _FINISH_REASONS: dict[str | None, FinishReason] = {
 
 class BackendError(RuntimeError):
     """The server answered with an error that retrying will not fix, or retries ran out."""
+
+
+class FailedAttempt(Exception):
+    """One request failed in a way the next may not (a server error, a stream cut short): retried with backoff."""
+
+
+RETRIED_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, FailedAttempt)
+"""A timeout, a reset, a connection closed mid-body (RemoteProtocolError), a failed attempt."""
 
 
 class AdaptiveLimiter:
@@ -145,7 +158,7 @@ class OpenAIBackend(ChatBackend):
             async with server.limiter:
                 try:
                     reply, wait = await self._post(client, url, body)
-                except (httpx.TimeoutException, httpx.NetworkError) as error:
+                except RETRIED_ERRORS as error:
                     if attempt == self.max_retries:
                         raise BackendError(f"{url}: {type(error).__name__}: {error}") from error
                     await asyncio.sleep(self._backoff(attempt))
@@ -176,6 +189,8 @@ class OpenAIBackend(ChatBackend):
             raise BackendError(f"{url}: unexpected response ({error}): {response.text[:500]}") from error
 
     def _retry_wait(self, response: httpx.Response) -> float | None:
+        if response.status_code in FAILED_ATTEMPT_STATUSES:
+            raise FailedAttempt(f"HTTP {response.status_code}: {response.text[:1000]}")
         if response.status_code not in RETRY_STATUSES:
             raise BackendError(f"{response.request.url}: HTTP {response.status_code}: {response.text[:1000]}")
         return _retry_after_seconds(response.headers.get("retry-after"), self.max_backoff)
@@ -268,6 +283,8 @@ async def _read_stream(response: httpx.Response) -> Reply:
                 slot["name"] = function.get("name") or slot["name"]
                 slot["arguments"].append(function.get("arguments") or "")
             finish_reason = choice.get("finish_reason") or finish_reason
+    else:  # a body that ends without [DONE] was cut short: what came may be half an answer
+        raise FailedAttempt("the stream ended before data: [DONE]")
     raw_calls = [(c["id"], c["name"], "".join(c["arguments"])) for _, c in sorted(calls.items())]
     return _reply("".join(content), raw_calls, finish_reason, usage)
 
