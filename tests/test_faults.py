@@ -407,3 +407,33 @@ async def test_chromium_killed_mid_browse_is_an_error_result_and_the_next_browse
     assert first_finished - (killed_at[0] - run_started) < 1.0
     assert second.ok and "The 07:45 ferry to Ushant leaves from pier 3" in second.output
     assert result.status == "done" and result.answer.startswith("The 07:45 ferry leaves from pier 3") and hits == 2
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("bad_chunk", ['{"choices": [{"delta": {"content": "half', '{"error": {"message": "CUDA error", "code": 500}}'])
+async def test_a_stream_that_breaks_inside_a_chunk_or_reports_an_error_in_band_is_retried(bad_chunk):
+    """A chunk cut mid-JSON, or an in-band error event followed by [DONE] (what vLLM sends when a generation fails
+    mid-stream), is a failed attempt: retried, never taken as the reply."""
+    body = f'data: {{"choices": [{{"delta": {{"content": "The first "}}}}]}}\n\ndata: {bad_chunk}\n\ndata: [DONE]\n\n'
+    attempts: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        attempts.append(1)
+        first = len(attempts) == 1
+        text = body if first else 'data: {"choices": [{"delta": {"content": "whole"}, "finish_reason": "stop"}]}\n\n' \
+            'data: [DONE]\n\n'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + text.encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backend = OpenAIBackend([f"http://127.0.0.1:{port}/v1"], "m", stream=True, backoff_base=0.01)
+    try:
+        conversation = await backend.open([Message(role="user", content="hi")], [])
+        reply = await conversation.reply(ReplyOptions())
+    finally:
+        await backend.aclose()
+        server.close()
+    assert reply.content == "whole" and len(attempts) == 2

@@ -271,7 +271,12 @@ async def _read_stream(response: httpx.Response) -> Reply:
         payload = line[5:].strip()
         if payload == "[DONE]":
             break
-        chunk = json.loads(payload)
+        try:
+            chunk = json.loads(payload)
+        except json.JSONDecodeError:
+            raise FailedAttempt(f"the stream broke off inside a chunk: {payload[:80]!r}") from None
+        if chunk.get("error"):  # a server whose generation failed mid-stream says so in-band (vLLM, SGLang)
+            raise FailedAttempt(f"the server reported an error mid-stream: {chunk['error']}")
         usage = chunk.get("usage") or usage
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
