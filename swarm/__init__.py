@@ -24,15 +24,18 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "Event",
         "ModelCallStarted",
         "RunFinished",
+        "RunResumed",
         "RunStarted",
         "Tokens",
         "ToolCallFinished",
+        "ToolCallOutcome",
         "ToolCallStarted",
         "read_trace",
     ),
     ".launch": ("LaunchError",),
     ".orchestrator": ("RunStream", "Swarm"),
     ".result": ("AgentRecord", "AgentStatus", "Citation", "RunResult", "ToolCallRecord", "Usage"),
+    ".resume": ("ResumeError",),
     ".tape": ("ToolTape", "ToolTapeMismatch"),
     ".function_tools": ("Tool", "ToolArgumentsError", "TransientToolError", "as_tool", "tool"),
 }
@@ -51,8 +54,10 @@ __all__ = [
     "LaunchError",
     "Limits",
     "ModelCallStarted",
+    "ResumeError",
     "RunFinished",
     "RunResult",
+    "RunResumed",
     "RunStarted",
     "RunStream",
     "Swarm",
@@ -60,6 +65,7 @@ __all__ = [
     "Tool",
     "ToolArgumentsError",
     "ToolCallFinished",
+    "ToolCallOutcome",
     "ToolCallRecord",
     "ToolCallStarted",
     "ToolTape",
@@ -94,9 +100,11 @@ if TYPE_CHECKING:
         Event,
         ModelCallStarted,
         RunFinished,
+        RunResumed,
         RunStarted,
         Tokens,
         ToolCallFinished,
+        ToolCallOutcome,
         ToolCallStarted,
         read_trace,
     )
@@ -104,4 +112,5 @@ if TYPE_CHECKING:
     from .launch import LaunchError
     from .orchestrator import RunStream, Swarm
     from .result import AgentRecord, AgentStatus, Citation, RunResult, ToolCallRecord, Usage
+    from .resume import ResumeError
     from .tape import ToolTape, ToolTapeMismatch

@@ -80,7 +80,7 @@ async def run_agent(state: RunState, record: AgentRecord, conversation: Conversa
             used = 0
             state.begin_model_call(record.id, record.steps + 1)
             try:
-                reply = await conversation.reply(state.options)
+                reply = await state.reply(record.id, record.steps + 1, conversation)
                 used = reply.prompt_tokens + reply.completion_tokens
             finally:
                 state.budget.settle_tokens(cap, used)
@@ -197,15 +197,15 @@ async def _run_call(state: RunState, record: AgentRecord, call: ToolCall,
 async def _execute(state: RunState, record: AgentRecord, call: ToolCall, tool: Tool, arguments: dict,
                    position: int) -> ToolOutcome:
     """Take the budget and run the call (its record and events included); a refused call comes back not
-    executed. Replaying a tool tape, the budget decision and the outcome both come from the recording."""
+    executed. Replaying a tool tape, the budget decision and the outcome both come from the recording (a resumed
+    run's tape has none for a call past its record: that call runs live)."""
     tape = state.tool_tape
     place = dict(agent_id=record.id, step=record.steps, position=position, tool=tool.name, arguments=call.arguments)
-    if tape is not None and tape.replaying:
-        replayed: ToolOutcome | None = tape.take(**place)
+    replayed = tape.take(**place) if tape is not None and tape.replaying else None
+    if replayed is not None:
         allowed = replayed.executed
         state.budget.book_tool_call(allowed)
     else:
-        replayed = None
         allowed = state.budget.try_tool_call()
     if not allowed:
         outcome = replayed or ToolOutcome(**place, executed=False, ok=False,
@@ -227,8 +227,7 @@ async def _execute(state: RunState, record: AgentRecord, call: ToolCall, tool: T
         state.emit(ToolCallFinished(t=state.now(), agent_id=record.id, call_id=call.id, tool=call.name,
                                     ok=outcome.ok, executed=True, attempts=outcome.attempts, seconds=seconds,
                                     error=None if outcome.ok else outcome.output))
-    if tape is not None and not tape.replaying:
-        tape.write(outcome)
+    state.record_outcome(call.id, outcome)
     return outcome
 
 

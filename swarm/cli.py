@@ -1,5 +1,6 @@
 """`swarm run TASK`: a research swarm from the command line; `swarm serve-web`: the offline web;
-`swarm report TRACE`: a finished run's HTML page from its trace.
+`swarm report TRACE`: a finished run's HTML page from its trace; `swarm run --resume TRACE`: a crashed run,
+continued from its trace.
 
 Model, in order of precedence: `--replay FILE` (a recorded run), `--base-url URL --model NAME` (an
 OpenAI-compatible server), `--model PATH` (a local Kimi Linear checkpoint on the in-process
@@ -29,7 +30,7 @@ from kimi_swarm.tools import LIVE_SEARCH_PROVIDERS, MCPServer, MCPServerError, W
 from . import offline_web
 from .budget import Limits
 from .display import LivePanel, LogLines
-from .events import Event, read_trace
+from .events import Event, RunStarted, read_trace
 from .function_tools import Tool
 from .launch import (
     REPLY_TOKENS,
@@ -48,6 +49,7 @@ from .orchestrator import Swarm
 from .report import markdown_report
 from .report_html import render_report
 from .result import RunResult
+from .resume import ResumeError, read_identity
 from .tape import ToolTape, ToolTapeMismatch, tool_tape_path
 
 EXIT_OK = 0
@@ -78,7 +80,9 @@ app = typer.Typer(
 
 @app.command(epilog=EXIT_CODES_HELP)
 def run(
-    task: Annotated[str, typer.Argument(help="The research task; '-' reads it from stdin.")],
+    ctx: typer.Context,
+    task: Annotated[str | None, typer.Argument(
+        help="The research task; '-' reads it from stdin. With --resume, the trace's task unless given.")] = None,
     model: Annotated[str | None, typer.Option(
         metavar="NAME|PATH", help="With --base-url: the served model name. Alone: a local Kimi Linear checkpoint "
                                   "directory. Neither: the embedded default model.")] = None,
@@ -149,11 +153,21 @@ def run(
         exists=True, dir_okay=False, metavar="FILE",
         help="Replay a recorded tape instead of calling a model; with its .tools.jsonl beside it, tools are "
              "replayed too (no web needed).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, metavar="TRACE",
+        help="Continue the run of a --trace file after a crash, appending to it: finished sub-agents keep their "
+             "results, the others and the orchestrator go on from their last completed turn, and the budget spans "
+             "the whole run. Give the same model and tools; limits, --max-tokens and --temperature are the "
+             "trace's unless given.")] = None,
 ) -> None:
     """Run a research swarm on TASK and print its answer with sources."""
     console = Console(stderr=True)
     if task == "-":
         task = sys.stdin.read().strip()
+    recorded = _recorded_run(console, resume) if resume else None
+    if task is None and recorded is None:
+        raise typer.BadParameter("give the research task, or --resume TRACE", param_hint="TASK")
+    task = task if task is not None else recorded.task  # type: ignore[union-attr]
     if not task.strip():
         raise typer.BadParameter("the task is empty", param_hint="TASK")
     selected = [name.strip() for name in tools.split(",") if name.strip()]
@@ -171,12 +185,20 @@ def run(
     if base_url and not model and not replay:
         raise typer.BadParameter("--base-url needs --model NAME (the model name the server serves)",
                                  param_hint="--model")
+    if resume and (record or replay):
+        raise typer.BadParameter("--resume goes on with a traced run; it does not go with --record or --replay",
+                                 param_hint="--resume")
+    if resume and trace and trace.resolve() != resume.resolve():
+        raise typer.BadParameter("--resume appends to the trace it resumes; leave out --trace", param_hint="--trace")
     settings = dict(
         max_agents=max_agents, max_tool_calls=max_tool_calls, max_agent_steps=max_agent_steps,
         max_orchestrator_steps=max_orchestrator_steps, max_concurrency=concurrency, deadline=deadline,
         token_budget=token_budget, reply_options=ReplyOptions(max_tokens=max_tokens, temperature=temperature),
         trace_path=trace,
     )
+    if recorded is not None:
+        settings = _resumed_settings(ctx, console, recorded, settings)
+        max_tool_calls = settings["limits"].max_tool_calls
     documents = [path.read_text(encoding="utf-8") for path in context or []]
     web_mode = resolve_web_mode(web, uses_default_model=not (base_url or model or replay))
     if search and web_mode is not WebMode.live:
@@ -186,10 +208,10 @@ def run(
         result, interrupted = asyncio.run(_run(
             task, documents, console, settings, model=model, base_urls=base_url or [], api_key=api_key,
             stream=stream, device=device, dtype=dtype.value, web_mode=web_mode, search=search, tool_names=selected,
-            tools_from=tools_from or [], servers=servers, record=record, replay=replay,
+            tools_from=tools_from or [], servers=servers, record=record, replay=replay, resume=resume,
             live=console.is_terminal and not json_output, otel=otel,
         ))
-    except (LaunchError, ReplayMismatch, ToolTapeMismatch) as error:
+    except (LaunchError, ReplayMismatch, ToolTapeMismatch, ResumeError) as error:
         _print_error(console, error)
         raise typer.Exit(EXIT_ERROR) from None
     _print_result(result, console, json_output, out, max_tool_calls)
@@ -232,6 +254,36 @@ def report_command(
     Console(stderr=True).print(f"report: {target}", markup=False, highlight=False)
 
 
+LIMIT_OPTIONS = {"max_agents": "max_agents", "max_tool_calls": "max_tool_calls", "max_agent_steps": "max_agent_steps",
+                 "max_orchestrator_steps": "max_orchestrator_steps", "concurrency": "max_concurrency",
+                 "deadline": "deadline", "token_budget": "token_budget"}
+"""`swarm run`'s limit options, each with the `Limits` field it sets."""
+
+
+def _recorded_run(console: Console, trace: Path) -> RunStarted:
+    """--resume: the identity the trace recorded, or exit 1 saying why it cannot be resumed."""
+    try:
+        return read_identity(trace)
+    except ResumeError as error:
+        _print_error(console, error)
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _resumed_settings(ctx: typer.Context, console: Console, recorded: RunStarted,
+                      settings: dict[str, Any]) -> dict[str, Any]:
+    """--resume: the trace's limits and reply options, but for those given on the command line (one that differs
+    from the trace's is then refused, by name)."""
+    given = {name for name in (*LIMIT_OPTIONS, "max_tokens", "temperature")
+             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"}  # typer bundles its own click
+    limits = recorded.limits | {field: settings[field] for option, field in LIMIT_OPTIONS.items() if option in given}
+    options = {**(recorded.reply_options or {}), **settings["reply_options"].model_dump(include=given)}
+    try:
+        return dict(limits=Limits(**limits), reply_options=ReplyOptions(**options))
+    except ValueError as error:
+        _print_error(console, ResumeError(f"the trace's limits or reply options do not fit this kimi-swarm: {error}"))
+        raise typer.Exit(EXIT_ERROR) from None
+
+
 def _otel_tracer() -> contextlib.AbstractContextManager[Callable[[Event], None]]:
     """The OTLP exporter, imported only when --otel asks for it (the SDK is an optional extra)."""
     try:
@@ -249,7 +301,8 @@ def _print_error(console: Console, error: Exception) -> None:
 async def _run(task: str, documents: list[str], console: Console, settings: dict[str, Any], *, model: str | None,
                base_urls: list[str], api_key: str | None, stream: bool, device: str, dtype: str, web_mode: WebMode,
                search: str | None, tool_names: list[str], tools_from: list[str], servers: list[MCPServer],
-               record: Path | None, replay: Path | None, live: bool, otel: bool = False) -> tuple[RunResult, bool]:
+               record: Path | None, replay: Path | None, live: bool, otel: bool = False,
+               resume: Path | None = None) -> tuple[RunResult, bool]:
     async with contextlib.AsyncExitStack() as stack:
         tracer = stack.enter_context(_otel_tracer()) if otel else None
         extra_tools = [t for spec in tools_from for t in _load_tools(spec)]
@@ -276,7 +329,10 @@ async def _run(task: str, documents: list[str], console: Console, settings: dict
         interrupts = _InterruptHandler(swarm)
         with display, interrupts:
             try:
-                result = await swarm.run(task, documents)
+                if resume:
+                    result = await swarm.resume(resume, task=task, context=documents)
+                else:
+                    result = await swarm.run(task, documents)
             except MCPServerError as error:
                 raise LaunchError(str(error)) from None
         return result, interrupts.interrupted

@@ -27,10 +27,11 @@ from . import prompts
 from .agent import SpawnReply, run_agent
 from .budget import Limits
 from .citations import extract_citations
-from .events import AgentFinished, AgentStarted, Event, RunFinished, RunStarted
+from .events import AgentFinished, AgentStarted, Event, RunFinished, RunResumed, RunStarted
 from .function_tools import Tool, as_tool, mcp_tool
 from .result import COMPLETE_STATUSES, AgentRecord, RunResult, Usage
-from .state import RunState, served_model
+from .resume import RunRecord, run_identity
+from .state import RunState
 from .tape import ToolTape
 
 
@@ -43,6 +44,7 @@ class Swarm:
     With `tool_tape=ToolTape.record(path)` every tool outcome is recorded; `ToolTape.replay(path)` plays
     them back (with kimi_swarm.backend.ReplayBackend for the model) to reproduce a run exactly, and a replay
     that departs from its recording stops and raises ToolTapeMismatch or ReplayMismatch.
+    With `trace_path=` the trace holds enough to `resume` the run after a crash.
 
     An `MCPServer` among the tools is opened (a fresh connection) at the start of each run, inside its limits:
     its tools are declared after the others, marked untrusted, and every call of one goes through the same
@@ -99,15 +101,48 @@ class Swarm:
             raise ValueError("the task is empty")
         if isinstance(context, str):
             context = [context]
+        identity = self._identity(context)
         if self.tool_tape is not None:
             self.tool_tape.begin_run()
         trace_file = self.trace_path.open("w", encoding="utf-8") if self.trace_path else None
         state = RunState(task, dict(self.tools), self.limits, self.reply_options, trace_file, list(self._listeners),
                          self.tool_tape)
+        state.emit(RunStarted(t=0.0, task=task, **identity))
+        return await self._drive(state, context)
+
+    async def resume(self, trace_path: str | Path, *, task: str | None = None,
+                     context: Sequence[str] | None = None) -> RunResult:
+        """Continue the run recorded in `trace_path` (a `trace_path=` or `swarm run --trace` file) after a crash, and
+        append to that trace, so it can be resumed again.
+
+        Sub-agents that finished keep their results and are not rerun; the others and the orchestrator continue from
+        their last completed turn, every recorded reply and tool outcome served from the trace instead of asked or
+        run again. The budget spans the whole run. This swarm must be the recorded run's: the same tools, model,
+        limits, reply options and `context` (and `task`, when given), or ResumeError says which differs. The result's
+        `usage.wall_seconds` is the time the run ran, before the crash and after; the time it lay crashed is not in
+        it, nor in the deadline."""
+        if isinstance(context, str):
+            context = [context]
+        if self.tool_tape is not None:
+            raise ValueError("a resumed run replays its tool outcomes from its trace; pass no tool_tape")
+        if self.trace_path is not None and self.trace_path.resolve() != Path(trace_path).resolve():
+            raise ValueError(f"a resumed run appends to the trace it resumes ({trace_path}), not to {self.trace_path}")
+        record = RunRecord.read(trace_path)
+        identity = self._identity(context)
+        record.check(task, identity)
+        state = RunState(record.task, dict(self.tools), self.limits, self.reply_options, record.open_for_append(),
+                         list(self._listeners), record.tool_tape(), record=record)
+        state.emit(RunResumed(t=state.now(), task=record.task, lost_tool_calls=record.lost_tool_calls, **identity))
+        return await self._drive(state, context)
+
+    def _identity(self, context: Sequence[str] | None) -> dict[str, Any]:
+        return run_identity(self.backend, self.tools, self.servers, self.limits, self.reply_options, context)
+
+    async def _drive(self, state: RunState, context: Sequence[str] | None) -> RunResult:
+        """Run from `state` to the result, which the trace ends with however the run ends."""
         servers = [server.clone() for server in self.servers]
         self._cancel_events.add(state.cancel_requested)
         try:
-            state.emit(RunStarted(t=0.0, task=task, limits=self.limits.model_dump(), model=served_model(self.backend)))
             try:
                 await self._run_until_stopped(state, context, servers)
             except asyncio.CancelledError:
@@ -120,8 +155,7 @@ class Swarm:
         finally:
             self._cancel_events.discard(state.cancel_requested)
             await asyncio.gather(*(server.aclose() for server in servers))
-            if trace_file is not None:
-                trace_file.close()
+            state.close_trace()
 
     async def _run_until_stopped(self, state: RunState, context: Sequence[str] | None,
                                  servers: list[MCPServer]) -> None:
@@ -129,7 +163,7 @@ class Swarm:
         main = asyncio.create_task(self._orchestrate(state, context, servers))
         cancel_wait = asyncio.create_task(state.cancel_requested.wait())
         try:
-            done, _ = await asyncio.wait({main, cancel_wait}, timeout=self.limits.deadline,
+            done, _ = await asyncio.wait({main, cancel_wait}, timeout=state.time_left(),
                                          return_when=asyncio.FIRST_COMPLETED)
             if main not in done:
                 state.stop_reason = state.stop_reason or ("cancelled" if cancel_wait in done else "deadline")
@@ -174,8 +208,8 @@ async def _spawn_wave(state: RunState, parent: Conversation, call: ToolCall) -> 
     granted = state.budget.take_agents(len(tasks))
     state.waves += 1
     accepted = tasks[:granted]
-    children = parent.fork(len(accepted)) if accepted else []
     records = [state.new_agent(task, state.waves) for task in accepted]
+    children = state.fork(parent, records)
     runs = [_run_subagent(state, record, child, call.id, index, len(accepted), request.columns)
             for index, (record, child) in enumerate(zip(records, children), start=1)]
     try:
@@ -206,6 +240,7 @@ async def _run_subagent(state: RunState, record: AgentRecord, conversation: Conv
     finally:
         record.transcript = list(conversation.messages)
         conversation.close()
+        state.keep_recorded_finish(record)
         state.emit(AgentFinished(t=state.now(), agent_id=record.id, status=record.status, steps=record.steps,
                                  tool_calls=record.executed_tool_calls, result=record.result))
 

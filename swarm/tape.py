@@ -11,6 +11,7 @@ stops with a ToolTapeMismatch or ReplayMismatch where it departs from the record
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
@@ -37,15 +38,20 @@ class ToolOutcome(BaseModel):
 
 class ToolTape:
     """Open with `ToolTape.record(path)` or `ToolTape.replay(path)` and pass to `Swarm(tool_tape=...)`;
-    one tape holds one run."""
+    one tape holds one run. `Swarm.resume` makes its own with `ToolTape.resume`."""
 
-    def __init__(self, path: str | Path, replaying: bool) -> None:
+    def __init__(self, path: str | Path, replaying: bool, outcomes: Iterable[ToolOutcome] | None = None) -> None:
+        """`outcomes` given: a resumed run's tape, which replays them and lets every other call run live."""
         self.path = Path(path)
         self.replaying = replaying
+        self.resuming = outcomes is not None
         self._outcomes: dict[tuple[int, int, int], ToolOutcome] = {}
         self._started = False
         self._file: IO[str] | None = None
-        if replaying:
+        if outcomes is not None:
+            for outcome in outcomes:
+                self._add(outcome, "")
+        elif replaying:
             with self.path.open(encoding="utf-8") as handle:
                 for number, line in enumerate(handle, start=1):
                     if line.strip():
@@ -53,13 +59,16 @@ class ToolTape:
                             outcome = ToolOutcome.model_validate_json(line)
                         except ValueError as error:
                             raise ValueError(f"{self.path}:{number}: not a tool outcome ({error})") from error
-                        key = (outcome.agent_id, outcome.step, outcome.position)
-                        if key in self._outcomes:
-                            raise ValueError(f"{self.path}:{number}: a second outcome for agent {key[0]}, turn "
-                                             f"{key[1]}, call {key[2] + 1}: a tool tape holds one run")
-                        self._outcomes[key] = outcome
+                        self._add(outcome, f":{number}")
         else:
             self._file = self.path.open("w", encoding="utf-8")
+
+    def _add(self, outcome: ToolOutcome, line: str) -> None:
+        key = (outcome.agent_id, outcome.step, outcome.position)
+        if key in self._outcomes:
+            raise ValueError(f"{self.path}{line}: a second outcome for agent {key[0]}, turn {key[1]}, call "
+                             f"{key[2] + 1}: a tool tape holds one run")
+        self._outcomes[key] = outcome
 
     @classmethod
     def record(cls, path: str | Path) -> ToolTape:
@@ -68,6 +77,11 @@ class ToolTape:
     @classmethod
     def replay(cls, path: str | Path) -> ToolTape:
         return cls(path, replaying=True)
+
+    @classmethod
+    def resume(cls, trace: str | Path, outcomes: Iterable[ToolOutcome]) -> ToolTape:
+        """A crashed run's recorded outcomes (from its trace): those calls are replayed, calls past them run live."""
+        return cls(trace, replaying=True, outcomes=outcomes)
 
     def begin_run(self) -> None:
         """Called by Swarm.run: a tape records or replays exactly one run."""
@@ -81,11 +95,14 @@ class ToolTape:
         self._file.write(outcome.model_dump_json() + "\n")
         self._file.flush()
 
-    def take(self, agent_id: int, step: int, position: int, tool: str, arguments: str) -> ToolOutcome:
-        """The recorded outcome of this call; a call the recording does not have is a ToolTapeMismatch."""
+    def take(self, agent_id: int, step: int, position: int, tool: str, arguments: str) -> ToolOutcome | None:
+        """The recorded outcome of this call. A call the recording does not have is a ToolTapeMismatch, or, on a
+        resumed run's tape, None: the crash came before it finished, so it runs live."""
         where = f"agent {agent_id}, turn {step}, call {position + 1}"
         outcome = self._outcomes.pop((agent_id, step, position), None)
         if outcome is None:
+            if self.resuming:
+                return None
             raise ToolTapeMismatch(f"{self.path}: no recorded tool call for {where} ({tool} {arguments})")
         if (outcome.tool, outcome.arguments) != (tool, arguments):
             raise ToolTapeMismatch(f"{self.path}: {where} called {tool} {arguments}, the recording has "
