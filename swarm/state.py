@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
 from kimi_swarm.backend.chat.conversation import Conversation, Reply, ReplyOptions
 from kimi_swarm.backend.chat.messages import Message
+from kimi_swarm.backend.chat.replay import RequestHash
 
 from .budget import Budget, Limits
 from .citations import EvidenceStore
@@ -54,7 +54,7 @@ class RunState:
         self.model_calls = 0
         self._trace_file = trace_file
         self._listeners = listeners
-        self._requests = _RequestDigests()
+        self._requests: dict[int, tuple[RequestHash, int]] = {}
         self._turns: dict[int, tuple[int, str]] = {}
         self._last_replayed = False
 
@@ -101,13 +101,20 @@ class RunState:
     async def reply(self, agent_id: int, step: int, conversation: Conversation) -> Reply:
         """The agent's next model turn. A resumed run serves the recorded one while the agent's record lasts (the
         conversation takes it as its own turn), then asks the model."""
-        request = self._requests.update(agent_id, conversation.messages)
+        request = self._request_digest(agent_id, conversation.messages)
         self._turns[agent_id] = (step, request)
         recorded = self.record.reply(agent_id, step, request) if self.record is not None else None
         if recorded is None:
             return await conversation.reply(self.options)
         await conversation.add([recorded.as_message()])
         return recorded
+
+    def _request_digest(self, agent_id: int, messages: list[Message]) -> str:
+        """The digest of the agent's transcript, hashing only the messages new since its last turn."""
+        hashed, seen = self._requests.get(agent_id) or (RequestHash(), 0)
+        hashed.add(messages[seen:])
+        self._requests[agent_id] = (hashed, len(messages))
+        return hashed.digest()
 
     def book_reply(self, agent_id: int, reply: Reply) -> None:
         """Count the turn and record it, reply included: a resumed run serves it instead of asking again."""
@@ -147,19 +154,3 @@ class RunState:
         record = AgentRecord(id=len(self.agents) + 1, task=task, wave=wave)
         self.agents.append(record)
         return record
-
-
-class _RequestDigests:
-    """A running SHA-256 of each agent's transcript: the digest of a turn's request costs only the messages new
-    since the agent's last turn."""
-
-    def __init__(self) -> None:
-        self._running: dict[int, tuple[hashlib._Hash, int]] = {}
-
-    def update(self, agent_id: int, messages: list[Message]) -> str:
-        digest, seen = self._running.get(agent_id) or (hashlib.sha256(), 0)
-        for message in messages[seen:]:
-            text = message.model_dump_json()
-            digest.update(f"{len(text)}\0{text}".encode())
-        self._running[agent_id] = (digest, len(messages))
-        return digest.hexdigest()

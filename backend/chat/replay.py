@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -23,8 +24,11 @@ class ReplayMismatch(LookupError):
     """The run asked for a reply the recording does not have: prompts, tools or tool results differ."""
 
 
-class _RequestHash:
-    def __init__(self, tools: list[ToolSpec], messages: list[Message]) -> None:
+class RequestHash:
+    """A running SHA-256 of a request (tools, then messages): each turn's key costs only what is new since the
+    last. Replays key replies by it; a resumed run checks each served reply against it."""
+
+    def __init__(self, tools: Sequence[ToolSpec] = (), messages: Sequence[Message] = ()) -> None:
         self._hash = hashlib.sha256()
         for spec in tools:
             self._update("tool", spec.model_dump_json())
@@ -33,7 +37,7 @@ class _RequestHash:
     def _update(self, kind: str, text: str) -> None:
         self._hash.update(f"{kind}\0{len(text)}\0{text}".encode())
 
-    def add(self, messages: list[Message]) -> None:
+    def add(self, messages: Sequence[Message]) -> None:
         for message in messages:
             self._update("message", message.model_dump_json())
 
@@ -43,8 +47,12 @@ class _RequestHash:
         final.update(f"options\0{len(text)}\0{text}".encode())
         return final.hexdigest()
 
-    def copy(self) -> _RequestHash:
-        clone = object.__new__(_RequestHash)
+    def digest(self) -> str:
+        """The hash of everything added so far."""
+        return self._hash.hexdigest()
+
+    def copy(self) -> RequestHash:
+        clone = object.__new__(RequestHash)
         clone._hash = self._hash.copy()
         return clone
 
@@ -52,7 +60,7 @@ class _RequestHash:
 class _HashedConversation(Conversation):
     """A message list plus its running request hash; subclasses decide where replies come from."""
 
-    def __init__(self, messages: list[Message], request_hash: _RequestHash) -> None:
+    def __init__(self, messages: list[Message], request_hash: RequestHash) -> None:
         self._messages = messages
         self._hash = request_hash
 
@@ -82,7 +90,7 @@ class RecordingBackend(ChatBackend):
 
     async def open(self, messages: list[Message], tools: list[ToolSpec]) -> Conversation:
         inner = await self.inner.open(messages, tools)
-        return _RecordingConversation(self, inner, list(messages), _RequestHash(tools, messages))
+        return _RecordingConversation(self, inner, list(messages), RequestHash(tools, messages))
 
     def write(self, key: str, reply: Reply) -> None:
         self._file.write(json.dumps({"key": key, "reply": reply.model_dump()}) + "\n")
@@ -95,7 +103,7 @@ class RecordingBackend(ChatBackend):
 
 class _RecordingConversation(_HashedConversation):
     def __init__(self, backend: RecordingBackend, inner: Conversation, messages: list[Message],
-                 request_hash: _RequestHash) -> None:
+                 request_hash: RequestHash) -> None:
         super().__init__(messages, request_hash)
         self._backend = backend
         self._inner = inner
@@ -143,7 +151,7 @@ class ReplayBackend(ChatBackend):
         return sum(len(queue) for queue in self._replies.values())
 
     async def open(self, messages: list[Message], tools: list[ToolSpec]) -> Conversation:
-        return _ReplayConversation(self, list(messages), _RequestHash(tools, messages))
+        return _ReplayConversation(self, list(messages), RequestHash(tools, messages))
 
     def take(self, key: str, messages: list[Message]) -> Reply:
         queue = self._replies.get(key)
@@ -155,7 +163,7 @@ class ReplayBackend(ChatBackend):
 
 
 class _ReplayConversation(_HashedConversation):
-    def __init__(self, backend: ReplayBackend, messages: list[Message], request_hash: _RequestHash) -> None:
+    def __init__(self, backend: ReplayBackend, messages: list[Message], request_hash: RequestHash) -> None:
         super().__init__(messages, request_hash)
         self._backend = backend
 
