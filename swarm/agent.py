@@ -78,7 +78,6 @@ async def run_agent(state: RunState, record: AgentRecord, conversation: Conversa
             if not state.budget.try_reserve_tokens(cap):
                 raise AgentStopped("token_limit", "(stopped: the run's token budget is spent)")
             used = 0
-            state.begin_model_call(record.id, record.steps + 1)
             try:
                 reply = await state.reply(record.id, record.steps + 1, conversation)
                 used = reply.prompt_tokens + reply.completion_tokens

@@ -95,12 +95,10 @@ class RunState:
         if self._trace_file is not None:
             self._trace_file.close()
 
-    def begin_model_call(self, agent_id: int, step: int) -> None:
-        self.emit(ModelCallStarted(t=self.now(), agent_id=agent_id, step=step))
-
     async def reply(self, agent_id: int, step: int, conversation: Conversation) -> Reply:
         """The agent's next model turn. A resumed run serves the recorded one while the agent's record lasts (the
         conversation takes it as its own turn), then asks the model."""
+        self.emit(ModelCallStarted(t=self.now(), agent_id=agent_id, step=step))
         request = self._request_digest(agent_id, conversation.messages)
         self._turns[agent_id] = (step, request)
         recorded = self.record.reply(agent_id, step, request) if self.record is not None else None
