@@ -163,6 +163,17 @@ async def test_hundred_sessions_decode_together_and_release_everything(engine):
     await assert_released(engine)
 
 
+async def test_a_fork_closed_before_it_gets_a_slot_does_not_pin_its_parent(engine):
+    parent = await engine.session(list(range(20)))
+    (child,) = parent.fork(1)
+    child.close()  # the fork waits in the admission queue: closing it must release the parent
+    await asyncio.wait_for(parent.extend([3, 4, 5]), 30)
+    out = await asyncio.wait_for(parent.generate(GREEDY), 30)
+    assert len(out.token_ids) == 8
+    parent.close()
+    await assert_released(engine)
+
+
 async def test_text_prompt_stop_strings_and_stream(engine):
     session = await engine.session("<|im_user|>user<|im_middle|>hello<|im_end|>")
     fork_a, fork_b = session.fork(2)

@@ -305,9 +305,13 @@ class Engine:
         if seq.close_requested and not seq.closed and not seq.pinned:
             if seq.slot >= 0:
                 self.blocks.free(seq)
-            else:
+            else:  # closed before admission: it never takes a slot, and its parent no longer waits for it
                 seq.closed = True
+                parents = [parent for parent, waiting in self._admissions if waiting is seq and parent is not None]
                 self._admissions = deque(a for a in self._admissions if a[1] is not seq)
+                for parent in parents:
+                    parent.pending_forks -= 1
+                    self._release_if_done(parent)
 
     def _step(self) -> bool:
         """One prefill chunk and one decode step, as far as memory allows; False if nothing ran."""
