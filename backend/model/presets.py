@@ -7,6 +7,8 @@ models here.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from .config import KimiLinearConfig
@@ -62,19 +64,33 @@ def random_model(config: KimiLinearConfig, device: torch.device, dtype: torch.dt
 
 
 @torch.no_grad()
-def randomize_(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """Draw every weight in place (ours or transformers' model: the tensor names are the same). The router's
-    `e_score_correction_bias` is drawn wherever it lives: transformers keeps it as a buffer, and left
-    uninitialised it sends every token to the same experts."""
-    router_biases = [(n, b) for n, b in model.named_buffers() if n.endswith("e_score_correction_bias")]
-    for name, p in [*model.named_parameters(), *router_biases]:
+def randomize_(model: torch.nn.Module, generator: torch.Generator) -> Counter[tuple[str, int]]:
+    """Draw every floating parameter and buffer in place, by a rule that depends only on the tensor's role and
+    fan-in, so ours and transformers' model (whose tensors are fused and named differently) get the same
+    distributions. transformers keeps the router's `e_score_correction_bias` as a buffer: left uninitialised
+    it sends every token to the same experts. Any other floating buffer is refused rather than left undrawn.
+
+    Returns how many elements each rule drew, keyed by (rule, fan-in), so two models can be compared."""
+    drawn: Counter[tuple[str, int]] = Counter()
+    buffers = [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+    unknown = [n for n, _ in buffers if not n.endswith("e_score_correction_bias")]
+    if unknown:
+        raise ValueError(f"no drawing rule for floating buffers {unknown[:3]}")
+    for name, p in [*model.named_parameters(), *buffers]:
         if name.endswith("A_log"):
+            rule, fan_in = "A_log", 0
             p.uniform_(0.0, 2.0, generator=generator)
         elif name.endswith("dt_bias"):
+            rule, fan_in = "dt_bias", 0
             p.normal_(0.0, 0.5, generator=generator)
         elif name.endswith("e_score_correction_bias"):
+            rule, fan_in = "router_bias", 0
             p.normal_(0.0, ROUTER_BIAS_STD, generator=generator)
         elif p.dim() == 1 or name.endswith("o_norm.weight"):
+            rule, fan_in = "ones", 0
             p.fill_(1.0)
         else:
-            p.normal_(0.0, p.shape[-1] ** -0.5, generator=generator)
+            rule, fan_in = "normal", p.shape[-1]
+            p.normal_(0.0, fan_in ** -0.5, generator=generator)
+        drawn[rule, fan_in] += p.numel()
+    return drawn
