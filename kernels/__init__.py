@@ -73,6 +73,15 @@ def mla_decode(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tenso
     return impl(q_latent, q_pe, kv_cache, block_tables, seq_lens, scale)
 
 
+def mla_decode_from(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                    seq_lens: torch.Tensor, kv_start: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """mla_decode over keys kv_start.. only: ([N, H, R], natural log-sum-exp [N, H] fp32), to merge with a prefix
+    attended elsewhere."""
+    fast = _triton_path("mla_triton", q_latent)
+    impl = fast.mla_decode_from_triton if fast else mla_reference.mla_decode_from_reference
+    return impl(q_latent, q_pe, kv_cache, block_tables, seq_lens, kv_start, scale)
+
+
 def mla_decode_shared(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, prefix_pages: torch.Tensor,
                       prefix_len: int, block_tables: torch.Tensor, seq_lens: torch.Tensor,
                       scale: float) -> torch.Tensor:
@@ -104,5 +113,5 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     return impl(x, gate, weight, eps)
 
 
-__all__ = ["chunk_kda", "recurrent_kda", "mla_decode", "mla_decode_shared", "mla_prefill", "rms_norm",
-           "gated_rms_norm"]
+__all__ = ["chunk_kda", "recurrent_kda", "mla_decode", "mla_decode_from", "mla_decode_shared", "mla_prefill",
+           "rms_norm", "gated_rms_norm"]

@@ -73,6 +73,32 @@ def mla_decode_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: t
     return out
 
 
+def mla_decode_from_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor,
+                              block_tables: torch.Tensor, seq_lens: torch.Tensor, kv_start: int,
+                              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """mla_decode over the keys at positions kv_start..seq_lens[n]-1 only, with each row's log-sum-exp (natural
+    log, fp32; float64 for float64 inputs): the part of a decode step left when the first kv_start keys are
+    attended elsewhere (an expanded shared prefix) and merged by log-sum-exp. A row with no key there gives 0
+    and -inf."""
+    _check_paged(q_latent, q_pe, kv_cache)
+    dtype = _compute_dtype(q_latent)
+    n, h, r = q_latent.shape
+    lens = seq_lens.long().to(kv_cache.device)
+    width = max(int(lens.max()) - kv_start, 0)
+    if width == 0:
+        return torch.zeros_like(q_latent), q_latent.new_full((n, h), float("-inf"), dtype=dtype)
+    positions = kv_start + torch.arange(width, device=kv_cache.device)
+    visible = positions[None, :] < lens[:, None]  # [N, W]
+    positions = torch.minimum(positions[None, :], lens[:, None] - 1).clamp(min=0)  # padding re-reads a valid row
+    keys = rows_at(kv_cache, block_tables, positions).to(dtype)  # [N, W, R + P]
+    scores = (torch.einsum("nhr,nwr->nhw", q_latent.to(dtype), keys[..., :r])
+              + torch.einsum("nhp,nwp->nhw", q_pe.to(dtype), keys[..., r:])) * scale
+    scores = scores.masked_fill_(~visible[:, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = (scores - torch.where(lse.isinf(), 0.0, lse)[..., None]).exp_()
+    return torch.einsum("nhw,nwr->nhr", probs, keys[..., :r]).to(q_latent.dtype), lse
+
+
 def merge_attention(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor,
                     lse_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine two normalised partial attentions over disjoint key sets by log-sum-exp."""

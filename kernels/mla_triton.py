@@ -90,16 +90,21 @@ def _mla_attend_kernel(q_lat, q_pe, kv, block_tables, kv_lens, o, part_o, part_l
 
 
 @triton.jit
-def _mla_merge_kernel(part_o, part_lse, o, slots, R: tl.constexpr, BR: tl.constexpr, BS: tl.constexpr):
+def _mla_merge_kernel(part_o, part_lse, o, lse_out, slots, R: tl.constexpr, BR: tl.constexpr, BS: tl.constexpr,
+                      WRITE_LSE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cs = tl.arange(0, BS)
     cr = tl.arange(0, BR)
     lse = tl.load(part_lse + row * slots + cs, mask=cs < slots, other=float("-inf"))
-    weight = tl.exp2(lse - tl.max(lse, axis=0))
+    top = tl.max(lse, axis=0)
+    weight = tl.exp2(lse - top)
     parts = tl.load(part_o + (row * slots + cs[:, None]) * R + cr[None, :],
                     mask=(cs[:, None] < slots) & (cr[None, :] < R), other=0.0)
-    merged = tl.sum(parts * weight[:, None], axis=0) / tl.sum(weight, axis=0)
+    total = tl.sum(weight, axis=0)
+    merged = tl.sum(parts * weight[:, None], axis=0) / total
     tl.store(o + row * R + cr, merged.to(o.dtype.element_ty), mask=cr < R)
+    if WRITE_LSE:
+        tl.store(lse_out + row, (top + tl.log2(total)) * 0.6931471805599453)  # base 2 -> natural
 
 
 def _block(n: int) -> int:
@@ -147,10 +152,11 @@ class _Launch:
         part_lse = _empty(self.rows, slots, device=self.kv.device, dtype=torch.float32)
         return part_o, part_lse
 
-    def merge(self, part_o, part_lse, out):
+    def merge(self, part_o, part_lse, out, lse_out=None):
         slots = part_o.shape[1]
-        _mla_merge_kernel[(self.rows,)](part_o, part_lse, out, slots, R=self.r, BR=_block(self.r),
-                                        BS=triton.next_power_of_2(slots), num_warps=4)
+        _mla_merge_kernel[(self.rows,)](part_o, part_lse, out, lse_out, slots, R=self.r, BR=_block(self.r),
+                                        BS=triton.next_power_of_2(slots), WRITE_LSE=lse_out is not None,
+                                        num_warps=4)
 
 
 def _splits(programs: int, kv_tokens: int, device: torch.device, *, waves: int, per_sm: int,
@@ -193,6 +199,27 @@ def mla_decode_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torc
                   num_warps=num_warps, num_stages=num_stages)
     launch.merge(part_o, part_lse, out)
     return out
+
+
+def mla_decode_from_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor,
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor, kv_start: int, scale: float, *,
+                           block_n: int = 32, num_warps: int = 4, num_stages: int = 3,
+                           n_splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as kimi_swarm.kernels.mla_reference.mla_decode_from_reference, for rows with at least one key
+    at or after kv_start (a decode step's own token always is)."""
+    _check(q_latent, q_pe, kv_cache)
+    n, h, _ = q_latent.shape
+    launch = _Launch(q_latent, q_pe, kv_cache, scale, _block(h))
+    capacity = block_tables.shape[1] * kv_cache.shape[1] - kv_start
+    n_splits = n_splits or _splits(n * triton.cdiv(h, launch.block_m), capacity, q_latent.device, waves=8, per_sm=2)
+    out = _empty(*q_latent.shape, device=q_latent.device, dtype=q_latent.dtype)
+    lse = _empty(n, h, device=q_latent.device, dtype=torch.float32)
+    part_o, part_lse = launch.partials(n_splits)
+    launch.attend(block_tables, seq_lens, kv_start=kv_start, groups=n, causal=False, n_splits=n_splits, out=out,
+                  part_o=part_o, part_lse=part_lse, split_offset=0, slots=n_splits, block_n=block_n,
+                  num_warps=num_warps, num_stages=num_stages)
+    launch.merge(part_o, part_lse, out, lse)
+    return out, lse
 
 
 def mla_decode_shared_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor,

@@ -102,7 +102,7 @@ def forks_prefilled_with_and_without_sharing(model, cache, *, seed: int) -> tupl
             tables.append([*root_pages[:3], tail])
             for index, number in enumerate(tables[-1]):
                 cache.set_table_entry(slot, index, number)
-        ctx = PagedContext(cache, slots, tables, [3 * page + 5] * 3, 9, shared_prefix=shared_prefix)
+        ctx = PagedContext(cache, slots, tables, [3 * page + 5] * 3, 9, shared_pages=None if shared_prefix else 0)
         assert ctx.shared_pages == (3 if shared_prefix else 0)
         return model(suffixes, ctx).float()
 

@@ -189,6 +189,23 @@ def test_mla_decode_shared_equals_plain_decode(splits):
     assert rel_err(shared_ref, ref) <= 1e-12
 
 
+@pytest.mark.parametrize("n_splits", [None, 2])
+def test_mla_decode_from_a_position_merges_with_the_keys_before_it_into_plain_decode(n_splits):
+    """The private part of a decode step whose first 16 keys (an expanded prefix) are attended elsewhere."""
+    n, h, r, p = 3, 4, 32, 16
+    kv, _, tables, lens = paged_cache(n, 16, [17, 30, 45], r, p, page_size=8)
+    ql, qp = torch.randn(n, h, r), torch.randn(n, h, p)
+    out, lse = mla_triton.mla_decode_from_triton(ql, qp, kv, tables, lens, 16, 0.2, n_splits=n_splits)
+    ref, ref_lse = mla_reference.mla_decode_from_reference(*float64(ql, qp, kv), tables, lens, 16, 0.2)
+    assert rel_err(out, ref) <= FP32_TOL and rel_err(lse, ref_lse) <= FP32_TOL
+    before, before_lse = mla_reference.mla_decode_from_reference(*float64(ql, qp, kv), tables,
+                                                                 torch.full((n,), 16), 0, 0.2)
+    merged = mla_reference.merge_attention(before, before_lse, ref, ref_lse)
+    assert rel_err(merged, mla_reference.mla_decode_reference(*float64(ql, qp, kv), tables, lens, 0.2)) <= 1e-12
+    nothing, nothing_lse = mla_reference.mla_decode_from_reference(ql, qp, kv, tables, lens, 45, 0.2)
+    assert bool((nothing == 0).all()) and bool(nothing_lse.isneginf().all())
+
+
 def test_mla_decode_shared_rejects_short_sequences():
     kv, prefix_pages, tables, lens = paged_cache(2, 15, [16, 14], 32, 16, page_size=8)
     ql, qp = torch.randn(2, 4, 32), torch.randn(2, 4, 16)

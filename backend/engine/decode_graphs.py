@@ -2,7 +2,7 @@
 
 At small batch a decode step is launch-bound: hundreds of small kernels, each costing more to launch
 from Python than to run. A graph is captured on first use per (batch bucket, block-table width,
-shared prefix pages) and replayed after its static inputs are refreshed. A batch is padded to its
+shared prefix pages, expanded prefix rows) and replayed after its static inputs are refreshed. A batch is padded to its
 bucket with rows that read and write only the cache's scratch slot and page, so the padding never
 touches a session. Captures share one memory pool; each replay's logits are copied out at once.
 """
@@ -14,7 +14,8 @@ from collections import OrderedDict
 import torch
 
 from ..model.model import KimiLinearForCausalLM
-from .paged_context import PagedContext, shared_prefix_pages
+from .expanded_prefix import ExpandedPrefix
+from .paged_context import PagedContext
 from .state_cache import StateCache
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
@@ -38,7 +39,7 @@ class DecodeGraphs:
     def __init__(self, model: KimiLinearForCausalLM, cache: StateCache):
         self.model = model
         self.cache = cache
-        self._steps: OrderedDict[tuple[int, int, int], _CapturedStep] = OrderedDict()
+        self._steps: OrderedDict[tuple[int, int, int, int], _CapturedStep] = OrderedDict()
         self._pool = None
         self.captures = 0
         self.replays = 0
@@ -49,8 +50,9 @@ class DecodeGraphs:
         return model.device.type == "cuda" and model.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
 
     def decode(self, ids: list[int], slots: list[int], starts: list[int], block_tables: list[list[int]],
-               shared_prefix: bool) -> torch.Tensor | None:
-        """fp32 next-token logits [N, vocab] of one decode step, or None when N exceeds the largest bucket."""
+               shared_pages: int, expanded: ExpandedPrefix | None) -> torch.Tensor | None:
+        """fp32 next-token logits [N, vocab] of one decode step, or None when N exceeds the largest bucket.
+        An expanded prefix is read where the graph was captured: the same length is always the same pages."""
         n = len(ids)
         batch = next((b for b in BATCH_BUCKETS if b >= n), None)
         if batch is None:
@@ -59,9 +61,9 @@ class DecodeGraphs:
         host = torch.tensor([ids, slots, starts], dtype=torch.long).to(device, non_blocking=True)
         width = max(len(t) for t in block_tables)
         tables = self.cache.table_rows(host[1], width)
-        shared = shared_prefix_pages(tables, starts, self.cache.page_size) if shared_prefix else 0
-        key = (batch, max(MIN_TABLE_WIDTH, 1 << (width - 1).bit_length()), shared)
-        step = self._steps.get(key) or self._capture(*key)
+        key = (batch, max(MIN_TABLE_WIDTH, 1 << (width - 1).bit_length()), shared_pages,
+               expanded.rows if expanded else 0)
+        step = self._steps.get(key) or self._capture(key, expanded)
         self._steps.move_to_end(key)
         step.ids[:n, 0].copy_(host[0])
         step.slots[:n].copy_(host[1])
@@ -80,12 +82,14 @@ class DecodeGraphs:
         step.starts[n:].zero_()
         step.tables[n:].fill_(self.cache.scratch_page)
 
-    def _capture(self, batch: int, width: int, shared_pages: int) -> _CapturedStep:
+    def _capture(self, key: tuple[int, int, int, int], expanded: ExpandedPrefix | None) -> _CapturedStep:
+        batch, width, shared_pages, _ = key
         step = _CapturedStep(batch, width, self.model.device)
         self._pad(step, 0)  # the warm-up run executes: all of it goes to the scratch slot and page
 
         def run() -> torch.Tensor:
-            ctx = PagedContext.for_decode_graph(self.cache, step.slots, step.tables, step.starts, shared_pages)
+            ctx = PagedContext.for_decode_graph(self.cache, step.slots, step.tables, step.starts, shared_pages,
+                                                expanded)
             return self.model.forward_unchecked(step.ids, ctx, last_only=True)
 
         side = torch.cuda.Stream()
@@ -96,7 +100,7 @@ class DecodeGraphs:
         with torch.cuda.graph(step.graph, pool=self._pool):
             step.logits = run()
         self._pool = step.graph.pool()
-        self._steps[(batch, width, shared_pages)] = step
+        self._steps[key] = step
         if len(self._steps) > MAX_GRAPHS:
             self._steps.popitem(last=False)
         self.captures += 1

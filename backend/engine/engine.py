@@ -70,7 +70,7 @@ class Engine:
     def __init__(self, model: KimiLinearForCausalLM, tokenizer: Tokenizer | None = None, *,
                  max_sessions: int = 128, memory: int | float | None = None, page_size: int = 64,
                  prefill_chunk: int | None = None, batched_prefill_width: int | None = None, max_batch: int = 256,
-                 shared_prefix_attention: bool = True,
+                 shared_prefix_attention: bool = True, expand_shared_prefix: bool | None = None,
                  cuda_graphs: bool = True, speculative_tokens: int | None = None):
         self.model = model
         self.config = model.config
@@ -80,7 +80,7 @@ class Engine:
             page_size=page_size, device=model.device, dtype=model.dtype)
         self.blocks = BlockManager(self.cache)
         self.runner = ModelRunner(model, self.cache, shared_prefix_attention=shared_prefix_attention,
-                                  cuda_graphs=cuda_graphs)
+                                  expand_shared_prefix=expand_shared_prefix, cuda_graphs=cuda_graphs)
         if prefill_chunk is None:
             prefill_chunk = PREFILL_CHUNK.get(model.device.type, PREFILL_CHUNK["cuda"])
         if batched_prefill_width is None:
@@ -247,6 +247,7 @@ class Engine:
                 commands, self._commands = list(self._commands), deque()
             for command in commands:
                 self._apply(command)
+            self.runner.prefixes.release_unshared()
             self._admit()
             for waiter in self._barriers:
                 waiter.resolve(None)
@@ -317,6 +318,7 @@ class Engine:
         """One prefill chunk and one decode step, as far as memory allows; False if nothing ran."""
         scheduler = self.scheduler
         scheduler.drop_cancelled()
+        self.runner.prefixes.release_if_short(self.cache.num_pages // 8)
         self._finish_prefilled()
         progressed = False
         jobs, n = scheduler.next_prefill()

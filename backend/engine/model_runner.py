@@ -9,7 +9,8 @@ import torch
 
 from ..model.model import KimiLinearForCausalLM
 from .decode_graphs import DecodeGraphs
-from .paged_context import PagedContext
+from .expanded_prefix import ExpandedPrefix, ExpandedPrefixes
+from .paged_context import PagedContext, shared_prefix_pages
 from .sequence import Sequence
 from .state_cache import StateCache
 
@@ -20,10 +21,15 @@ they save at this size (benchmarks/engine.py measures it)."""
 
 class ModelRunner:
     def __init__(self, model: KimiLinearForCausalLM, cache: StateCache, *, shared_prefix_attention: bool = True,
-                 cuda_graphs: bool = True):
+                 expand_shared_prefix: bool | None = None, cuda_graphs: bool = True):
+        """expand_shared_prefix: decode steps of many forks attend their long shared prefix decompressed
+        (engine/expanded_prefix.py); None turns it on where it was measured to pay, the GPU."""
         self.model = model
         self.cache = cache
         self.shared_prefix_attention = shared_prefix_attention
+        if expand_shared_prefix is None:
+            expand_shared_prefix = model.device.type == "cuda"
+        self.prefixes = ExpandedPrefixes(model, cache, enabled=shared_prefix_attention and expand_shared_prefix)
         self.graphs = DecodeGraphs(model, cache) if cuda_graphs and DecodeGraphs.supported(model) else None
         """Decode steps replay CUDA graphs while this is set; None runs them eagerly (CPU, fp32, or asked)."""
         self.threads = torch.get_num_threads()
@@ -40,10 +46,13 @@ class ModelRunner:
         finally:
             torch.set_num_threads(self.threads)
 
-    def _forward(self, seqs: list[Sequence], ids: torch.Tensor, *, last_only: bool) -> torch.Tensor:
+    def _forward(self, seqs: list[Sequence], ids: torch.Tensor, *, last_only: bool, shared_pages: int | None = None,
+                 expanded: ExpandedPrefix | None = None) -> torch.Tensor:
         """Run ids [N, T], the next T tokens of each session, into its state and pages; fp32 logits."""
+        if not self.shared_prefix_attention:
+            shared_pages = 0
         ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs],
-                           [s.num_cached for s in seqs], ids.shape[1], shared_prefix=self.shared_prefix_attention)
+                           [s.num_cached for s in seqs], ids.shape[1], shared_pages=shared_pages, expanded=expanded)
         with self._threads_for(ids.numel()):
             logits = self.model(ids, ctx, last_only=last_only)
         for s in seqs:
@@ -68,11 +77,23 @@ class ModelRunner:
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """Feed each session's last pending token; fp32 next-token logits [N, vocab], left on the device."""
         ids = [s.token_ids[s.num_cached] for s in seqs]
+        slots, starts = [s.slot for s in seqs], [s.num_cached for s in seqs]
+        tables = [s.block_table for s in seqs]
+        shared = self._shared_pages(slots, starts, tables)
+        expanded = self.prefixes.for_batch(tables[0][:shared], len(seqs)) if shared else None
         if self.graphs is not None:
-            logits = self.graphs.decode(ids, [s.slot for s in seqs], [s.num_cached for s in seqs],
-                                        [s.block_table for s in seqs], self.shared_prefix_attention)
+            logits = self.graphs.decode(ids, slots, starts, tables, shared, expanded)
             if logits is not None:
                 for s in seqs:
                     s.num_cached += 1
                 return logits
-        return self._forward(seqs, torch.tensor(ids)[:, None], last_only=True)[:, 0]
+        return self._forward(seqs, torch.tensor(ids)[:, None], last_only=True, shared_pages=shared,
+                             expanded=expanded)[:, 0]
+
+    def _shared_pages(self, slots: list[int], starts: list[int], tables: list[list[int]]) -> int:
+        """Leading pages every session of a decode batch holds (forks of one context), 0 if sharing is off."""
+        if not self.shared_prefix_attention or len(slots) < 2:
+            return 0
+        device_tables = self.cache.table_rows(torch.tensor(slots, device=self.model.device),
+                                              max(len(t) for t in tables))
+        return shared_prefix_pages(device_tables, starts, self.cache.page_size)

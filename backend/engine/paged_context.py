@@ -14,6 +14,7 @@ from kimi_swarm import kernels
 from kimi_swarm.kernels.mla_reference import gather_tokens, mla_prefill_shared_reference
 
 from ..model.context import CachedLatents
+from .expanded_prefix import ExpandedPrefix
 from .state_cache import StateCache
 
 
@@ -29,26 +30,31 @@ def shared_prefix_pages(tables: torch.Tensor, starts: list[int], page_size: int)
 
 class PagedContext:
     def __init__(self, cache: StateCache, slots: list[int], block_tables: list[list[int]],
-                 starts: list[int], num_new: int, *, shared_prefix: bool = True):
+                 starts: list[int], num_new: int, *, shared_pages: int | None = None,
+                 expanded: ExpandedPrefix | None = None):
+        """shared_pages: the batch's shared leading pages if the caller knows them (0 attends every sequence
+        alone); None finds them. expanded: a decode step's shared prefix, decompressed (engine/expanded_prefix)."""
         device = cache.latent[0].device if cache.latent else cache.recurrent[0].device
         slot_ids = torch.tensor(slots, device=device, dtype=torch.long)
         tables = cache.table_rows(slot_ids, max(len(t) for t in block_tables))
-        self._bind(cache, slot_ids, tables, torch.tensor(starts, device=device), num_new)
+        self._bind(cache, slot_ids, tables, torch.tensor(starts, device=device), num_new, expanded)
         self.starts = starts
-        self.shared_pages = shared_prefix_pages(tables, starts, cache.page_size) if shared_prefix else 0
+        self.shared_pages = (shared_prefix_pages(tables, starts, cache.page_size) if shared_pages is None
+                             else shared_pages)
 
     @classmethod
     def for_decode_graph(cls, cache: StateCache, slots: torch.Tensor, block_tables: torch.Tensor,
-                         starts: torch.Tensor, shared_pages: int) -> PagedContext:
+                         starts: torch.Tensor, shared_pages: int, expanded: ExpandedPrefix | None) -> PagedContext:
         """A decode step from device tensors alone, with no host sync: what a CUDA graph captures."""
         ctx = cls.__new__(cls)
-        ctx._bind(cache, slots, block_tables, starts, 1)
+        ctx._bind(cache, slots, block_tables, starts, 1, expanded)
         ctx.shared_pages = shared_pages
         return ctx
 
     def _bind(self, cache: StateCache, slots: torch.Tensor, block_tables: torch.Tensor, starts: torch.Tensor,
-              num_new: int) -> None:
+              num_new: int, expanded: ExpandedPrefix | None) -> None:
         self.cache = cache
+        self.expanded = expanded
         self.num_new = num_new
         self.slots = slots
         self.block_tables = block_tables
@@ -77,6 +83,20 @@ class PagedContext:
             gather_tokens(pool, self.block_tables[0], 0, shared) if shared else None,
             [gather_tokens(pool, self.block_tables[i], shared, start + self.num_new)
              for i, start in enumerate(self.starts)])
+
+    def mla_expanded_prefix(self, mla_index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A decode step's shared prefix decompressed (keys, padded values [E, H, D]), or None to stay absorbed."""
+        if self.expanded is None or self.num_new != 1:
+            return None
+        return self.expanded.keys[mla_index], self.expanded.values[mla_index]
+
+    def mla_attend_after_prefix(self, mla_index: int, q_latent: torch.Tensor, q_pe: torch.Tensor,
+                                latent_new: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store a decode step's latent [N, 1, R+P] and attend, absorbed, each session's keys after the expanded
+        prefix: (o [N, H, R], log-sum-exp [N, H]) to merge with the prefix's part."""
+        pool = self._store(mla_index, latent_new)
+        return kernels.mla_decode_from(q_latent, q_pe, pool, self.block_tables, self.seq_lens, self.expanded.rows,
+                                       scale)
 
     def mla_attend(self, mla_index: int, q_latent: torch.Tensor, q_pe: torch.Tensor,
                    latent_new: torch.Tensor, scale: float) -> torch.Tensor:

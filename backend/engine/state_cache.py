@@ -166,6 +166,22 @@ class StateCache:
         self.release_pages([page])
         return copy
 
+    def reserve_top_pages(self, count: int, keep_free: int) -> range | None:
+        """The `count` highest page ids, taken off the free list for another use of their memory, or None when
+        one of them is in use or fewer than `keep_free` pages would stay free. Pages are handed out lowest id
+        first, so the top of the pool is the last to be taken."""
+        first = self.num_pages - count
+        if count < 1 or first < 0 or len(self.free_pages) - count < keep_free or self.page_refs[first:].any():
+            return None
+        self.free_pages = [page for page in self.free_pages if page < first]
+        self.page_refs[first:] = 1
+        return range(first, self.num_pages)
+
+    def unreserve_pages(self, pages: range) -> None:
+        """Give reserved pages back, behind the others on the free list so the top stays free the longest."""
+        self.page_refs[pages.start:pages.stop] = 0
+        self.free_pages = [*reversed(pages), *self.free_pages]
+
     @property
     def used_slots(self) -> int:
         return self.max_sessions - len(self.free_slots)

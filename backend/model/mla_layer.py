@@ -21,7 +21,7 @@ from torch.nn.attention.bias import causal_lower_right
 from kimi_swarm.kernels import rms_norm
 from kimi_swarm.kernels.mla_reference import merge_attention
 
-from .attention import attention_with_lse
+from .attention import attention_with_lse, split_attention_with_lse
 from .config import KimiLinearConfig
 from .context import CachedLatents, ForwardContext
 
@@ -75,9 +75,30 @@ class KimiMLAAttention(nn.Module):
         w_kv = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.rank)
         w_uk, w_uv = w_kv[:, : self.nope_dim], w_kv[:, self.nope_dim:]
         q_latent = torch.einsum("nthd,hdr->nthr", q_nope, w_uk)
+        expanded = getattr(ctx, "mla_expanded_prefix", None)
+        prefix = expanded(self.mla_index) if expanded is not None and t == 1 else None
+        if prefix is not None:
+            o = self._decode_over_expanded_prefix(q_nope, q_pe, q_latent, w_uv, latent, prefix, ctx)
+            return self.o_proj(o.reshape(n, t, self.num_heads * self.v_dim))
         o_latent = ctx.mla_attend(self.mla_index, q_latent, q_pe.contiguous(), latent, self.scale)
         o = torch.einsum("nthr,hvr->nthv", o_latent, w_uv)
         return self.o_proj(o.reshape(n, t, self.num_heads * self.v_dim))
+
+    def _decode_over_expanded_prefix(self, q_nope: torch.Tensor, q_pe: torch.Tensor, q_latent: torch.Tensor,
+                                     w_uv: torch.Tensor, latent: torch.Tensor,
+                                     prefix: tuple[torch.Tensor, torch.Tensor], ctx: ForwardContext) -> torch.Tensor:
+        """A decode step of sessions sharing a prefix that the engine has decompressed ([E, H, nope+rope] keys and
+        zero-padded values): every session's query attends it in the expanded form (192 + 128 multiply-adds per
+        head and key instead of 576 + 512), its own later keys in the absorbed form, merged by log-sum-exp."""
+        keys, values = prefix
+        q = torch.cat([q_nope, q_pe], dim=-1)[:, 0]
+        o_prefix, lse_prefix = split_attention_with_lse(q, keys, values, self.scale)
+        o_latent, lse_own = ctx.mla_attend_after_prefix(self.mla_index, q_latent[:, 0], q_pe[:, 0].contiguous(),
+                                                        latent, self.scale)
+        o_own = torch.einsum("nhr,hvr->nhv", o_latent, w_uv)
+        exact = torch.promote_types(q.dtype, torch.float32)
+        merged = merge_attention(o_prefix[..., :self.v_dim].to(exact), lse_prefix, o_own.to(exact), lse_own)
+        return merged.to(q.dtype).unsqueeze(1)
 
     def _expanding_pays(self, queries: int, device: torch.device) -> bool:
         """Whether `queries` new tokens of each sequence attend more cheaply in the expanded form than in the
@@ -100,17 +121,17 @@ class KimiMLAAttention(nn.Module):
         [N, T, H, V]. A prefix the sequences share is decompressed once and attended by all N*T queries
         in one call, each sequence's own keys separately, and the two merged by log-sum-exp."""
         if keys.shared is None:
-            return torch.stack([self._attend_causal(q[i], *self._decompress(k)) for i, k in enumerate(keys.private)])
+            return torch.stack([self._attend_causal(q[i], *self.decompress(k)) for i, k in enumerate(keys.private)])
         n, t, h, d = q.shape
-        o_shared, lse_shared = attention_with_lse(q.reshape(n * t, h, d), *self._decompress(keys.shared), self.scale)
+        o_shared, lse_shared = attention_with_lse(q.reshape(n * t, h, d), *self.decompress(keys.shared), self.scale)
         o_shared, lse_shared = o_shared.view(n, t, h, -1), lse_shared.view(n, t, h)
         out = []
         for i, own in enumerate(keys.private):
-            o_own, lse_own = attention_with_lse(q[i], *self._decompress(own), self.scale, causal=True)
+            o_own, lse_own = attention_with_lse(q[i], *self.decompress(own), self.scale, causal=True)
             out.append(merge_attention(o_shared[i].float(), lse_shared[i], o_own.float(), lse_own).to(q.dtype))
         return torch.stack(out)[..., :self.v_dim]
 
-    def _decompress(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decompress(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent rows [L, R+P] -> per-head keys [L, H, nope+rope] and values [L, H, nope+rope] (zero-padded
         from v_dim: equal head dims let SDPA pick its flash kernel)."""
         length, h = keys.shape[0], self.num_heads
