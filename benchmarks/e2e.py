@@ -80,14 +80,23 @@ class Footprint:
         self.moe_layers = moe_layers
 
     def decode_bytes(self, batch: int, layout: CacheLayout, shared_latent_tokens: int, private_tokens: int,
-                     shared_attention: bool) -> float:
+                     shared_attention: bool, expanded: bool = False) -> float:
+        """Bytes a decode step must read: weights it touches, KDA states (read and written), and the latent
+        cache; with `expanded`, the shared prefix as the engine reads it then, decompressed keys and padded
+        values (engine/expanded_prefix.py)."""
         c = self.config
         unique = c.num_experts * (1 - (1 - c.num_experts_per_token / c.num_experts) ** batch)
         experts = self.moe_layers * unique * self.expert_bytes
         states = 2 * batch * layout.slot_bytes
         per_token = layout.page_bytes / PAGE
-        latent_reads = shared_latent_tokens * (1 if shared_attention else batch) + batch * private_tokens
-        return self.dense_bytes + experts + states + latent_reads * per_token
+        shared = shared_latent_tokens * (1 if shared_attention else batch) * per_token
+        if expanded:
+            shared = shared_latent_tokens * self.expanded_bytes_per_token()
+        return self.dense_bytes + experts + states + shared + batch * private_tokens * per_token
+
+    def expanded_bytes_per_token(self) -> int:
+        c = self.config
+        return len(c.mla_layer_ids) * 2 * c.num_attention_heads * (c.qk_nope_head_dim + c.qk_rope_head_dim) * 2
 
     def prefill_flops(self, tokens: int) -> float:
         c = self.config
@@ -119,16 +128,19 @@ async def ours(args, device, config, rows, floors) -> None:
     foot = Footprint(model, config)
     layout = CacheLayout.for_config(config, torch.bfloat16, PAGE)
     sessions = args.agents + 2
-    private_tokens = args.suffix + args.decode + 64
+    private_tokens = args.suffix + args.decode + 2 * 32 + 64
     pages = -(-args.context // PAGE) + sessions * -(-private_tokens // PAGE) + sessions
     # the engine also keeps a scratch slot and page (CUDA-graph padding); one slot is 80 pages of the 48B model
+    # the expanded prefix takes its pages off the same pool and leaves a quarter of it free
+    expanded_pages = -(-args.context * foot.expanded_bytes_per_token() // layout.page_bytes)
+    pages = -(-4 * (pages + expanded_pages) // 3)
     budget = int(1.05 * ((sessions + 1) * layout.slot_bytes + (pages + 1) * layout.page_bytes))
     engine = Engine(model, None, max_sessions=sessions, memory=budget, page_size=PAGE,
-                    prefill_chunk=args.chunk, max_batch=256)
+                    prefill_chunk=args.chunk, max_batch=max(256, args.agents))
     vocab = config.vocab_size
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    warm = await engine.session(ids(min(2048, args.context), vocab, 99))
+    warm = await engine.session(ids(args.context, vocab, 99))  # compiles and tunes every kernel at these shapes
     await warm.generate(SamplingParams(max_tokens=4, stop_token_ids=[]))
     warm.close()
     await engine.drain()
@@ -167,29 +179,41 @@ async def ours(args, device, config, rows, floors) -> None:
         await agent.extend(ids(args.suffix, vocab, 1000 + i))
         await agent.generate(first)
 
+    engine.prefill_forwards.clear()
     await asyncio.gather(*(suffix_then_first(i, a) for i, a in enumerate(agents)))
     sync(device)
     suffix_s = time.perf_counter() - start
     total = prefill_s + fork_ms / 1e3 + suffix_s
+    forwards = list(engine.prefill_forwards)
     rows.append((f"ours: {args.suffix}-token suffix + first token, all agents", f"{suffix_s:.2f} s",
-                 f"context->first token of all: {total:.2f} s = {total / prefill_s:.2f}x one prefill"))
+                 f"context->first token of all: {total:.2f} s = {total / prefill_s:.2f}x one prefill; "
+                 f"{len(forwards)} prefill forwards, {max(r for r, _ in forwards)} agents at most"))
 
-    for shared in (True, False):
-        engine.runner.shared_prefix_attention = shared
-        steps = args.decode if shared else min(args.decode, 16)
+    prefixes = engine.runner.prefixes
+    modes = (("shared prefix expanded", True, True), ("shared prefix absorbed", True, False),
+             ("NO shared-prefix attention", False, False))
+    done = 0
+    for label, shared, expand in modes:
+        engine.runner.shared_prefix_attention, prefixes.enabled = shared, expand
+        if not expand:
+            prefixes.release()
+        steps = args.decode if expand else min(args.decode, 32)
         engine.decode_steps.clear()
         start = time.perf_counter()
         await asyncio.gather(*(a.generate(SamplingParams(max_tokens=steps, stop_token_ids=[])) for a in agents))
         wall = time.perf_counter() - start
         step_ms = [t * 1e3 for b, t in engine.decode_steps if b == args.agents]
-        private = args.suffix + (args.decode if not shared else args.decode // 2)
-        floor_s = foot.decode_bytes(args.agents, layout, args.context, private, shared) / floors["copy"]
-        label = "shared-prefix attention" if shared else "NO shared-prefix attention"
+        private = args.suffix + done + steps // 2
+        done += steps
+        used = expand and prefixes.builds > 0
+        floor_s = foot.decode_bytes(args.agents, layout, args.context, private, shared, used) / floors["copy"]
         p50 = statistics.median(step_ms)
-        rows.append((f"ours: decode {args.agents} agents, {label}",
-                     f"p50 {p50:.1f} ms/step, p99 {percentile(step_ms, 0.99):.1f} ms, "
-                     f"{args.agents * steps / wall:,.0f} tok/s",
+        note = "" if used or not expand else " (not expanded: too little memory)"
+        rows.append((f"ours: decode {args.agents} agents, {label}{note}",
+                     f"p50 {p50:.1f} ms/step, p99 {percentile(step_ms, 0.99):.1f} ms "
+                     f"({percentile(step_ms, 0.99) / p50:.2f}x p50), {args.agents * steps / wall:,.0f} tok/s",
                      f"floor {floor_s * 1e3:.1f} ms/step -> {p50 / (floor_s * 1e3):.2f}x floor"))
+    engine.runner.shared_prefix_attention, prefixes.enabled = True, True
 
     if args.profile:
         await print_decode_profile(engine, agents)
@@ -246,7 +270,7 @@ def theirs(args, device, config, rows) -> None:
     model.eval()
     vocab = config.vocab_size
     x = torch.tensor([ids(args.context, vocab, 0)], device=device)
-    model(x[:, :2048], logits_to_keep=1)
+    model(x, logits_to_keep=1)  # fla tunes its kernels per shape: the timed run is the second at this length
     sync(device)
     start = time.perf_counter()
     model(x, logits_to_keep=1, use_cache=True)

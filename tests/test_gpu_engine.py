@@ -103,10 +103,13 @@ def test_shared_prefix_prefill_on_cuda_matches_prefilling_each_fork_alone():
     assert alone_error < 0.1 and shared_error <= 1.25 * alone_error, (shared_error, alone_error)
 
 
-async def _decode_logits_per_session(model, *, cuda_graphs: bool) -> tuple[dict[int, list[torch.Tensor]], Engine, int]:
+async def _decode_logits_per_session(model, *, cuda_graphs: bool, expand: bool = False
+                                     ) -> tuple[dict[int, list[torch.Tensor]], Engine, int]:
     """Every decode step's logits, per session id, of a root and 3 forks generating 6 tokens each; and the
-    number of decode steps."""
-    engine = Engine(model, None, max_sessions=16, memory=1 << 30, page_size=64, cuda_graphs=cuda_graphs)
+    number of decode steps. expand: the forks' shared 3 pages are decompressed (engine/expanded_prefix.py)."""
+    engine = Engine(model, None, max_sessions=16, memory=1 << 30, page_size=64, cuda_graphs=cuda_graphs,
+                    expand_shared_prefix=expand)
+    engine.runner.prefixes.min_tokens, engine.runner.prefixes.min_sharers = 64, 2
     logits: dict[int, list[torch.Tensor]] = {}
     steps = 0
     eager_or_graph = engine.runner.decode
@@ -134,7 +137,15 @@ async def _decode_logits_per_session(model, *, cuda_graphs: bool) -> tuple[dict[
     return logits, engine, steps
 
 
-async def test_decode_cuda_graphs_give_the_eager_steps_logits():
+@pytest.fixture
+def capture_at_once(monkeypatch):
+    """Every decode shape captured on first use, so that every step of a test replays a graph."""
+    from kimi_swarm.backend.engine import decode_graphs
+
+    monkeypatch.setattr(decode_graphs, "CAPTURE_AFTER", 1)
+
+
+async def test_decode_cuda_graphs_give_the_eager_steps_logits(capture_at_once):
     """Replayed graphs (batches padded to a bucket, shared-prefix mode included) decode what eager steps do.
 
     bf16 on both sides, in batches that may differ: each session's steps are compared until their greedy
@@ -145,12 +156,28 @@ async def test_decode_cuda_graphs_give_the_eager_steps_logits():
     eager, _, _ = await _decode_logits_per_session(model, cuda_graphs=False)
     assert engine.runner.graphs.captures >= 1 and engine.runner.graphs.replays == steps
     assert graphed.keys() == eager.keys() and len(eager) == 4
+    assert _compare_until_greedy_parts(eager, graphed, 5e-2) >= 4
+
+
+def _compare_until_greedy_parts(want_steps: dict, got_steps: dict, tolerance: float) -> int:
     compared = 0
-    for seq_id, session_steps in eager.items():
-        for index, (want, got) in enumerate(zip(session_steps, graphed[seq_id])):
+    for seq_id, session_steps in want_steps.items():
+        for index, (want, got) in enumerate(zip(session_steps, got_steps[seq_id])):
             error = float((got - want).norm() / want.norm())
-            assert error < 5e-2, f"session {seq_id}, step {index}: relative logit difference {error:.2e}"
+            assert error < tolerance, f"session {seq_id}, step {index}: relative logit difference {error:.2e}"
             compared += 1
             if int(got.argmax()) != int(want.argmax()):
                 break
-    assert compared >= 4
+    return compared
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+async def test_decode_over_an_expanded_prefix_on_cuda_matches_the_absorbed_form(dtype, tolerance, capture_at_once):
+    """The split-KV flash attention over the decompressed prefix, mla_decode_from's Triton kernel and the merge,
+    inside CUDA graphs (bf16) and eagerly (float32, where the engine runs no graphs)."""
+    model = random_model(_every_expert_config(), torch.device("cuda"), dtype, seed=4)
+    expanded, engine, _ = await _decode_logits_per_session(model, cuda_graphs=True, expand=True)
+    absorbed, _, _ = await _decode_logits_per_session(model, cuda_graphs=True, expand=False)
+    assert engine.runner.prefixes.builds >= 1
+    assert expanded.keys() == absorbed.keys()
+    assert _compare_until_greedy_parts(absorbed, expanded, tolerance) >= 4

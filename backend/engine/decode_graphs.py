@@ -18,9 +18,12 @@ from .expanded_prefix import ExpandedPrefix
 from .paged_context import PagedContext
 from .state_cache import StateCache
 
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384)
 MIN_TABLE_WIDTH = 16
 MAX_GRAPHS = 32
+CAPTURE_AFTER = 3
+"""Steps of one shape run eagerly before it is captured: a capture costs tens of eager steps, and a shape seen
+once or twice (forks finishing their prompts at different times, a batch in passing) would pay it for nothing."""
 
 
 class _CapturedStep:
@@ -40,6 +43,7 @@ class DecodeGraphs:
         self.model = model
         self.cache = cache
         self._steps: OrderedDict[tuple[int, int, int, int], _CapturedStep] = OrderedDict()
+        self._uses: dict[tuple[int, int, int, int], int] = {}
         self._pool = None
         self.captures = 0
         self.replays = 0
@@ -51,18 +55,24 @@ class DecodeGraphs:
 
     def decode(self, ids: list[int], slots: list[int], starts: list[int], block_tables: list[list[int]],
                shared_pages: int, expanded: ExpandedPrefix | None) -> torch.Tensor | None:
-        """fp32 next-token logits [N, vocab] of one decode step, or None when N exceeds the largest bucket.
-        An expanded prefix is read where the graph was captured: the same length is always the same pages."""
+        """fp32 next-token logits [N, vocab] of one decode step, or None (the caller runs it eagerly) when N
+        exceeds the largest bucket or the step's shape is not yet worth capturing (CAPTURE_AFTER). An expanded
+        prefix is read where the graph was captured: the same length is always the same pages."""
         n = len(ids)
         batch = next((b for b in BATCH_BUCKETS if b >= n), None)
         if batch is None:
             return None
-        device = self.model.device
-        host = torch.tensor([ids, slots, starts], dtype=torch.long).to(device, non_blocking=True)
         width = max(len(t) for t in block_tables)
-        tables = self.cache.table_rows(host[1], width)
         key = (batch, max(MIN_TABLE_WIDTH, 1 << (width - 1).bit_length()), shared_pages,
                expanded.rows if expanded else 0)
+        if key not in self._steps:
+            self._uses[key] = self._uses.get(key, 0) + 1
+            if self._uses[key] < CAPTURE_AFTER:
+                return None
+            del self._uses[key]
+        device = self.model.device
+        host = torch.tensor([ids, slots, starts], dtype=torch.long).to(device, non_blocking=True)
+        tables = self.cache.table_rows(host[1], width)
         step = self._steps.get(key) or self._capture(key, expanded)
         self._steps.move_to_end(key)
         step.ids[:n, 0].copy_(host[0])

@@ -102,6 +102,8 @@ class Engine:
         self._barriers: list[Waiter] = []
         self.decode_steps: deque[tuple[int, float]] = deque(maxlen=100_000)
         """(batch size, seconds) of recent decode steps, for benchmarks and live displays."""
+        self.prefill_forwards: deque[tuple[int, int]] = deque(maxlen=100_000)
+        """(sessions, tokens each) of recent prefill forwards: how well prompts were batched."""
         self.speculative_steps: deque[tuple[int, int, float]] = deque(maxlen=100_000)
         """(draft tokens, tokens kept, seconds) of recent speculative steps (_speculate)."""
         self._thread: threading.Thread | None = None
@@ -327,6 +329,7 @@ class Engine:
                 for job in jobs:
                     self.blocks.prepare_append(job.seq, n)
                 self.runner.prefill([job.seq for job in jobs], n)
+                self.prefill_forwards.append((len(jobs), n))
             except Exception as error:  # a failed forward fails its requests, not the engine
                 for job in jobs:
                     self._fail(job, error)

@@ -36,7 +36,15 @@ SMALL = {
                            "kda_layers": [1, 2, 3, 5, 6, 7], "full_attn_layers": [4, 8]},
 }
 
-PRESETS = {"small": SMALL, "48b": KIMI_LINEAR_48B}
+KIMI_LINEAR_48B_12_LAYERS = {
+    **KIMI_LINEAR_48B, "num_hidden_layers": 12,
+    "linear_attn_config": {**KIMI_LINEAR_48B["linear_attn_config"], "kda_layers": [1, 2, 3, 5, 6, 7, 9, 10, 11],
+                           "full_attn_layers": [4, 8, 12]},
+}
+"""The 48B model's layer shapes at 12 layers (9 KDA + 3 MLA, the same 3:1): fits an 80 GB H100 beside
+transformers' copy, for ratios measured against that card's floors."""
+
+PRESETS = {"small": SMALL, "48b": KIMI_LINEAR_48B, "48b-12l": KIMI_LINEAR_48B_12_LAYERS}
 
 ROUTER_BIAS_STD = 0.01
 """Small next to the sigmoid router scores: a large random bias would pick the same experts for every token."""
