@@ -41,13 +41,15 @@ async def assert_released(engine: Engine) -> None:
     assert (stats["used_slots"], stats["used_pages"]) == (0, 0), stats
 
 
-async def forks_at_once_and_alone(checkpoint, seed: int, lengths: tuple[int, ...]) -> tuple[list, list, list]:
+async def forks_at_once_and_alone(checkpoint, seed: int, lengths: tuple[int, ...],
+                                  **options) -> tuple[list, list, list]:
     """Forks of one session extended at once by prompts of `lengths`, then one at a time: (their outputs at once,
     alone, and the (rows, tokens) of every prefill forward while they ran at once)."""
     rng = random.Random(seed)
     prefix = random_ids(rng, PAGE + 3)
     suffixes = [random_ids(rng, n) for n in lengths]
-    engine = Engine.from_pretrained(checkpoint, max_sessions=16, memory=64 << 20, page_size=PAGE, prefill_chunk=256)
+    options = {"prefill_chunk": 256, **options}
+    engine = Engine.from_pretrained(checkpoint, max_sessions=16, memory=64 << 20, page_size=PAGE, **options)
     try:
         parent = await engine.session(prefix)
         widths = []
@@ -75,6 +77,15 @@ async def test_forks_with_prompts_of_similar_length_prefill_together(checkpoint)
     together, alone, widths = await forks_at_once_and_alone(checkpoint, 4, (36, 33, 30, 35, 31, 34))
     assert together == alone
     assert widths[0] == (6, 30), widths  # all six together for the 30 tokens each has (one pending token each)
+
+
+async def test_a_forward_takes_several_forks_chunks_within_its_token_budget(checkpoint):
+    """A chunk of 16 tokens per fork, 64 per forward: four forks' chunks run in each forward, not one."""
+    together, alone, widths = await forks_at_once_and_alone(checkpoint, 6, (36, 33, 30, 35, 31, 34),
+                                                            prefill_chunk=16, prefill_tokens=64)
+    assert together == alone
+    assert widths[0] == (4, 16), widths
+    assert all(rows * n <= 64 and n <= 16 for rows, n in widths)
 
 
 async def test_forks_with_long_prompts_prefill_one_by_one_past_the_batched_width(checkpoint):

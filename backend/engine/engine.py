@@ -38,9 +38,13 @@ from .state_cache import StateCache
 
 STALL_SECONDS = 2.0
 CPU_SPECULATIVE_TOKENS = 8
-PREFILL_CHUNK = {"cpu": 1024, "cuda": 512}
-"""Tokens per prefill forward. The CPU is dispatch-bound, so bigger chunks pay there (benchmarks/history/engine.md
-has the measurements)."""
+PREFILL_CHUNK = {"cpu": 1024, "cuda": 2048}
+"""Tokens of one session per prefill forward. The CPU is dispatch-bound, so bigger chunks pay there
+(benchmarks/history/engine.md has the measurements)."""
+PREFILL_TOKENS = {"cuda": 8192}
+"""Tokens of all sessions in one prefill forward (the chunk where not named): on the GPU a forward of a few
+hundred tokens reads every expert's weights for little work, so forks' prompts fill one forward together; a
+bigger forward would stall running decodes for longer."""
 BATCHED_PREFILL_WIDTH = {"cpu": 64}
 """The widest prefill forward that several sessions share (Scheduler.next_prefill); none on CUDA. On the CPU a
 forward of several forks' rows runs the chunked KDA and MLA per row, and from about 64 tokens a row it costs more
@@ -69,7 +73,8 @@ class Engine:
 
     def __init__(self, model: KimiLinearForCausalLM, tokenizer: Tokenizer | None = None, *,
                  max_sessions: int = 128, memory: int | float | None = None, page_size: int = 64,
-                 prefill_chunk: int | None = None, batched_prefill_width: int | None = None, max_batch: int = 256,
+                 prefill_chunk: int | None = None, prefill_tokens: int | None = None,
+                 batched_prefill_width: int | None = None, max_batch: int = 256,
                  shared_prefix_attention: bool = True, expand_shared_prefix: bool | None = None,
                  cuda_graphs: bool = True, speculative_tokens: int | None = None):
         self.model = model
@@ -83,9 +88,11 @@ class Engine:
                                   expand_shared_prefix=expand_shared_prefix, cuda_graphs=cuda_graphs)
         if prefill_chunk is None:
             prefill_chunk = PREFILL_CHUNK.get(model.device.type, PREFILL_CHUNK["cuda"])
+        if prefill_tokens is None:
+            prefill_tokens = max(PREFILL_TOKENS.get(model.device.type, prefill_chunk), prefill_chunk)
         if batched_prefill_width is None:
             batched_prefill_width = BATCHED_PREFILL_WIDTH.get(model.device.type)
-        self.scheduler = Scheduler(self.blocks, prefill_chunk, max_batch, batched_prefill_width)
+        self.scheduler = Scheduler(self.blocks, prefill_chunk, max_batch, batched_prefill_width, prefill_tokens)
         self.stop_ids = tokenizer.eos_token_ids if tokenizer is not None else self.config.eos_token_ids
         if speculative_tokens is None:
             speculative_tokens = CPU_SPECULATIVE_TOKENS if model.device.type == "cpu" else 0

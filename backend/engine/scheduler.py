@@ -27,9 +27,14 @@ class Job:
 
 class Scheduler:
     def __init__(self, blocks: BlockManager, prefill_chunk: int, max_batch: int,
-                 batched_prefill_width: int | None = None):
+                 batched_prefill_width: int | None = None, prefill_tokens: int | None = None):
+        if prefill_tokens is not None and prefill_tokens < prefill_chunk:
+            raise ValueError(f"prefill_tokens ({prefill_tokens}) must be at least prefill_chunk ({prefill_chunk})")
         self.blocks = blocks
         self.prefill_chunk = prefill_chunk
+        """Tokens of one job per forward."""
+        self.prefill_tokens = prefill_chunk if prefill_tokens is None else prefill_tokens
+        """Tokens of all jobs in one forward."""
         self.batched_prefill_width = prefill_chunk if batched_prefill_width is None else batched_prefill_width
         """The widest forward in which several jobs prefill together; a wider one runs one job."""
         self.max_batch = max_batch
@@ -44,7 +49,7 @@ class Scheduler:
         self.decoding = [j for j in self.decoding if not j.cancelled]
 
     def next_prefill(self) -> tuple[list[Job], int]:
-        """Waiting jobs to prefill together, n tokens each, within one chunk's token budget.
+        """Waiting jobs to prefill together, n tokens each (at most a chunk), within one forward's token budget.
 
         The oldest runnable job sets n; a later job joins if it has at least half that many tokens
         left and at most `batched_prefill_width`, and n shrinks to what every member has (a rectangular
@@ -60,7 +65,7 @@ class Scheduler:
                 continue
             width = min(n if batch else self.prefill_chunk, seq.prefill_pending)
             if batch and (2 * width < n or width > self.batched_prefill_width
-                          or (len(batch) + 1) * width > self.prefill_chunk):
+                          or (len(batch) + 1) * width > self.prefill_tokens):
                 continue
             members = needed if width == n else sum(self.blocks.pages_needed(m.seq, width) for m in batch)
             total = members + self.blocks.pages_needed(seq, width)
