@@ -10,7 +10,7 @@ from kimi_swarm.backend.model.moe import StackedExperts
 
 def experts(num_experts: int, hidden: int, intermediate: int) -> StackedExperts:
     module = StackedExperts(num_experts, hidden, intermediate)
-    for weight in (module.w1, module.w2, module.w3):
+    for weight in (module.w13, module.w2):
         torch.nn.init.normal_(weight, std=hidden ** -0.5)
     return module
 

@@ -49,7 +49,9 @@ def _edit(tmp_path, fn):
      "unexpected tensors: model.layers.1.self_attn.extra.weight"),
     (lambda t: t.__setitem__("model.norm.weight", torch.zeros(65)), r"model.norm.weight has shape \[65\]"),
     (lambda t: t.pop("model.layers.1.block_sparse_moe.experts.7.w3.weight"),
-     "model.layers.1.block_sparse_moe.experts.w3"),
+     r"model.layers.1.block_sparse_moe.experts.N.w3.weight for N in 0..7: the checkpoint has 7, missing N = \[7\]"),
+    (lambda t: t.__setitem__("model.layers.1.block_sparse_moe.experts.8.w1.weight", torch.zeros(32, 64)),
+     "experts.8.w1.weight names expert 8, but the config has 8"),
 ])
 def test_load_errors_name_the_tensor(tmp_path, edit, message):
     write_tiny_checkpoint(tmp_path, layers="KM")

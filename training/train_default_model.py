@@ -477,7 +477,9 @@ def official_state_dict(model: KimiLinearForCausalLM) -> dict[str, torch.Tensor]
         if ".block_sparse_moe.experts." in name:
             prefix, which = name.rsplit(".", 1)
             for expert in range(tensor.shape[0]):
-                out[f"{prefix}.{expert}.{which}.weight"] = tensor[expert].contiguous()
+                parts = zip(("w1", "w3"), tensor[expert].chunk(2)) if which == "w13" else [(which, tensor[expert])]
+                for part, weight in parts:
+                    out[f"{prefix}.{expert}.{part}.weight"] = weight.contiguous()
         else:
             out[name] = tensor.contiguous()
     return out

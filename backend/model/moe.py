@@ -25,12 +25,12 @@ DENSE_EXPERT_WORK = 1 << 24
 
 
 class StackedExperts(nn.Module):
-    """All routed experts as [E, out, in] tensors (w1 gate, w3 up, w2 down), loaded from per-expert tensors."""
+    """All routed experts as [E, out, in] tensors, loaded from per-expert tensors: w13 holds each expert's gate
+    (w1) and up (w3) projections one above the other, so both run as one GEMM; w2 is the down projection."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int):
         super().__init__()
-        self.w1 = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
-        self.w3 = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
+        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
 
     def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -44,33 +44,33 @@ class StackedExperts(nn.Module):
     def _dense_pays(self, x: torch.Tensor, expert_ids: torch.Tensor) -> bool:
         """Small experts, a few tokens routed to most of them, on CPU: a per-expert loop costs more in dispatch
         than running every expert on every token (the small default model's batched decode)."""
-        num_experts, m = self.w1.shape[0], x.shape[0]
-        work = m * num_experts * self.w1[0].numel()
+        num_experts, m = self.w2.shape[0], x.shape[0]
+        work = m * num_experts * self.w2[0].numel()
         return (not x.is_cuda and x.dtype != torch.float64 and expert_ids.numel() >= num_experts
                 and work <= DENSE_EXPERT_WORK)
 
     def _dense(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Every expert on every token as three batched matmuls, weighted by a dense [M, E] routing map."""
-        num_experts, m = self.w1.shape[0], x.shape[0]
+        """Every expert on every token as two batched matmuls, weighted by a dense [M, E] routing map."""
+        num_experts, m = self.w2.shape[0], x.shape[0]
         routing = torch.zeros(m, num_experts, dtype=torch.float32, device=x.device)
         routing.scatter_(1, expert_ids, weights.float())
         xe = x.unsqueeze(0).expand(num_experts, m, x.shape[-1])
-        h = F.silu(torch.bmm(xe, self.w1.transpose(1, 2))) * torch.bmm(xe, self.w3.transpose(1, 2))
+        gate, up = torch.bmm(xe, self.w13.transpose(1, 2)).chunk(2, dim=-1)
+        h = F.silu(gate) * up
         y = torch.bmm(h, self.w2.transpose(1, 2))  # [E, M, D]
         return torch.einsum("emd,me->md", y.float(), routing)
 
     def _grouped(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """One grouped GEMM per projection for all experts: no host sync, three launches."""
+        """Grouped GEMMs for all experts, gate and up in one: no host sync, two GEMM launches."""
         m, k = expert_ids.shape
         flat_ids = expert_ids.reshape(-1)
         order = flat_ids.argsort(stable=True)
         token_of = order // k
-        counts = torch.zeros(self.w1.shape[0], dtype=torch.int32, device=x.device)
+        counts = torch.zeros(self.w2.shape[0], dtype=torch.int32, device=x.device)
         counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=torch.int32))  # bincount syncs on CUDA
         offsets = counts.cumsum(0, dtype=torch.int32)
         h = x.index_select(0, token_of)
-        gate = torch._grouped_mm(h, self.w1.transpose(1, 2), offs=offsets)
-        up = torch._grouped_mm(h, self.w3.transpose(1, 2), offs=offsets)
+        gate, up = torch._grouped_mm(h, self.w13.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
         y = torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(1, 2), offs=offsets)
         y = y.float() * weights.reshape(-1)[order, None]
         return torch.zeros(m, x.shape[-1], dtype=torch.float32, device=x.device).index_add_(0, token_of, y)
@@ -81,7 +81,7 @@ class StackedExperts(nn.Module):
         acc = torch.promote_types(x.dtype, torch.float32)
         flat_ids = expert_ids.reshape(-1)
         order = flat_ids.argsort(stable=True)
-        counts = torch.bincount(flat_ids, minlength=self.w1.shape[0]).tolist()
+        counts = torch.bincount(flat_ids, minlength=self.w2.shape[0]).tolist()
         token_of = order // k
         out = torch.zeros(m, x.shape[-1], dtype=acc, device=x.device)
         flat_weights = weights.reshape(-1).to(acc)
@@ -92,8 +92,8 @@ class StackedExperts(nn.Module):
             rows = order[start:start + count]
             tokens = token_of[start:start + count]
             start += count
-            h = x.index_select(0, tokens)
-            h = F.silu(h @ self.w1[expert].T) * (h @ self.w3[expert].T)
+            gate, up = (x.index_select(0, tokens) @ self.w13[expert].T).chunk(2, dim=-1)
+            h = F.silu(gate) * up
             y = (h @ self.w2[expert].T).to(acc) * flat_weights[rows, None]
             out.index_add_(0, tokens, y)
         return out

@@ -26,6 +26,8 @@ SAFETENSORS_DTYPES = {
 }
 KEEP_FP32 = ("A_log", "dt_bias", "e_score_correction_bias")  # tiny, and read in fp32 by the math anyway
 EXPERT_NAME = re.compile(r"^(model\.layers\.\d+\.block_sparse_moe\.experts)\.(\d+)\.(w[123])\.weight$")
+EXPERT_PARTS = {"w1": ("w13", 0), "w3": ("w13", 1), "w2": ("w2", None)}
+"""Where a per-expert tensor goes in StackedExperts: w1 (gate) and w3 (up) are the halves of w13."""
 DENSE_AS_MOE = re.compile(r"^(model\.layers\.\d+)\.block_sparse_moe\.((?:gate|up|down)_proj\.weight)$")
 
 
@@ -73,13 +75,26 @@ def read_safetensors_index(path: Path) -> dict[str, StoredTensor]:
     return tensors
 
 
-def _target_name(name: str) -> tuple[str, int | None]:
-    """Our parameter for a checkpoint tensor, and the expert row it fills (None for whole tensors)."""
+Part = tuple[int, int | None] | None
+"""Which piece of our parameter a checkpoint tensor fills: (expert row, half of it or None for all of it), or
+None for the whole parameter."""
+
+
+def _target_name(name: str) -> tuple[str, Part]:
+    """Our parameter for a checkpoint tensor, and the piece of it the tensor fills."""
     if m := EXPERT_NAME.match(name):
-        return f"{m.group(1)}.{m.group(3)}", int(m.group(2))
+        target, half = EXPERT_PARTS[m.group(3)]
+        return f"{m.group(1)}.{target}", (int(m.group(2)), half)
     if m := DENSE_AS_MOE.match(name):
         return f"{m.group(1)}.mlp.{m.group(2)}", None
     return name, None
+
+
+def _piece(tensor: torch.Tensor, part: Part) -> torch.Tensor:
+    if part is None:
+        return tensor
+    row, half = part
+    return tensor[row] if half is None else tensor[row].chunk(2)[half]
 
 
 def _read_into(dest: torch.Tensor, stored: StoredTensor, handle) -> None:
@@ -107,12 +122,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
             # an explicit lm_head in the checkpoint wins over the tie flag, as transformers computes it
             model.lm_head.weight = nn.Parameter(torch.empty_like(model.lm_head.weight))
     params = dict(model.named_parameters(remove_duplicate=True))
-    sources: dict[str, list[tuple[int | None, str]]] = {name: [] for name in params}
+    sources: dict[str, list[tuple[Part, str]]] = {name: [] for name in params}
     unexpected = []
     for name in stored:
-        target, row = _target_name(name)
+        target, part = _target_name(name)
         if target in sources:
-            sources[target].append((row, name))
+            sources[target].append((part, name))
         else:
             unexpected.append(name)
     missing = [n for n, s in sources.items() if not s and not (tied and n == "lm_head.weight")]
@@ -123,13 +138,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         problems.append(f"unexpected tensors: {', '.join(sorted(unexpected)[:20])}")
     for target, srcs in sources.items():
         expected = tuple(params[target].shape)
-        for row, name in srcs:
-            want = expected[1:] if row is not None else expected
+        for part, name in srcs:
+            if part is not None and part[0] >= expected[0]:
+                problems.append(f"tensor {name} names expert {part[0]}, but the config has {expected[0]}")
+                continue
+            want = tuple(_piece(torch.empty(expected, device="meta"), part).shape)
             if stored[name].shape != want:
                 problems.append(f"tensor {name} has shape {list(stored[name].shape)}, expected {list(want)}")
-        rows = sorted(r for r, _ in srcs if r is not None)
-        if rows and rows != list(range(expected[0])):
-            problems.append(f"{target}: expected experts 0..{expected[0] - 1}, checkpoint has {len(rows)}")
+        for half in {part[1] for part, _ in srcs if part is not None}:
+            rows = {part[0] for part, _ in srcs if part is not None and part[1] == half}
+            if rows != set(range(expected[0])):
+                family = next(name for part, name in srcs if part is not None and part[1] == half)
+                family = EXPERT_NAME.sub(r"\1.N.\3.weight", family)
+                missing = sorted(set(range(expected[0])) - rows)
+                problems.append(f"{family} for N in 0..{expected[0] - 1}: the checkpoint has {len(rows)}, "
+                                f"missing N = {missing[:10]}")
     if problems:
         raise WeightLoadError(f"checkpoint {path} does not match its config: " + "; ".join(problems))
 
@@ -140,10 +163,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
                 continue
             keep = torch.float32 if target.endswith(KEEP_FP32) else dtype
             tensor = torch.empty(params[target].shape, dtype=keep, device=device)
-            for row, name in srcs:
+            for part, name in srcs:
                 info = stored[name]
                 handle = handles.get(info.file) or handles.setdefault(info.file, info.file.open("rb"))
-                _read_into(tensor if row is None else tensor[row], info, handle)
+                _read_into(_piece(tensor, part), info, handle)
             _set_parameter(model, target, tensor)
     finally:
         for handle in handles.values():
