@@ -84,15 +84,19 @@ class Footprint:
         """Bytes a decode step must read: weights it touches, KDA states (read and written), and the latent
         cache; with `expanded`, the shared prefix as the engine reads it then, decompressed keys and padded
         values (engine/expanded_prefix.py)."""
-        c = self.config
-        unique = c.num_experts * (1 - (1 - c.num_experts_per_token / c.num_experts) ** batch)
-        experts = self.moe_layers * unique * self.expert_bytes
+        experts = self.experts_read(batch)
         states = 2 * batch * layout.slot_bytes
         per_token = layout.page_bytes / PAGE
         shared = shared_latent_tokens * (1 if shared_attention else batch) * per_token
         if expanded:
             shared = shared_latent_tokens * self.expanded_bytes_per_token()
         return self.dense_bytes + experts + states + shared + batch * private_tokens * per_token
+
+    def experts_read(self, batch: int) -> float:
+        """Expected bytes of the routed experts a batch reaches (each expert read once), over all MoE layers."""
+        c = self.config
+        unique = c.num_experts * (1 - (1 - c.num_experts_per_token / c.num_experts) ** batch)
+        return self.moe_layers * unique * self.expert_bytes
 
     def expanded_bytes_per_token(self) -> int:
         c = self.config
@@ -108,14 +112,37 @@ class Footprint:
         return dense + mla + kda
 
 
-async def print_decode_profile(engine, agents, steps: int = 4) -> None:
-    """GPU kernels of a few decode steps of every agent, by total GPU time (where a step's time goes)."""
+KERNEL_GROUPS = (("attention", ("flash", "fmha", "mla", "attend", "merge")), ("expert GEMMs", ("grouped", "Grouped")))
+
+
+async def print_decode_profile(engine, agents, foot, steps: int = 4) -> list[tuple[str, str, str]]:
+    """GPU kernels of a few decode steps of every agent, by total GPU time, and rows for the results table: GPU
+    time a step spends in attention, in the grouped expert GEMMs (with their share of copy bandwidth: the
+    experts' bytes over their time), and in everything else."""
     from torch.profiler import ProfilerActivity, profile
 
     engine.runner.shared_prefix_attention = True
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         await asyncio.gather(*(a.generate(SamplingParams(max_tokens=steps, stop_token_ids=[])) for a in agents))
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
+    events = prof.key_averages()
+    print(events.table(sort_by="self_device_time_total", row_limit=25), flush=True)
+    spent = {"attention": 0.0, "expert GEMMs": 0.0, "other": 0.0}
+    for event in events:
+        group = next((g for g, marks in KERNEL_GROUPS if any(m in event.key for m in marks)), "other")
+        spent[group] += event.self_device_time_total / 1e3 / steps
+    experts_read = foot.experts_read(len(agents))
+    return [(f"ours: decode {len(agents)} agents, GPU time per step by kind (profiled, {steps} steps)",
+             ", ".join(f"{group} {ms:.1f} ms" for group, ms in spent.items()),
+             f"expert GEMMs read {experts_read / 2**30:.2f} GiB a step: "
+             f"{experts_read / (spent['expert GEMMs'] / 1e3) / 1e12:.2f} TB/s")]
+
+
+def absorbed_because(prefixes, args) -> str:
+    if args.context < prefixes.min_tokens:
+        return f"the prefix is under {prefixes.min_tokens} tokens"
+    if args.agents < prefixes.min_sharers:
+        return f"fewer than {prefixes.min_sharers} agents"
+    return "too little free cache memory"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -208,7 +235,7 @@ async def ours(args, device, config, rows, floors) -> None:
         used = expand and prefixes.builds > 0
         floor_s = foot.decode_bytes(args.agents, layout, args.context, private, shared, used) / floors["copy"]
         p50 = statistics.median(step_ms)
-        note = "" if used or not expand else " (not expanded: too little memory)"
+        note = "" if used or not expand else f" (stayed absorbed: {absorbed_because(prefixes, args)})"
         rows.append((f"ours: decode {args.agents} agents, {label}{note}",
                      f"p50 {p50:.1f} ms/step, p99 {percentile(step_ms, 0.99):.1f} ms "
                      f"({percentile(step_ms, 0.99) / p50:.2f}x p50), {args.agents * steps / wall:,.0f} tok/s",
@@ -216,7 +243,7 @@ async def ours(args, device, config, rows, floors) -> None:
     engine.runner.shared_prefix_attention, prefixes.enabled = True, True
 
     if args.profile:
-        await print_decode_profile(engine, agents)
+        rows.extend(await print_decode_profile(engine, agents, foot))
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
     stats = engine.stats()
     states = stats["used_slots"] * layout.slot_bytes
