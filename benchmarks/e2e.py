@@ -150,7 +150,9 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def ours(args, device, config, rows, floors) -> None:
+async def ours(args, device, config, rows, floors) -> dict[str, float]:
+    """Our engine's phases as result rows; returns the figures compared with transformers (prefill s, batch-1
+    decode ms/token with CUDA graphs where they run)."""
     model = random_model(config, device, torch.bfloat16)
     foot = Footprint(model, config)
     layout = CacheLayout.for_config(config, torch.bfloat16, PAGE)
@@ -259,6 +261,7 @@ async def ours(args, device, config, rows, floors) -> None:
         a.close()
     await engine.drain()
 
+    figures = {"prefill": prefill_s}
     single = await engine.session(ids(args.single_context, vocab, 7))
     floor = foot.decode_bytes(1, layout, args.single_context, 0, True) / floors["copy"] * 1e3
     graphs = engine.runner.graphs
@@ -271,6 +274,7 @@ async def ours(args, device, config, rows, floors) -> None:
         step = statistics.median(t for b, t in engine.decode_steps if b == 1) * 1e3
         rows.append((f"ours: decode batch 1 after {args.single_context // 1024}K, {mode}", f"{step:.2f} ms/token",
                      f"floor {floor:.2f} ms -> {step / floor:.1f}x"))
+        figures.setdefault("decode1", step)
     engine.runner.graphs = graphs
     single.close()
     rows.append(("ours: no-fork alternative", f"{args.agents} x {prefill_s:.2f} s = {args.agents * prefill_s:.0f} s",
@@ -280,10 +284,11 @@ async def ours(args, device, config, rows, floors) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return figures
 
 
 @torch.inference_mode()
-def theirs(args, device, config, rows) -> None:
+def theirs(args, device, config, rows) -> dict[str, float]:
     """transformers' KimiLinearForCausalLM (fla kernels) with the same random initialisation."""
     from transformers import KimiLinearConfig as HFConfig
     from transformers import KimiLinearForCausalLM as HFModel
@@ -317,6 +322,7 @@ def theirs(args, device, config, rows) -> None:
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
     rows.append((f"transformers+fla: decode batch 1 after {args.single_context // 1024}K",
                  f"{statistics.median(times) * 1e3:.1f} ms/token", ""))
+    return {"prefill": prefill_s, "decode1": statistics.median(times) * 1e3}
 
 
 async def main() -> None:
@@ -341,9 +347,13 @@ async def main() -> None:
           f"bf16 matmul {floors['matmul'] / 1e12:.0f} TFLOP/s", flush=True)
     rows: list[tuple[str, str, str]] = []
     try:
-        await ours(args, device, config, rows, floors)
+        mine = await ours(args, device, config, rows, floors)
         if args.transformers:
-            theirs(args, device, config, rows)
+            peer = theirs(args, device, config, rows)
+            rows.append((f"ours vs transformers+fla, same run: prefill {args.context // 1024}K",
+                         f"**{peer['prefill'] / mine['prefill']:.2f}x** as fast", "both warmed at full length"))
+            rows.append((f"ours vs transformers+fla: decode batch 1 after {args.single_context // 1024}K",
+                         f"**{peer['decode1'] / mine['decode1']:.1f}x** as fast", ""))
     finally:
         print("\n| phase | measured | floor / note |\n|---|---|---|")
         for row in rows:

@@ -440,7 +440,7 @@ def chunk_kda_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
                      inter_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract as kimi_swarm.kernels.kda_reference.chunk_kda_reference, on CUDA (or the Triton interpreter).
 
-    block_v and the *_warps / inter_stages knobs are launch shapes only (benchmarks/kernels.py sweeps them);
+    block_v and the *_warps / inter_stages knobs are launch shapes only (benchmarks/kernel_bench.py sweeps them);
     the defaults are the fastest measured on H100 (benchmarks/history/kernels.md). fp16 inputs are computed in
     fp32: the chunk-local decayed keys and queries that strong gates give exceed fp16's range (bf16 has fp32's).
     """

@@ -1,7 +1,7 @@
 """Triton kernels against float64 references, run on CPU through the Triton interpreter.
 
 CI has no GPU: TRITON_INTERPRET=1 runs the real kernels (their indexing, masks, splits and maths) in
-numpy on small float32 shapes; bf16 and speed are checked on the GPU by benchmarks/kernels.py. Every
+numpy on small float32 shapes; bf16 and speed are checked on the GPU by benchmarks/kernel_bench.py. Every
 test draws fresh random inputs and poisons every buffer the kernels allocate, so an element the kernel
 forgets to write turns the result into NaN.
 """
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 if torch.cuda.is_available():
     pytest.skip("the Triton interpreter cannot run where Triton's own library was compiled for a GPU; there the "
-                "compiled kernels are checked against float64 by benchmarks/kernels.py and inside the model by "
+                "compiled kernels are checked against float64 by benchmarks/kernel_bench.py and inside the model by "
                 "tests/test_gpu_engine.py", allow_module_level=True)
 pytest.importorskip("triton", reason="Triton is not installed; the GPU kernels cannot be checked")
 

@@ -163,3 +163,15 @@ def test_every_public_name_of_the_root_is_what_it_names_after_every_module_is_lo
         importlib.import_module(".".join(_module(path)).removesuffix(".__init__"))
     shadowed = [name for name in kimi_swarm.__all__ if type(getattr(kimi_swarm, name)).__name__ == "module"]
     assert not shadowed, shadowed
+
+
+@pytest.mark.parametrize("folder", ["benchmarks", "training", "examples"])
+def test_scripts_run_from_their_folder_do_not_shadow_installed_packages(folder):
+    """A script's own folder comes first on sys.path: a module there named like an installed distribution's top
+    level (transformers imports one called `kernels`) would be imported in its place."""
+    from importlib.metadata import packages_distributions
+
+    installed = set(packages_distributions())
+    root = REPO / folder
+    modules = {path.stem for path in root.glob("*.py")} | {path.parent.name for path in root.glob("*/__init__.py")}
+    assert modules and not modules & installed, sorted(modules & installed)

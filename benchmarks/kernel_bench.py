@@ -1,7 +1,7 @@
 """Kernel benchmark on the GPU: our Triton kernels vs fla-core vs the PyTorch references, one table.
 
-    python benchmarks/kernels.py                       # all sections (needs CUDA; fla-core 0.6.0 optional)
-    python benchmarks/kernels.py --only check kda_chunk --kda-alt old/kda_triton.py --json out.json
+    python benchmarks/kernel_bench.py                       # all sections (needs CUDA; fla-core 0.6.0 optional)
+    python benchmarks/kernel_bench.py --only check kda_chunk --kda-alt old/kda_triton.py --json out.json
 
 First every kernel is checked in bf16 (and fp32 for KDA prefill) against a float64 reference on fresh
 random inputs, with every buffer the kernels allocate poisoned (NaN) so an unwritten element fails.
