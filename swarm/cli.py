@@ -1,4 +1,5 @@
-"""`swarm run TASK`: a research swarm from the command line; `swarm serve-web`: the offline web;
+"""`swarm run TASK`: a research swarm from the command line; `swarm serve`: the engine as an OpenAI-compatible
+API; `swarm serve-web`: the offline web;
 `swarm report TRACE`: a finished run's HTML page from its trace; `swarm run --resume TRACE`: a crashed run,
 continued from its trace.
 
@@ -50,6 +51,7 @@ from .report import markdown_report
 from .report_html import render_report
 from .result import RunResult
 from .resume import ResumeError, read_identity
+from .serve.model import DEFAULT_MODEL_NAME, LOOPBACK, load_generator, model_name_for, parse_memory
 from .tape import ToolTape, ToolTapeMismatch, tool_tape_path
 
 EXIT_OK = 0
@@ -235,6 +237,50 @@ def serve_web(
     except (LaunchError, OSError) as error:
         _print_error(Console(stderr=True), error)
         raise typer.Exit(EXIT_ERROR) from None
+
+
+@app.command("serve")
+def serve_command(
+    model: Annotated[str | None, typer.Option(
+        metavar="PATH", help="A Kimi Linear checkpoint directory; default: the embedded default model.")] = None,
+    device: Annotated[str, typer.Option(
+        metavar="DEVICE", help="Where the engine runs: auto (a GPU if present), cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[EngineDtype, typer.Option(
+        help="What the engine computes in: auto is bfloat16 on a GPU, float32 on the CPU.")] = EngineDtype.auto,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. Only loopback by default; 0.0.0.0 opens the server to the network.")
+    ] = LOOPBACK,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0 picks a free one).")] = 8000,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="SWARM_SERVE_API_KEY", metavar="KEY",
+        help="Require 'Authorization: Bearer KEY' on every /v1 request.")] = None,
+    model_name: Annotated[str | None, typer.Option(
+        metavar="NAME", help=f"The model name clients ask for; default: the checkpoint's folder name, "
+                             f"{DEFAULT_MODEL_NAME} for the embedded model.")] = None,
+    memory: Annotated[str | None, typer.Option(
+        metavar="FRACTION|SIZE", help="The engine's memory budget for states and cache: a fraction of free memory "
+                                      "(0.5) or a size (8GiB). Default: 0.9 of a GPU's, 0.25 of RAM.")] = None,
+    max_sessions: Annotated[int, typer.Option(
+        min=2, help="Engine sessions at once: running requests plus cached prefix snapshots.")] = 128,
+    prefix_reuse: Annotated[bool, typer.Option(
+        help="Continue each request from the longest prompt prefix the engine already holds.")] = True,
+) -> None:
+    """Serve the in-process engine as an OpenAI-compatible API (/v1/chat/completions, /v1/models) until Ctrl-C."""
+    from .serve.app import create_app  # the HTTP stack loads only for this command
+    from .serve.server import bind, serve, url_of
+
+    console = Console(stderr=True)
+    try:
+        generator = load_generator(model, device=device, dtype=dtype.value, memory=parse_memory(memory),
+                                   max_sessions=max_sessions, prefix_reuse=prefix_reuse)
+        sock = bind(host, port)
+    except (LaunchError, OSError) as error:
+        _print_error(console, error)
+        raise typer.Exit(EXIT_ERROR) from None
+    name = model_name or model_name_for(model)
+    sys.stdout.write(f"serving {name} at {url_of(sock)}\n")
+    sys.stdout.flush()
+    serve(create_app(generator, model_name=name, api_key=api_key), sock, on_stop=generator.shutdown)
 
 
 @app.command("report")

@@ -110,6 +110,27 @@ def _render_message(message: Message, position: int) -> str:
     return _turn(marker, message.name or message.role, body)
 
 
+def render_turns(
+    messages: list[Message],
+    tools: list[ToolSpec] | None = None,
+    *,
+    add_generation_prompt: bool = True,
+    default_system: bool = True,
+) -> list[str]:
+    """`render`'s text cut into its turns (tool declaration, default system turn, one per message, generation
+    prompt). Every turn starts with a special token, so encoding the turns one by one gives the ids of the whole:
+    a prefix cache can key its snapshots by message boundaries."""
+    parts = []
+    if tools:
+        parts.append(_turn(IM_SYSTEM, "tool_declare", neutralize_specials(tools_json(tools))))
+    if default_system and messages and messages[0].role != "system":
+        parts.append(_turn(IM_SYSTEM, "system", DEFAULT_SYSTEM_PROMPT))
+    parts.extend(_render_message(message, position) for position, message in enumerate(messages))
+    if add_generation_prompt:
+        parts.append(GENERATION_PROMPT)
+    return parts
+
+
 def render(
     messages: list[Message],
     tools: list[ToolSpec] | None = None,
@@ -123,15 +144,8 @@ def render(
     a system message; turn it off (and pass no tools) to render only the given messages, e.g. tool
     results appended to a live session.
     """
-    parts = []
-    if tools:
-        parts.append(_turn(IM_SYSTEM, "tool_declare", neutralize_specials(tools_json(tools))))
-    if default_system and messages and messages[0].role != "system":
-        parts.append(_turn(IM_SYSTEM, "system", DEFAULT_SYSTEM_PROMPT))
-    parts.extend(_render_message(message, position) for position, message in enumerate(messages))
-    if add_generation_prompt:
-        parts.append(GENERATION_PROMPT)
-    return "".join(parts)
+    return "".join(render_turns(messages, tools, add_generation_prompt=add_generation_prompt,
+                                default_system=default_system))
 
 
 def _preview(text: str, limit: int = 80) -> str:
@@ -167,8 +181,11 @@ def _tool_of_counter(arguments: str, tools: Collection[str] | ToolSchemas) -> tu
     return None, f"its id names no tool and its arguments fit none of the tools ({', '.join(names)}); {advice}"
 
 
-class _SectionReader:
-    """Reads the inside of one tool-call section marker by marker, keeping good calls and noting bad ones."""
+class SectionReader:
+    """Reads the inside of one tool-call section marker by marker, keeping good calls and noting bad ones.
+
+    It takes the section whole (`read`) or as it streams (`text` and `marker` in order, then `end`): a call is
+    judged, and appended to `calls`, at the marker that ends it."""
 
     def __init__(self, tool_names: Collection[str] | ToolSchemas | None) -> None:
         self.tool_names = tool_names
@@ -178,22 +195,38 @@ class _SectionReader:
         self.state = "between"
         self.call_id = ""
         self.arguments = ""
+        self.between = ""
         self.broken: str | None = None
 
     def read(self, section: str) -> None:
         for position, piece in enumerate(_TOOL_MARKER.split(section)):
             if position % 2:
-                self._marker(piece)
-            elif self.state == "id":
-                self.call_id += piece
-            elif self.state == "arguments":
-                self.arguments += piece
-            elif piece.strip():
-                self.problems.append(f"text between tool calls was ignored: {_preview(piece)}")
+                self.marker(piece)
+            else:
+                self.text(piece)
+        self.end()
+
+    def text(self, piece: str) -> None:
+        if self.state == "id":
+            self.call_id += piece
+        elif self.state == "arguments":
+            self.arguments += piece
+        else:
+            self.between += piece
+
+    def end(self) -> None:
+        """The section is over (closed, or the reply ended): a call still open was cut off."""
+        self._drop_between()
         if self.state != "between":
             self._finish(f"cut off before {CALL_END}")
 
-    def _marker(self, marker: str) -> None:
+    def _drop_between(self) -> None:
+        if self.between.strip():
+            self.problems.append(f"text between tool calls was ignored: {_preview(self.between)}")
+        self.between = ""
+
+    def marker(self, marker: str) -> None:
+        self._drop_between()
         if marker == CALL_BEGIN:
             if self.state != "between":
                 self._finish(f"not closed with {CALL_END} before the next {CALL_BEGIN}")
@@ -251,21 +284,30 @@ def parse_assistant(text: str, tool_names: Collection[str] | ToolSchemas | None 
     Call ids are read as Kimi models write them (functions.NAME:INDEX, NAME:INDEX or a bare counter). A bare
     counter runs only when one declared tool can be meant: the only tool, or, given the tools' schemas
     (`tool_names` as a mapping of name to parameters), the only tool whose schema its arguments fit."""
-    problems: list[str] = []
     body, _, after_turn = text.partition(IM_END)
     content, has_section, section = body.partition(SECTION_BEGIN)
+    if not has_section:
+        return assemble_reply(content, None, False, "", after_turn)
+    inner, closed, after_section = section.partition(SECTION_END)
+    reader = SectionReader(tool_names)
+    reader.read(inner)
+    return assemble_reply(content, reader, bool(closed), after_section, after_turn)
+
+
+def assemble_reply(content: str, section: SectionReader | None, closed: bool, after_section: str,
+                   after_turn: str) -> ParsedReply:
+    """The reply of a read-through: the content before any section, the section's calls (None: no section), and
+    every problem, in the order they occur."""
+    problems: list[str] = []
     if _TOOL_MARKER.search(content):
         problems.append(
             f"tool call markers outside a tool call section were not run; put calls between {SECTION_BEGIN} "
             f"and {SECTION_END}"
         )
     calls: list[ToolCall] = []
-    if has_section:
-        inner, closed, after_section = section.partition(SECTION_END)
-        reader = _SectionReader(tool_names)
-        reader.read(inner)
-        calls = reader.calls
-        problems.extend(reader.problems)
+    if section is not None:
+        calls = section.calls
+        problems.extend(section.problems)
         if not closed:
             problems.append(f"the tool call section was cut off (no {SECTION_END}); finished calls were kept")
         elif after_section.strip():
@@ -273,4 +315,3 @@ def parse_assistant(text: str, tool_names: Collection[str] | ToolSchemas | None 
     if after_turn.strip():
         problems.append(f"text after {IM_END} was ignored: {_preview(after_turn)}")
     return ParsedReply(content=content, tool_calls=calls, malformed=problems)
-

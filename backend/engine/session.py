@@ -52,6 +52,11 @@ class Session:
         return len(self._seq.token_ids)
 
     @property
+    def num_cached(self) -> int:
+        """Tokens run through the model so far; the last token always stays pending (the next forward feeds it)."""
+        return self._seq.num_cached
+
+    @property
     def closed(self) -> bool:
         return self._seq.close_requested
 
