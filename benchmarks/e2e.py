@@ -202,19 +202,28 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
                  f"floor {copy_ms:.1f} ms: copying {args.agents} KDA states"))
 
     first = SamplingParams(max_tokens=1, stop_token_ids=[])
-    start = time.perf_counter()
 
     async def suffix_then_first(i, agent):
         await agent.extend(ids(args.suffix, vocab, 1000 + i))
         await agent.generate(first)
 
-    engine.prefill_forwards.clear()
-    await asyncio.gather(*(suffix_then_first(i, a) for i, a in enumerate(agents)))
-    sync(device)
-    suffix_s = time.perf_counter() - start
+    async def suffixes_then_first_tokens(engine, agents) -> tuple[float, list[tuple[int, int]]]:
+        engine.prefill_forwards.clear()
+        sync(device)
+        start = time.perf_counter()
+        await asyncio.gather(*(suffix_then_first(i, a) for i, a in enumerate(agents)))
+        sync(device)
+        return time.perf_counter() - start, list(engine.prefill_forwards)
+
+    # the first time these shapes run, kernels compile and decode graphs are captured: a server pays that once
+    cold_s, _ = await suffixes_then_first_tokens(engine, agents)
+    for agent in agents:
+        agent.close()
+    agents = root.fork(args.agents)
+    suffix_s, forwards = await suffixes_then_first_tokens(engine, agents)
     total = prefill_s + fork_ms / 1e3 + suffix_s
-    forwards = list(engine.prefill_forwards)
-    rows.append((f"ours: {args.suffix}-token suffix + first token, all agents", f"{suffix_s:.2f} s",
+    rows.append((f"ours: {args.suffix}-token suffix + first token, all agents", f"{suffix_s:.2f} s "
+                 f"(the first time at these shapes: {cold_s:.2f} s)",
                  f"context->first token of all: {total:.2f} s = {total / prefill_s:.2f}x one prefill; "
                  f"{len(forwards)} prefill forwards, {max(r for r, _ in forwards)} agents at most"))
 
