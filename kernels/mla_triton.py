@@ -97,14 +97,14 @@ def _mla_merge_kernel(part_o, part_lse, o, lse_out, slots, R: tl.constexpr, BR: 
     cr = tl.arange(0, BR)
     lse = tl.load(part_lse + row * slots + cs, mask=cs < slots, other=float("-inf"))
     top = tl.max(lse, axis=0)
-    weight = tl.exp2(lse - top)
+    weight = tl.exp2(lse - tl.where(top == float("-inf"), 0.0, top))  # a row with no key at all: weights 0
     parts = tl.load(part_o + (row * slots + cs[:, None]) * R + cr[None, :],
                     mask=(cs[:, None] < slots) & (cr[None, :] < R), other=0.0)
     total = tl.sum(weight, axis=0)
-    merged = tl.sum(parts * weight[:, None], axis=0) / total
+    merged = tl.sum(parts * weight[:, None], axis=0) / tl.where(total > 0, total, 1.0)
     tl.store(o + row * R + cr, merged.to(o.dtype.element_ty), mask=cr < R)
     if WRITE_LSE:
-        tl.store(lse_out + row, (top + tl.log2(total)) * 0.6931471805599453)  # base 2 -> natural
+        tl.store(lse_out + row, (top + tl.log2(total)) * 0.6931471805599453)  # base 2 -> natural; -inf if no key
 
 
 def _block(n: int) -> int:
@@ -205,8 +205,7 @@ def mla_decode_from_triton(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache:
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, kv_start: int, scale: float, *,
                            block_n: int = 32, num_warps: int = 4, num_stages: int = 3,
                            n_splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as kimi_swarm.kernels.mla_reference.mla_decode_from_reference, for rows with at least one key
-    at or after kv_start (a decode step's own token always is)."""
+    """Same contract as kimi_swarm.kernels.mla_reference.mla_decode_from_reference."""
     _check(q_latent, q_pe, kv_cache)
     n, h, _ = q_latent.shape
     launch = _Launch(q_latent, q_pe, kv_cache, scale, _block(h))

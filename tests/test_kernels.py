@@ -202,8 +202,10 @@ def test_mla_decode_from_a_position_merges_with_the_keys_before_it_into_plain_de
                                                                  torch.full((n,), 16), 0, 0.2)
     merged = mla_reference.merge_attention(before, before_lse, ref, ref_lse)
     assert rel_err(merged, mla_reference.mla_decode_reference(*float64(ql, qp, kv), tables, lens, 0.2)) <= 1e-12
-    nothing, nothing_lse = mla_reference.mla_decode_from_reference(ql, qp, kv, tables, lens, 45, 0.2)
-    assert bool((nothing == 0).all()) and bool(nothing_lse.isneginf().all())
+    for decode_from in (mla_reference.mla_decode_from_reference, mla_triton.mla_decode_from_triton):
+        nothing, nothing_lse = decode_from(ql, qp, kv, tables, torch.tensor([16, 30, 45], dtype=torch.int32), 30, 0.2)
+        assert bool((nothing[:2] == 0).all()) and bool(nothing_lse[:2].isneginf().all())  # rows with no key there
+        assert bool(nothing_lse[2].isfinite().all())
 
 
 def test_mla_decode_shared_rejects_short_sequences():
