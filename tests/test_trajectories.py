@@ -7,6 +7,7 @@ import json
 import lzma
 import random
 import re
+from collections import Counter
 
 import pytest
 from teacher import TeacherError
@@ -18,6 +19,7 @@ from trajectories import (
     plan_trajectory,
     record_run,
     run_trajectories,
+    task_stream,
 )
 
 from kimi_swarm import prompts
@@ -26,8 +28,9 @@ from kimi_swarm.backend.chat.messages import Message, ToolCall
 from kimi_swarm.function_tools import as_tool
 from kimi_swarm.launch import offline_web_tools, trained_tools
 from kimi_swarm.offline_web import OfflineWeb
+from kimi_swarm.offline_web.phrasings import heldout_texts
 from kimi_swarm.offline_web.server import ensure_site
-from kimi_swarm.offline_web.tasks import COLUMN_TITLES, NOT_FOUND_CELL, misnamed, sample_task
+from kimi_swarm.offline_web.tasks import ALL_FAMILIES, COLUMN_TITLES, NOT_FOUND_CELL, grade, misnamed, sample_task
 from kimi_swarm.tools import Web, wrap_untrusted
 from kimi_swarm.tools.rank import rank
 
@@ -290,3 +293,119 @@ def test_a_plan_trajectory_is_the_runs_own_start(recorded, tmp_path):
     assert stats["table/plan"] == len(written) == 6 - stats["dropped_heldout"] >= 1
     assert all(sum(target for _, target in t["segments"]) == 1 and '"final": true' in t["segments"][-1][0]
                for t in written)
+
+
+# Issue 31: the newcomer families and the question grammar.
+
+
+@pytest.fixture(scope="module")
+def newcomer_runs(tmp_path_factory):
+    """Recorded runs of look-ups, yes/no questions and unknown entities, worded with the grammar's train forms,
+    among them lower-cased names."""
+    cache = tmp_path_factory.mktemp("cache31")
+    runs = []
+    with OfflineWeb.start(seed=0, cache_dir=cache) as offline:
+        async def go():
+            web = offline_web_tools(offline, index_dir=cache / "index")
+            rng = random.Random(31)
+            try:
+                for family in ("lookup", "yes_no", "unknown") * 6:
+                    task = sample_task(offline.manifest, family, "train", rng, phrasing="train")
+                    runs.append((task, await record_run(task, offline.manifest, offline.base_url,
+                                                        trained_tools(web))))
+                lowered = next(t for t in (sample_task(offline.manifest, "lookup", "train", rng, phrasing="train")
+                                           for _ in range(400)) if t.waves[0][0].typed)
+                runs.append((lowered, await record_run(lowered, offline.manifest, offline.base_url,
+                                                       trained_tools(web))))
+            finally:
+                await web.aclose()
+
+        asyncio.run(go())
+        return offline.base_url, runs
+
+
+def test_newcomer_runs_end_with_the_graded_answer(newcomer_runs):
+    base_url, runs = newcomer_runs
+    assert {task.family for task, _ in runs} == {"lookup", "yes_no", "unknown"}
+    for task, backend in runs:
+        assert backend.errors == [], task.prompt
+        answer = backend.conversations[0].messages[-1].content
+        assert answer == task.final_answer(base_url)
+        assert grade(task, answer, base_url).model_dump() == {"correct": 1, "cited": 1, "total": 1}, task.prompt
+        trajectories = run_trajectories(task, backend, random.Random(0), subagents_per_wave=2)
+        assert trajectories[0].role == "orchestrator" and trajectories[0].family == task.family
+
+
+def test_a_lower_cased_name_is_searched_as_typed_and_reported_as_the_page_spells_it(newcomer_runs):
+    base_url, runs = newcomer_runs
+    task, backend = runs[-1]
+    (lookup,) = task.waves[0]
+    assert lookup.typed == lookup.entity.lower() != lookup.entity and lookup.typed in task.prompt
+    orchestrator, child = backend.conversations
+    plan = next(m for m in orchestrator.messages if m.role == "assistant").tool_calls[0]
+    assert json.loads(plan.arguments) == {"tasks": [f"Find the {lookup.attribute.lower()} of {lookup.typed}."]}
+    search = next(m for m in child.messages[child.fork_point:] if m.role == "assistant").tool_calls[0]
+    assert json.loads(search.arguments)["query"] == lookup.typed
+    assert child.messages[-1].content == lookup.finding(base_url) and lookup.entity in child.messages[-1].content
+
+
+def test_a_yes_no_question_ranks_then_answers_yes_when_its_first_entity_comes_first(newcomer_runs):
+    _, runs = newcomer_runs
+    for task, backend in (run for run in runs if run[0].family == "yes_no"):
+        orchestrator = backend.conversations[0]
+        calls = [c for m in orchestrator.messages if m.role == "assistant" for c in m.tool_calls]
+        assert [c.name for c in calls] == [prompts.SPAWN_TOOL_NAME, "rank"]
+        first = orchestrator.messages[-2].content.splitlines()[1]
+        assert first.startswith(f"1. {task.winner().entity}: ")
+        assert (task.answer == "Yes") == (task.winner().entity == task.waves[0][0].entity)
+        assert orchestrator.messages[-1].content.startswith(f"Answer: {task.answer}. ")
+
+
+def test_an_unknown_entity_is_searched_found_missing_and_answered_not_found(newcomer_runs):
+    """The sub-agent searches the name (some also fetch the page it would have, which fails) and reports no page;
+    the run's answer is "not found" naming what was searched, with no value, no number and no URL."""
+    base_url, runs = newcomer_runs
+    unknown = [run for run in runs if run[0].family == "unknown"]
+    assert sorted({lk.guessed_path is None for task, _ in unknown for lk in task.waves[0]}) == [False, True]
+    for task, backend in unknown:
+        (lookup,) = task.waves[0]
+        orchestrator, child = backend.conversations
+        calls = [c for m in child.messages[child.fork_point:] if m.role == "assistant" for c in m.tool_calls]
+        assert json.loads(calls[0].arguments) == {"query": lookup.named, "max_results": 3}
+        assert [c.name for c in calls] == ["search"] + ["fetch"] * (lookup.guessed_path is not None)
+        assert child.messages[-1].content == f"No page about {lookup.named} was found."
+        answer = orchestrator.messages[-1].content
+        assert answer.splitlines()[-1] == f"Answer: {NOT_FOUND_CELL}: searched for {lookup.named}."
+        assert not re.search(r"\d", answer) and base_url not in answer
+        trajectories = run_trajectories(task, backend, random.Random(0), subagents_per_wave=2)
+        assert [t.role for t in trajectories] == ["orchestrator", "subagent"]
+        targets = [text for text, target in trajectories[0].segments if target]
+        assert targets[-1] == answer + IM_END
+
+
+def test_generated_training_data_uses_train_forms_only(tmp_path):
+    """--phrasing train writes the grammar's train forms (a template share in the original wording) and every
+    family; held-out forms are refused for training data."""
+    out = tmp_path / "phrased.jsonl.xz"
+    families = ("lookup", "yes_no", "unknown", "compare", "two_hop", "table")
+    stats = asyncio.run(generate(out, tasks=12, shards=1, seed=0, subagents_per_wave=1, cache_dir=tmp_path / "cache",
+                                 families=families, phrasing="train", template_rate=0.2))
+    written = _written(out)
+    assert {t["family"] for t in written} == set(families)
+    assert stats["phrased"] > stats["templated"]
+    patterns = [re.compile("^" + re.sub(r"\\\{\w+\\\}", ".+", re.escape(text.rstrip("?."))), re.IGNORECASE)
+                for text in heldout_texts()]
+    user_turns = [re.search(r"<\|im_user\|>user<\|im_middle\|>(.*?)<\|im_end\|>", "".join(s for s, _ in t["segments"]),
+                            re.DOTALL).group(1) for t in written]
+    assert user_turns and not [u for u in user_turns if any(p.match(u) for p in patterns)]
+    with pytest.raises(ValueError, match="never for training"):
+        asyncio.run(generate(out, tasks=2, shards=1, seed=0, subagents_per_wave=1, cache_dir=tmp_path / "cache",
+                             phrasing="heldout"))
+
+
+def test_task_stream_words_tasks_by_phrasing(tmp_path):
+    _, manifest = ensure_site(0, tmp_path / "cache")
+    tasks = list(task_stream(manifest, random.Random(0), 300, "train", ALL_FAMILIES, "train", template_rate=0.25))
+    forms = Counter(t.form == "template" for t in tasks)
+    assert 40 < forms[True] < 110 and not [t for t in tasks if "heldout" in t.form]
+    assert all(t.form == "template" for t in task_stream(manifest, random.Random(0), 30, "train", ALL_FAMILIES))

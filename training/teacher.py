@@ -4,7 +4,9 @@
 (same prompts, tool specs, forks, spawn results), runs the real web tools against the served
 offline web and appends their real output. Only the assistant turns come from the teacher, which
 knows the task's plan and checks every fact it cites against the text the tools returned. A comparison's
-orchestrator ranks the findings with the `rank` tool before it answers, so the run needs that tool.
+orchestrator ranks the findings with the `rank` tool before it answers, so the run needs that tool; so does a
+yes/no question's ("Is A bigger than B?": yes when A comes first). A question about an entity the web does not have
+is searched for, found missing, and answered "not found" with what was searched.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class Teacher:
         self.task = task
         self.manifest = manifest
         self.base_url = base_url.rstrip("/")
-        self.lookups = {(lk.attribute.lower(), lk.entity): lk for wave in task.waves for lk in wave}
+        self.lookups = {(lk.attribute.lower(), lk.named): lk for wave in task.waves for lk in wave}
 
     def next_turn(self, messages: list[Message]) -> Reply:
         start = next((i for i, m in enumerate(messages) if m.role == "tool"
@@ -64,10 +66,10 @@ class Teacher:
         if waves_done < len(self.task.waves):
             note = self.task.plan_note() if waves_done == 0 else ""
             return self._call(messages, prompts.SPAWN_TOOL_NAME, self.task.spawn_arguments(waves_done), content=note)
-        if self.task.family == "compare":
+        if self.task.family in ("compare", "yes_no"):
             if not calls_named(messages, rank.__name__):
                 return self._call(messages, rank.__name__, self.task.rank_arguments())
-            first = f"1. {self.task.answer}: {self.task.winner().value}"
+            first = f"1. {self.task.winner().entity}: {self.task.winner().value}"
             if first not in messages[-1].content.splitlines():
                 raise TeacherError(f"the rank result does not start with {first!r}: {messages[-1].content!r}")
         return Reply(content=self.task.final_answer(self.base_url), finish_reason="stop")
@@ -82,7 +84,7 @@ class Teacher:
         own_turns = sum(1 for m in messages[start:] if m.role == "assistant")
         last = messages[-1].content
         if own_turns == 0:
-            return self._call(messages, "search", {"query": lookup.entity, "max_results": SEARCH_RESULTS})
+            return self._call(messages, "search", {"query": lookup.named, "max_results": SEARCH_RESULTS})
         if lookup.url_path is None:
             return self._missing_page_turn(messages, lookup, own_turns)
         url = self.url(lookup)
@@ -98,8 +100,8 @@ class Teacher:
         """After the search, a lookup without a page fetches its guessed page (if it has one), then reports."""
         last = messages[-1].content
         if own_turns == 1:
-            if re.search(rf"^{re.escape(lookup.entity)}$", last, re.MULTILINE):
-                raise TeacherError(f"searching the misnamed {lookup.entity!r} found a page titled so")
+            if re.search(rf"^(\[\d+\] )?{re.escape(lookup.named)}$", last, re.MULTILINE | re.IGNORECASE):
+                raise TeacherError(f"searching the misnamed {lookup.named!r} found a page titled so")
             if lookup.guessed_path:
                 return self._call(messages, "fetch", {"url": self.base_url + lookup.guessed_path})
         elif "404" not in last:

@@ -13,7 +13,14 @@ heldout` writes the evaluated web's held-out tasks instead: a validation set, ne
 plans do; only those sub-agents are written: they search (half of them also fetch the page the name would have,
 which fails) and report that no page is about the name.
 
+`--phrasing train` words each task with the question grammar's train forms (kimi_swarm.offline_web.phrasings:
+synonyms, word orders, imperatives, lower case, requests for sources) instead of the original templates, all but a
+`--template-rate` share; held-out forms are never written. The newcomer families (`lookup`, `yes_no`, `unknown`)
+are chosen with `--families` like the others.
+
     python training/trajectories.py --out trajectories.jsonl.xz --tasks 3000 --web-seeds 0 1 2 3
+    python training/trajectories.py --out new.jsonl.xz --tasks 1200 --families lookup yes_no unknown compare \
+        --phrasing train --template-rate 0.2
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ from kimi_swarm.backend.chat.chat_format import render
 from kimi_swarm.backend.chat.messages import Message, ToolSpec
 from kimi_swarm.function_tools import as_tool
 from kimi_swarm.launch import offline_web_tools, trained_tools
+from kimi_swarm.offline_web.phrasings import Phrasing
 from kimi_swarm.offline_web.server import OfflineWeb, ensure_site
 from kimi_swarm.offline_web.site import SiteManifest
-from kimi_swarm.offline_web.tasks import FAMILIES, Family, ResearchTask, misnamed, sample_task
+from kimi_swarm.offline_web.tasks import ALL_FAMILIES, FAMILIES, Family, ResearchTask, misnamed, sample_task
 from kimi_swarm.offline_web.world import Split
 from kimi_swarm.orchestrator import Swarm
 from kimi_swarm.tools import Web, rank
@@ -101,7 +109,7 @@ def run_trajectories(task: ResearchTask, backend: TeacherBackend, rng: random.Ra
     orchestrator, *children = backend.conversations
     missing = [lk.task for wave in task.waves for lk in wave if lk.url_path is None]
     out: list[Trajectory] = []
-    if missing:
+    if missing and task.family != "unknown":  # an unknown entity's plan is right: its run is a whole example
         children = [c for c in children if any(t in c.messages[c.fork_point].content for t in missing)]
     else:
         out.append(Trajectory(family=task.family, role="orchestrator",
@@ -135,25 +143,30 @@ def heldout_pattern(*manifests: SiteManifest) -> re.Pattern[str]:
 
 
 def task_stream(manifest: SiteManifest, rng: random.Random, count: int, split: Split = "train",
-                families: tuple[Family, ...] = FAMILIES) -> Iterator[ResearchTask]:
+                families: tuple[Family, ...] = FAMILIES, phrasing: Phrasing = "template",
+                template_rate: float = 0.0) -> Iterator[ResearchTask]:
     """Tasks of one split, cycling through `families`; tables lean large (wide tables are the hard case),
-    comparisons use 2-5 entities."""
+    comparisons use 2-5 entities. A `phrasing` other than "template" words all but a `template_rate` share of them
+    with that split of the question grammar."""
     for index in range(count):
         family = families[index % len(families)]
         size = {"compare": rng.randint(2, 5), "table": rng.choice([rng.randint(3, 12), rng.randint(12, 25)]),
-                "two_hop": None}[family]
-        yield sample_task(manifest, family, split, rng, size)
+                }.get(family)
+        worded = phrasing if phrasing == "template" or rng.random() >= template_rate else "template"
+        yield sample_task(manifest, family, split, rng, size, worded)
 
 
 async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_wave: int,
                    cache_dir: Path | None = None, web_seeds: tuple[int, ...] = (EVALUATED_WEB_SEED,),
                    split: Split = "train", families: tuple[Family, ...] = FAMILIES,
-                   misnamed_rate: float = 0.0) -> Counter:
+                   misnamed_rate: float = 0.0, phrasing: Phrasing = "template", template_rate: float = 0.0) -> Counter:
     """Write trajectories for `tasks` tasks, served on `shards` successive servers (each a new port).
 
     Shard i serves web_seeds[i % len(web_seeds)]. Held-out tasks come from the evaluated web alone. A train
     table task becomes misnamed (1-2 of its names misspelled in the plan) with probability misnamed_rate.
     """
+    if phrasing == "heldout" and split != "heldout":
+        raise ValueError("held-out question forms are for validation (--split heldout), never for training data")
     if split == "heldout" and set(web_seeds) != {EVALUATED_WEB_SEED}:
         raise ValueError(f"held-out (validation) trajectories come from the evaluated web, seed {EVALUATED_WEB_SEED}, "
                          f"not from web seeds {list(web_seeds)}")
@@ -169,7 +182,7 @@ async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_
                 declared = declared_tools(web, rng)
                 try:
                     for task in task_stream(offline.manifest, rng, min(per_shard, tasks - shard * per_shard), split,
-                                            families):
+                                            families, phrasing, template_rate):
                         if split == "train" and task.family == "table" and rng.random() < misnamed_rate:
                             task = misnamed(task, offline.manifest, rng, rng.randint(1, 2))
                             stats["misnamed_runs"] += 1
@@ -183,6 +196,7 @@ async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_
                                 continue
                             sink.write(json.dumps(trajectory.model_dump()) + "\n")
                             stats[f"{trajectory.family}/{trajectory.role}"] += 1
+                            stats["phrased" if task.form != "template" else "templated"] += 1
                             stats["chars"] += len(trajectory.text)
                 finally:
                     await web.aclose()
@@ -191,7 +205,8 @@ async def generate(out: Path, tasks: int, shards: int, seed: int, subagents_per_
 
 
 async def generate_plans(out: Path, tasks: int, seed: int, cache_dir: Path | None, web_seeds: tuple[int, ...],
-                         families: tuple[Family, ...]) -> Counter:
+                         families: tuple[Family, ...], phrasing: Phrasing = "template",
+                         template_rate: float = 0.0) -> Counter:
     """Write plan-only trajectories (plan_trajectory) of `tasks` train tasks spread evenly over `web_seeds`."""
     rng = random.Random(seed)
     stats: Counter = Counter()
@@ -203,7 +218,7 @@ async def generate_plans(out: Path, tasks: int, seed: int, cache_dir: Path | Non
                 heldout = heldout_pattern(evaluated, manifest)
                 specs = [prompts.SPAWN_TOOL] + [as_tool(t).spec for t in declared_tools(web, rng)]
                 count = tasks * (index + 1) // len(web_seeds) - tasks * index // len(web_seeds)
-                for task in task_stream(manifest, rng, count, "train", families):
+                for task in task_stream(manifest, rng, count, "train", families, phrasing, template_rate):
                     trajectory = plan_trajectory(task, manifest, specs)
                     if heldout.search(trajectory.text):
                         stats["dropped_heldout"] += 1
@@ -225,22 +240,30 @@ def main() -> None:
                         help="seeded webs the shards cycle through (other seeds: other entity names)")
     parser.add_argument("--split", choices=["train", "heldout"], default="train",
                         help="heldout: validation trajectories of the evaluated web's held-out entities")
-    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES),
+    parser.add_argument("--families", nargs="+", choices=ALL_FAMILIES, default=list(FAMILIES),
                         help="task families the tasks cycle through (name one twice to weight it)")
     parser.add_argument("--misnamed-rate", type=float, default=0.1,
                         help="share of train table tasks whose plan misspells 1-2 names: sub-agent examples that "
                              "report a missing page (their orchestrators are not written)")
+    parser.add_argument("--phrasing", choices=["template", "train", "heldout"], default="template",
+                        help="train: word tasks with the question grammar's train forms; heldout: its held-out forms "
+                             "(only with --split heldout: validation)")
+    parser.add_argument("--template-rate", type=float, default=0.2,
+                        help="with --phrasing train: share of tasks still worded with the original templates")
     parser.add_argument("--plans-only", action="store_true",
                         help="write only each task's plan turn (plan_trajectory), spread over --web-seeds; no runs")
     args = parser.parse_args()
     started = time.time()
+    if args.phrasing == "heldout" and (args.split != "heldout" or args.plans_only):
+        parser.error("--phrasing heldout writes validation data: it needs --split heldout (and no --plans-only)")
     if args.plans_only:
         stats = asyncio.run(generate_plans(args.out, args.tasks, args.seed, args.cache_dir, tuple(args.web_seeds),
-                                           tuple(args.families)))
+                                           tuple(args.families), args.phrasing, args.template_rate))
         print(f"wrote {args.out} in {time.time() - started:.0f}s: {dict(stats)}")
         return
     stats = asyncio.run(generate(args.out, args.tasks, args.shards, args.seed, args.subagents_per_wave, args.cache_dir,
-                                 tuple(args.web_seeds), args.split, tuple(args.families), args.misnamed_rate))
+                                 tuple(args.web_seeds), args.split, tuple(args.families), args.misnamed_rate,
+                                 args.phrasing, args.template_rate))
     print(f"wrote {args.out} in {time.time() - started:.0f}s: {dict(stats)}")
 
 

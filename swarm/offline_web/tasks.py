@@ -1,8 +1,13 @@
 """Research tasks over the offline web, the teacher's plan for each, and how to grade an answer.
 
-Three families: comparison across N entities, wide table filling (one sub-agent per row) and
-two-hop questions (two waves: the second asks about what the first found). Every sub-agent task
-has the single form "Find the <attribute> of <name>." so one sub-agent skill serves all three.
+Three original families: comparison across N entities, wide table filling (one sub-agent per row) and
+two-hop questions (two waves: the second asks about what the first found). Three more are what a newcomer
+types first: a single-fact look-up, a yes/no comparison of two entities, and a question about an entity the
+web does not have (answered "not found" with what was searched). Every sub-agent task has the single form
+"Find the <attribute> of <name>." so one sub-agent skill serves them all.
+
+`phrasing` words a task: "template" is each family's original wording (what the benchmarks always sampled),
+"train" and "heldout" draw from the question grammar of `phrasings`, split like the entities.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ from pydantic import BaseModel
 from kimi_swarm.tools.rank import Order
 
 from .. import prompts
-from .names import COMPANY_WORDS
+from . import phrasings
+from .names import COMPANY_WORDS, NameMaker
+from .phrasings import Phrasing
 from .site import SiteManifest
 from .world import Entity, Kind, Split, entity_path
 
-Family = Literal["compare", "table", "two_hop"]
+Family = Literal["compare", "table", "two_hop", "lookup", "yes_no", "unknown"]
 FAMILIES: tuple[Family, ...] = ("compare", "table", "two_hop")
+NEWCOMER_FAMILIES: tuple[Family, ...] = ("lookup", "yes_no", "unknown")
+ALL_FAMILIES: tuple[Family, ...] = FAMILIES + NEWCOMER_FAMILIES
 
 PLURALS = {"country": "countries", "city": "cities", "company": "companies", "person": "people"}
 COLUMN_TITLES = {"country": "Country", "city": "City", "company": "Company", "person": "Person"}
@@ -83,6 +92,11 @@ def not_found_text(name: str) -> str:
 NOT_FOUND_CELL = "not found"
 
 
+def not_found_answer(searched: str) -> str:
+    """The run's Answer line when no page is about the entity the question names: what was searched, no value."""
+    return f"Answer: not found: searched for {searched}."
+
+
 def join_names(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -97,21 +111,29 @@ class Lookup(BaseModel):
     guessed_path: str | None = None
     """Of a lookup without a page: the path its sub-agent fetches anyway, as a small model guesses one from the
     name; the fetch fails and the sub-agent reports the missing page."""
+    typed: str | None = None
+    """The name as the user's prompt spells it, when not as the page does (lower case): the plan copies it, the
+    sub-agent searches it, and reports the fact under the page's own spelling."""
+
+    @property
+    def named(self) -> str:
+        """The name as the prompt, the plan and the sub-agent's search spell it."""
+        return self.typed or self.entity
 
     @property
     def task(self) -> str:
-        return subtask_text(self.attribute, self.entity)
+        return subtask_text(self.attribute, self.named)
 
     def finding(self, base_url: str) -> str:
         """The sub-agent's report of this fact, citing its page on the site served at `base_url`."""
         if self.url_path is None:
-            return not_found_text(self.entity)
+            return not_found_text(self.named)
         return finding_text(self.attribute, self.entity, self.value, base_url.rstrip("/") + self.url_path)
 
     def row(self, base_url: str) -> str:
         """The sub-agent's report as its table row (entity, value, cited page), for a wave that asked for rows."""
         if self.url_path is None:
-            return prompts.table_row([self.entity, NOT_FOUND_CELL, ""])
+            return prompts.table_row([self.named, NOT_FOUND_CELL, ""])
         return prompts.table_row([self.entity, self.value, f"[{base_url.rstrip('/')}{self.url_path}]"])
 
 
@@ -126,7 +148,10 @@ class ResearchTask(BaseModel):
     answer: str
     answer_url_path: str | None = None
     largest: bool | None = None
-    """A comparison's direction: the answer has the largest value (True) or the smallest (False)."""
+    """A comparison's direction: the answer has the largest value (True) or the smallest (False); of a yes/no
+    question, the direction it asks about its first entity ("Is A bigger than B?": True)."""
+    form: str = "template"
+    """The question form (phrasings) the prompt was worded with; "template": the family's original wording."""
 
     def final_answer(self, base_url: str) -> str:
         """The run's cited answer, as the teacher's run ends.
@@ -142,8 +167,10 @@ class ResearchTask(BaseModel):
                         for lk in self.waves[0]]
             return prompts.spawn_result_text(outcomes, self.columns())
         findings = [lk.finding(url) for wave in self.waves for lk in wave]
-        if self.family == "compare":
+        if self.family in ("compare", "yes_no"):
             return "\n".join([f"Answer: {self.answer}. {self.winner().finding(url)}", *findings])
+        if self.family == "unknown":
+            return "\n".join([*findings, not_found_answer(self.waves[0][0].named)])
         return "\n".join([*findings, f"Answer: {self.answer} [{url}{self.answer_url_path}]."])
 
     def columns(self) -> list[str] | None:
@@ -170,7 +197,7 @@ class ResearchTask(BaseModel):
     def plan_note(self) -> str:
         """Text of the plan turn before its spawn_agents call: a comparison states its direction ("Goal: fewest."),
         a copy made next to the prompt, so the rank call, kilobytes later, copies it from a fixed anchor."""
-        return f"Goal: {self.order()}." if self.family == "compare" else ""
+        return f"Goal: {self.order()}." if self.family in ("compare", "yes_no") else ""
 
     def rank_arguments(self) -> dict[str, object]:
         """A comparison's `rank` call (kimi_swarm.tools.rank): the direction as the plan turn stated it, then each
@@ -178,7 +205,10 @@ class ResearchTask(BaseModel):
         return {"order": self.order(), "values": {lk.entity: lk.value for lk in self.waves[0]}}
 
     def winner(self) -> Lookup:
-        """The compared entity that the answer names."""
+        """The compared entity that the answer names; of a yes/no question, the first entity if yes, else the
+        second."""
+        if self.family == "yes_no":
+            return self.waves[0][0 if self.answer == "Yes" else 1]
         return next(lk for lk in self.waves[0] if lk.entity == self.answer)
 
 
@@ -186,7 +216,14 @@ def _lookup(entity: Entity, attribute: str) -> Lookup:
     return Lookup(entity=entity.name, attribute=attribute, value=entity.facts[attribute], url_path=entity.url_path)
 
 
-def compare_task(manifest: SiteManifest, split: Split, rng: random.Random, size: int) -> ResearchTask:
+def _typed(lookups: list[Lookup], worded: phrasings.Worded) -> list[Lookup]:
+    """The lookups with the names as the worded prompt spells them."""
+    return [lk.model_copy(update={"typed": worded.typed[lk.entity]}) if worded.typed.get(lk.entity, lk.entity)
+            != lk.entity else lk for lk in lookups]
+
+
+def compare_task(manifest: SiteManifest, split: Split, rng: random.Random, size: int,
+                 phrasing: Phrasing = "template") -> ResearchTask:
     kind, attribute = rng.choice(sorted(COMPARISONS))
     largest = rng.random() < 0.5
     pool = manifest.of(kind, split)
@@ -197,21 +234,118 @@ def compare_task(manifest: SiteManifest, split: Split, rng: random.Random, size:
     pick = max if largest else min
     winner = pick(chosen, key=lambda e: e.number(attribute))
     phrase = COMPARISONS[(kind, attribute)][0 if largest else 1]
-    prompt = rng.choice(COMPARE_TEMPLATES).format(plural=PLURALS[kind], phrase=phrase, attribute=attribute.lower(),
-                                                 names=join_names([e.name for e in chosen]))
-    return ResearchTask(family="compare", prompt=prompt, kind=kind, attribute=attribute,
-                        waves=[[_lookup(e, attribute) for e in chosen]], answer=winner.name,
-                        answer_url_path=winner.url_path, largest=largest)
+    lookups = [_lookup(e, attribute) for e in chosen]
+    form = "template"
+    if phrasing == "template":
+        prompt = rng.choice(COMPARE_TEMPLATES).format(plural=PLURALS[kind], phrase=phrase,
+                                                     attribute=attribute.lower(),
+                                                     names=join_names([e.name for e in chosen]))
+    else:
+        worded = phrasings.word_compare(kind, attribute, largest, [e.name for e in chosen], phrasing, rng)
+        prompt, form, lookups = worded.prompt, worded.form, _typed(lookups, worded)
+    return ResearchTask(family="compare", prompt=prompt, kind=kind, attribute=attribute, waves=[lookups],
+                        answer=winner.name, answer_url_path=winner.url_path, largest=largest, form=form)
 
 
-def table_task(manifest: SiteManifest, split: Split, rng: random.Random, size: int) -> ResearchTask:
+def yes_no_task(manifest: SiteManifest, split: Split, rng: random.Random,
+                phrasing: Phrasing = "template") -> ResearchTask:
+    """"Is A bigger than B?": two entities with different values; yes when A comes first in the asked direction.
+    Half the questions are yes. The plan, the rank call and the answer's finding are a comparison's."""
+    kind, attribute = rng.choice(sorted(COMPARISONS))
+    largest = rng.random() < 0.5
+    pool = manifest.of(kind, split)
+    while True:
+        first, second = rng.sample(pool, 2)
+        if first.number(attribute) != second.number(attribute):
+            break
+    yes = rng.random() < 0.5
+    if (first.number(attribute) > second.number(attribute)) != (largest == yes):
+        first, second = second, first
+    lookups = [_lookup(first, attribute), _lookup(second, attribute)]
+    if phrasing == "template":
+        question, _ = phrasings.yes_no_pairs(phrasings.DIRECTIONS[(kind, attribute, largest)])[0]
+        prompt, form = question.format(a=first.name, b=second.name), "template"
+    else:
+        worded = phrasings.word_yes_no(kind, attribute, largest, [first.name, second.name], phrasing, rng)
+        prompt, form, lookups = worded.prompt, worded.form, _typed(lookups, worded)
+    winner = first if yes else second
+    return ResearchTask(family="yes_no", prompt=prompt, kind=kind, attribute=attribute, waves=[lookups],
+                        answer="Yes" if yes else "No", answer_url_path=winner.url_path, largest=largest, form=form)
+
+
+LOOKUP_ATTRIBUTES: tuple[tuple[Kind, str], ...] = tuple(phrasings.LOOKUP_QUESTIONS)
+"""(kind, attribute) pairs a single-fact look-up asks about: every infobox fact of the offline web."""
+
+
+def lookup_template(kind: Kind, attribute: str, name: str) -> str:
+    """A look-up's plain wording: the first natural question of its attribute ("How many people live in X?")."""
+    return phrasings.LOOKUP_QUESTIONS[(kind, attribute)][0][0].format(name=name)
+
+
+def lookup_task(manifest: SiteManifest, split: Split, rng: random.Random,
+                phrasing: Phrasing = "template") -> ResearchTask:
+    """"What is the population of X?": one sub-agent finds the fact; the answer restates it with its page."""
+    kind, attribute = rng.choice(LOOKUP_ATTRIBUTES)
+    entity = rng.choice([e for e in manifest.of(kind, split) if attribute in e.facts])
+    lookups = [_lookup(entity, attribute)]
+    if phrasing == "template":
+        prompt, form = lookup_template(kind, attribute, entity.name), "template"
+    else:
+        worded = phrasings.word_lookup(kind, attribute, entity.name, phrasing, rng)
+        prompt, form, lookups = worded.prompt, worded.form, _typed(lookups, worded)
+    return ResearchTask(family="lookup", prompt=prompt, kind=kind, attribute=attribute, waves=[lookups],
+                        answer=entity.facts[attribute], answer_url_path=entity.url_path, form=form)
+
+
+def unknown_name(manifest: SiteManifest, kind: Kind, split: Split, rng: random.Random) -> str:
+    """A name no entity of the web has (in any letter case): half the time a misspelling of an entity of `split`
+    (a typo of a real name: search finds the real page, which is not about it), else a fresh name of the kind."""
+    taken = {e.name.lower() for e in manifest.entities}
+    maker = NameMaker(rng)
+    for _ in range(1000):
+        if rng.random() < 0.5:
+            name = _misspelled(rng.choice(manifest.of(kind, split)).name, rng)
+        else:
+            name = {"country": maker.country, "city": maker.city, "company": maker.company,
+                    "person": maker.person}[kind]()
+        if name.lower() not in taken:
+            return name
+    raise RuntimeError(f"no unknown {kind} name found")
+
+
+def unknown_task(manifest: SiteManifest, split: Split, rng: random.Random, phrasing: Phrasing = "template",
+                 guess_rate: float = 0.5) -> ResearchTask:
+    """A look-up about an entity the web does not have. The sub-agent searches the name, sees no page about it
+    (half the time also fetches the page the name would have, which fails) and says so; the answer is "not
+    found" with what was searched, never another entity's value."""
+    kind, attribute = rng.choice(LOOKUP_ATTRIBUTES)
+    name = unknown_name(manifest, kind, split, rng)
+    guess = entity_path(kind, name) if rng.random() < guess_rate else None
+    lookups = [Lookup(entity=name, attribute=attribute, value="", url_path=None, guessed_path=guess)]
+    if phrasing == "template":
+        prompt, form = lookup_template(kind, attribute, name), "template"
+    else:
+        worded = phrasings.word_lookup(kind, attribute, name, phrasing, rng)
+        prompt, form, lookups = worded.prompt, worded.form, _typed(lookups, worded)
+    return ResearchTask(family="unknown", prompt=prompt, kind=kind, attribute=attribute, waves=[lookups],
+                        answer=NOT_FOUND_CELL, form=form)
+
+
+def table_task(manifest: SiteManifest, split: Split, rng: random.Random, size: int,
+               phrasing: Phrasing = "template") -> ResearchTask:
     kind = rng.choice(sorted(TABLE_ATTRIBUTES))
     attribute = rng.choice(TABLE_ATTRIBUTES[kind])
     chosen = rng.sample(manifest.of(kind, split), min(size, len(manifest.of(kind, split))))
-    prompt = rng.choice(TABLE_TEMPLATES).format(attribute=attribute.lower(), plural=PLURALS[kind],
-                                               names=join_names([e.name for e in chosen]))
-    return ResearchTask(family="table", prompt=prompt, kind=kind, attribute=attribute,
-                        waves=[[_lookup(e, attribute) for e in chosen]], answer="")
+    lookups = [_lookup(e, attribute) for e in chosen]
+    form = "template"
+    if phrasing == "template":
+        prompt = rng.choice(TABLE_TEMPLATES).format(attribute=attribute.lower(), plural=PLURALS[kind],
+                                                   names=join_names([e.name for e in chosen]))
+    else:
+        worded = phrasings.word_table(kind, attribute, [e.name for e in chosen], phrasing, rng)
+        prompt, form, lookups = worded.prompt, worded.form, _typed(lookups, worded)
+    return ResearchTask(family="table", prompt=prompt, kind=kind, attribute=attribute, waves=[lookups], answer="",
+                        form=form)
 
 
 def misnamed(task: ResearchTask, manifest: SiteManifest, rng: random.Random, count: int,
@@ -246,23 +380,37 @@ def _misspelled(name: str, rng: random.Random) -> str:
     return " ".join([first[:at] + letter + first[at + 1:], *words[1:]])
 
 
-def two_hop_task(manifest: SiteManifest, split: Split, rng: random.Random) -> ResearchTask:
+def two_hop_task(manifest: SiteManifest, split: Split, rng: random.Random,
+                 phrasing: Phrasing = "template") -> ResearchTask:
     kind, first, second, question = rng.choice(TWO_HOPS)
     start = rng.choice([e for e in manifest.of(kind, split) if first in e.links])
     middle = manifest.by_path(start.links[first])
-    return ResearchTask(family="two_hop", prompt=question.format(name=start.name), kind=kind, attribute=second,
-                        waves=[[_lookup(start, first)], [_lookup(middle, second)]],
-                        answer=middle.facts[second], answer_url_path=middle.url_path)
+    lookups = [_lookup(start, first)]
+    prompt, form = question.format(name=start.name), "template"
+    if phrasing != "template":
+        worded = phrasings.word_two_hop((kind, first, second), question, start.name, phrasing, rng)
+        prompt, form, lookups = worded.prompt, worded.form, _typed(lookups, worded)
+    return ResearchTask(family="two_hop", prompt=prompt, kind=kind, attribute=second,
+                        waves=[lookups, [_lookup(middle, second)]],
+                        answer=middle.facts[second], answer_url_path=middle.url_path, form=form)
 
 
 def sample_task(manifest: SiteManifest, family: Family, split: Split, rng: random.Random,
-                size: int | None = None) -> ResearchTask:
-    """One task of `family` about entities of `split`; `size` is the entity count (compare, table)."""
+                size: int | None = None, phrasing: Phrasing = "template") -> ResearchTask:
+    """One task of `family` about entities of `split`, worded by `phrasing`; `size` is the entity count (compare,
+    table). The "template" wording draws from `rng` exactly as before the grammar existed, so a seed gives the same
+    tasks it always gave."""
     if family == "compare":
-        return compare_task(manifest, split, rng, size or rng.randint(2, 4))
+        return compare_task(manifest, split, rng, size or rng.randint(2, 4), phrasing)
     if family == "table":
-        return table_task(manifest, split, rng, size or rng.randint(3, 24))
-    return two_hop_task(manifest, split, rng)
+        return table_task(manifest, split, rng, size or rng.randint(3, 24), phrasing)
+    if family == "lookup":
+        return lookup_task(manifest, split, rng, phrasing)
+    if family == "yes_no":
+        return yes_no_task(manifest, split, rng, phrasing)
+    if family == "unknown":
+        return unknown_task(manifest, split, rng, phrasing)
+    return two_hop_task(manifest, split, rng, phrasing)
 
 
 class Grade(BaseModel):
@@ -303,7 +451,10 @@ def table_rows(answer: str, attribute: str) -> dict[str, tuple[str, str]]:
 def grade(task: ResearchTask, answer: str, base_url: str) -> Grade:
     """Score an orchestrator's final text against the task; the URL must be the fact's own page.
 
-    A comparison is correct when its Answer line names the winner alone and states the winner's value.
+    A comparison is correct when its Answer line names the winner alone and states the winner's value; a yes/no
+    question when its Answer line starts with the right yes or no and states the winner's value; a question about
+    an unknown entity when its Answer line says "not found", names what was searched and states no value (no digit,
+    no URL); a look-up or two-hop question when its Answer line states the value.
     """
     url = base_url.rstrip("/")
     if task.family == "table":
@@ -321,6 +472,14 @@ def grade(task: ResearchTask, answer: str, base_url: str) -> Grade:
         named = [lk.entity for lk in task.waves[0] if re.search(rf"\b{re.escape(lk.entity)}\b", line)]
         named = [n for n in named if not any(n != other and n in other for other in named)]
         ok = named == [task.answer] and _states(line, task.winner().value)
+    elif task.family == "yes_no":
+        said = re.match(r"\s*\**\s*(yes|no)\b", line, re.IGNORECASE)
+        ok = bool(said) and said.group(1).lower() == task.answer.lower() and _states(line, task.winner().value)
+    elif task.family == "unknown":
+        searched = task.waves[0][0].named
+        ok = (NOT_FOUND_CELL in line.lower() and searched.lower() in line.lower()
+              and not re.search(r"\d", line) and not URL.search(line))
+        return Grade(correct=int(ok), cited=int(ok), total=1)
     else:
         ok = _states(line, task.answer)
     return Grade(correct=int(ok), cited=int(ok and f"{url}{task.answer_url_path}" in line), total=1)
