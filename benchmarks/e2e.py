@@ -112,7 +112,9 @@ class Footprint:
         return dense + mla + kda
 
 
-KERNEL_GROUPS = (("attention", ("flash", "fmha", "mla", "attend", "merge")), ("expert GEMMs", ("grouped", "Grouped")))
+KERNEL_GROUPS = (("attention", ("flash", "fmha", "mla", "attend", "merge")),
+                 ("expert GEMMs", ("grouped", "Grouped", "GroupProblemShape")))
+"""GPU kernels by name: torch._grouped_mm runs CUTLASS kernels over a GroupProblemShape on Hopper."""
 
 
 async def print_decode_profile(engine, agents, foot, steps: int = 4) -> list[tuple[str, str, str]]:

@@ -75,7 +75,7 @@ class Engine:
                  max_sessions: int = 128, memory: int | float | None = None, page_size: int = 64,
                  prefill_chunk: int | None = None, prefill_tokens: int | None = None,
                  batched_prefill_width: int | None = None, max_batch: int = 256,
-                 shared_prefix_attention: bool = True, expand_shared_prefix: bool = False,
+                 shared_prefix_attention: bool = True, expand_shared_prefix: bool | None = None,
                  cuda_graphs: bool = True, speculative_tokens: int | None = None):
         self.model = model
         self.config = model.config
