@@ -263,11 +263,12 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
     latent = stats["used_pages"] * layout.page_bytes
     shared_latent = -(-args.context // PAGE) * layout.page_bytes
     per_agent = layout.slot_bytes + private_tokens / PAGE * layout.page_bytes
-    target = 1.1 * (foot.weights + shared_latent + args.agents * per_agent)
+    expanded = args.context * foot.expanded_bytes_per_token() if prefixes.builds else 0
+    target = 1.1 * (foot.weights + shared_latent + expanded + args.agents * per_agent)
     rows.append(("ours: peak GPU memory", f"{peak / 2**30:.1f} GiB ({peak / target:.2f}x the target bound)",
                  f"weights {foot.weights / 2**30:.1f} + KDA states {states / 2**30:.2f} + latent in use "
                  f"{latent / 2**30:.2f} GiB; pool reserved up front {budget / 2**30:.1f} GiB; target bound "
-                 f"{target / 2**30:.1f} GiB"))
+                 f"{target / 2**30:.1f} GiB (the expanded prefix's {expanded / 2**30:.1f} GiB included)"))
     for a in [root, *agents]:
         a.close()
     await engine.drain()
