@@ -201,6 +201,15 @@ def test_prompts_over_the_cache_are_413_full_memory_is_503_and_a_disconnect_free
                                             max_tokens=4)
         assert after.usage.completion_tokens >= 1
 
+        impatient = client(url, timeout=0.5)  # a whole reply, not streamed, whose client gives up waiting
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "long"}],
+                                              max_tokens=3000, temperature=0, extra_body={"ignore_eos": True})
+        deadline = time.monotonic() + 1.5  # far sooner than its 3,000 tokens take
+        while generator.cache.live_sessions > generator.cache.snapshot_count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert generator.cache.live_sessions == generator.cache.snapshot_count, "an abandoned request kept decoding"
+
 
 def streamed_reply(stream) -> tuple[str, list[tuple[str, str, str]], str, object]:
     content, calls, finish, usage = [], {}, None, None

@@ -7,10 +7,11 @@ its session closed at once, not when the next delta fails to send.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -27,6 +28,8 @@ from .errors import APIError, bad_request, invalid_body, too_large, unauthorized
 from .generator import Generator
 from .schema import ChatCompletionRequest
 
+DISCONNECT_POLL_SECONDS = 0.25
+"""How often a non-streamed request checks that its client is still there."""
 MAX_BODY_BYTES = 64 * 2**20
 """The largest request body read (a 128K-token transcript is well under this)."""
 
@@ -111,7 +114,8 @@ def create_app(generator: Generator, *, model_name: str, api_key: str | None = N
         stream = await start(prepared, generator)
         if prepared.stream:
             return EventStream(stream_chunks(prepared, stream, model_name), on_close=stream.close)
-        return json_response(await complete(prepared, stream, model_name))
+        reply = await _unless_disconnected(request, complete(prepared, stream, model_name), on_cancel=stream.close)
+        return json_response(reply) if reply is not None else Response(status_code=499)
 
     async def health(request: Request) -> Response:
         return Response("ok", media_type="text/plain")
@@ -121,6 +125,22 @@ def create_app(generator: Generator, *, model_name: str, api_key: str | None = N
                 Route("/v1/chat/completions", chat_completions, methods=["POST"]), Route("/health", health)],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _server_error},
     )
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, dict[str, Any]],
+                               on_cancel: Callable[[], None]) -> dict[str, Any] | None:
+    """The result of `work`, or None (work cancelled, `on_cancel` run) if the client goes away first: a request
+    nobody waits for must not keep decoding."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not (await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS))[0]:
+            if await request.is_disconnected():
+                task.cancel()
+                on_cancel()
+                return None
+        return task.result()
+    finally:
+        task.cancel()
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
