@@ -14,7 +14,8 @@ from model_support import write_chat_checkpoint
 from kimi_swarm.backend import Engine, SamplingParams
 from kimi_swarm.backend.engine.expanded_prefix import ExpandedPrefixes
 from kimi_swarm.backend.engine.paged_context import PagedContext
-from kimi_swarm.backend.engine.state_cache import StateCache
+from kimi_swarm.backend.engine.state_cache import CacheLayout, StateCache
+from kimi_swarm.backend.model.config import KimiLinearConfig
 from kimi_swarm.backend.model.weights import load_model
 
 PAGE = 16
@@ -93,11 +94,14 @@ def test_no_expansion_when_it_would_leave_the_cache_short(checkpoint):
     assert prefixes.for_batch(pages, 8) is None and cache.used_pages == 3
 
 
-async def run_fork_tree(checkpoint, *, expand: bool) -> tuple[list[list[int]], Engine, list]:
+async def run_fork_tree(checkpoint, *, expand: bool, pages: int = 4096) -> tuple[list[list[int]], Engine, list]:
     """A 100-token root forked into 4 agents; two of them fork 3 more each after their own turn (forks of
-    forks); all 10 decode together."""
-    engine = Engine.from_pretrained(checkpoint, max_sessions=16, memory=64 << 20, page_size=PAGE,
-                                    expand_shared_prefix=expand)
+    forks); all 10 decode together, in an engine whose cache holds `pages` pages."""
+    config = KimiLinearConfig.from_pretrained(checkpoint)
+    layout = CacheLayout.for_config(config, torch.float32, PAGE)
+    engine = Engine.from_pretrained(checkpoint, max_sessions=16, page_size=PAGE, expand_shared_prefix=expand,
+                                    memory=17 * layout.slot_bytes + (pages + 1) * layout.page_bytes)
+    assert engine.cache.num_pages == pages
     engine.runner.prefixes.min_tokens, engine.runner.prefixes.min_sharers = PAGE, 4
     rng = random.Random(9)
     root = await engine.session([rng.randrange(3, 256) for _ in range(100)])
@@ -126,3 +130,22 @@ async def test_a_fork_tree_decodes_alike_with_and_without_the_expanded_prefix(ch
             session.close()
         engine_a.shutdown()
         engine_b.shutdown()
+
+
+async def test_a_session_waiting_for_pages_gets_the_expanded_prefixs_pages(checkpoint):
+    """The decompressed prefix is memory on loan: Engine.stats shows it apart from used pages, and a prompt that
+    needs more pages than are free takes them back instead of waiting for ever."""
+    _, engine, sessions = await run_fork_tree(checkpoint, expand=True, pages=100)
+    try:
+        prefixes, stats = engine.runner.prefixes, engine.stats()
+        assert prefixes.current is not None and stats["expanded_prefix_pages"] == len(prefixes.current.reserved) > 0
+        assert stats["used_pages"] == engine.cache.used_pages - stats["expanded_prefix_pages"]
+        free = len(engine.cache.free_pages)
+        assert free + stats["expanded_prefix_pages"] > free + 4
+        big = await asyncio.wait_for(engine.session([7] * ((free + 4) * PAGE)), 60)
+        assert prefixes.current is None and engine.stats()["expanded_prefix_pages"] == 0
+        big.close()
+    finally:
+        for session in sessions:
+            session.close()
+        engine.shutdown()

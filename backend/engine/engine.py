@@ -159,9 +159,12 @@ class Engine:
         await waiter.future
 
     def stats(self) -> dict[str, int]:
+        """Slots and pages in use. Pages holding an expanded shared prefix are counted apart, not as used: the
+        engine gives them back as soon as a session needs them."""
+        expanded = self.runner.prefixes.reserved_pages
         return {"used_slots": self.cache.used_slots, "max_sessions": self.cache.max_sessions,
-                "used_pages": self.cache.used_pages, "num_pages": self.cache.num_pages,
-                "page_size": self.cache.page_size}
+                "used_pages": self.cache.used_pages - expanded, "expanded_prefix_pages": expanded,
+                "num_pages": self.cache.num_pages, "page_size": self.cache.page_size}
 
     def shutdown(self) -> None:
         with self._cond:
@@ -327,10 +330,11 @@ class Engine:
         """One prefill chunk and one decode step, as far as memory allows; False if nothing ran."""
         scheduler = self.scheduler
         scheduler.drop_cancelled()
-        self.runner.prefixes.release_if_short(self.cache.num_pages // 8)
         self._finish_prefilled()
         progressed = False
         jobs, n = scheduler.next_prefill()
+        if not jobs and scheduler.prefill_waiting() and self.runner.prefixes.release():
+            jobs, n = scheduler.next_prefill()  # the expanded prefix's pages were in the way
         if jobs:
             try:
                 for job in jobs:
@@ -343,6 +347,8 @@ class Engine:
             self._finish_prefilled()
             progressed = True
         batch = scheduler.decode_batch()
+        if len(batch) < scheduler.runnable_decodes() and self.runner.prefixes.release():
+            batch = scheduler.decode_batch()
         if batch:
             self._decode(batch)
             progressed = True

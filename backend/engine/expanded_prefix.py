@@ -7,8 +7,9 @@ H x (192 + 192), read as a matrix product by all N queries. Each session's own l
 two parts merge by log-sum-exp (KimiMLAAttention._decode_over_expanded_prefix).
 
 The decompressed rows are 21x the latent's size, so they live in latent-cache pages taken off the top of the
-pool: they count against the engine's memory budget, show as used pages, and go back when the prefix is no
-longer shared (its last forks closed), when a batch needs another prefix, or when the cache runs short of pages.
+pool: they count against the engine's memory budget (Engine.stats shows them apart) and go back when the prefix
+is no longer shared (its last forks closed), when a batch needs another prefix, or as soon as a session waits for
+pages.
 It pays with many sharers over a long prefix (ExpandedPrefixes.min_sharers, .min_tokens); otherwise decode stays
 absorbed.
 """
@@ -81,15 +82,18 @@ class ExpandedPrefixes:
         if self.current is not None and int(self.cache.page_refs[list(self.current.pages)].min()) < 2:
             self.release()
 
-    def release_if_short(self, free_pages_wanted: int) -> None:
-        """Give the memory back to the cache when it has fewer free pages than wanted."""
-        if self.current is not None and len(self.cache.free_pages) < free_pages_wanted:
-            self.release()
+    @property
+    def reserved_pages(self) -> int:
+        return len(self.current.reserved) if self.current is not None else 0
 
-    def release(self) -> None:
-        if self.current is not None:
-            self.cache.unreserve_pages(self.current.reserved)
-            self.current = None
+    def release(self) -> bool:
+        """Give the prefix's pages back to the cache; False if there was none. The engine calls it when a session
+        waits for pages, so the expansion never holds back a session."""
+        if self.current is None:
+            return False
+        self.cache.unreserve_pages(self.current.reserved)
+        self.current = None
+        return True
 
     def _build(self, pages: tuple[int, ...]) -> ExpandedPrefix | None:
         cache, first = self.cache, self.layers[0]

@@ -74,6 +74,14 @@ class Scheduler:
                 n, needed = width, total
         return batch, n
 
+    def prefill_waiting(self) -> bool:
+        """Whether a job could prefill now but for free pages."""
+        return any(j.seq.slot >= 0 and not j.seq.pinned and j.seq.prefill_pending for j in self.prefilling)
+
+    def runnable_decodes(self) -> int:
+        """How many generating jobs a decode step would take if pages were no limit."""
+        return min(self.max_batch, sum(not j.seq.pinned for j in self.decoding))
+
     def promote_ready(self) -> list[Job]:
         """Jobs whose prefill is complete: generations move to decoding, the rest are returned as done."""
         done, waiting = [], deque()
