@@ -81,22 +81,9 @@ def mla_decode_from_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cac
     attended elsewhere (an expanded shared prefix) and merged by log-sum-exp. A row with no key there gives 0
     and -inf."""
     _check_paged(q_latent, q_pe, kv_cache)
-    dtype = _compute_dtype(q_latent)
-    n, h, r = q_latent.shape
-    lens = seq_lens.long().to(kv_cache.device)
-    width = max(int(lens.max()) - kv_start, 0)
-    if width == 0:
-        return torch.zeros_like(q_latent), q_latent.new_full((n, h), float("-inf"), dtype=dtype)
-    positions = kv_start + torch.arange(width, device=kv_cache.device)
-    visible = positions[None, :] < lens[:, None]  # [N, W]
-    positions = torch.minimum(positions[None, :], lens[:, None] - 1).clamp(min=0)  # padding re-reads a valid row
-    keys = rows_at(kv_cache, block_tables, positions).to(dtype)  # [N, W, R + P]
-    scores = (torch.einsum("nhr,nwr->nhw", q_latent.to(dtype), keys[..., :r])
-              + torch.einsum("nhp,nwp->nhw", q_pe.to(dtype), keys[..., r:])) * scale
-    scores = scores.masked_fill_(~visible[:, None, :], float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    probs = (scores - torch.where(lse.isinf(), 0.0, lse)[..., None]).exp_()
-    return torch.einsum("nhw,nwr->nhr", probs, keys[..., :r]).to(q_latent.dtype), lse
+    starts = seq_lens.long().to(kv_cache.device) - 1
+    o, lse = _attend_own_rows(q_latent[:, None], q_pe[:, None], kv_cache, block_tables, starts, kv_start, scale)
+    return o[:, 0].to(q_latent.dtype), lse[:, 0]
 
 
 def merge_attention(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor,
@@ -138,11 +125,22 @@ def mla_prefill_shared_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_
     else:  # nothing shared: every row is the sequence's own
         o_pre = q_latent.new_zeros(n, t, h, r, dtype=dtype)
         lse_pre = q_latent.new_full((n, t, h), float("-inf"), dtype=dtype)
+    o_own, lse_own = _attend_own_rows(q_latent, q_pe, kv_cache, block_tables, starts, prefix_len, scale)
+    return merge_attention(o_pre, lse_pre, o_own, lse_own).to(q_latent.dtype)
+
+
+def _attend_own_rows(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                     starts: torch.Tensor, first: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """T queries of each of N sequences, at positions starts[n]..starts[n]+T-1, over that sequence's keys from
+    position `first` on, causally: (o [N, T, H, R], lse [N, T, H]) in the compute dtype. The rows, padded to the
+    longest sequence, go in one batched product; a query with no key there gives 0 and -inf."""
+    n, t, h, r = q_latent.shape
+    dtype = _compute_dtype(q_latent)
     ends = starts.long().to(kv_cache.device) + t  # [N]
-    width = int(ends.max()) - prefix_len
+    width = int(ends.max()) - first
     if width <= 0:
-        return o_pre.to(q_latent.dtype)
-    positions = prefix_len + torch.arange(width, device=kv_cache.device)
+        return q_latent.new_zeros(n, t, h, r, dtype=dtype), q_latent.new_full((n, t, h), float("-inf"), dtype=dtype)
+    positions = first + torch.arange(width, device=kv_cache.device)
     query_positions = starts.long().to(kv_cache.device)[:, None] + torch.arange(t, device=kv_cache.device)  # [N, T]
     visible = positions[None, None, :] <= query_positions[..., None]  # [N, T, W]
     positions = torch.minimum(positions[None, :], ends[:, None] - 1)  # padding re-reads a valid row
@@ -150,11 +148,9 @@ def mla_prefill_shared_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_
     scores = (torch.einsum("nthr,nwr->nthw", q_latent.to(dtype), keys[..., :r])
               + torch.einsum("nthp,nwp->nthw", q_pe.to(dtype), keys[..., r:])) * scale
     scores = scores.masked_fill_(~visible[:, :, None, :], float("-inf"))
-    lse_own = torch.logsumexp(scores, dim=-1)  # -inf for a decode query with no private row
-    lse = torch.logaddexp(lse_pre, lse_own)
-    probs = (scores - lse[..., None]).exp_()
-    out = o_pre * (lse_pre - lse).exp()[..., None] + torch.einsum("nthw,nwr->nthr", probs, keys[..., :r])
-    return out.to(q_latent.dtype)
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = (scores - torch.where(lse.isinf(), 0.0, lse)[..., None]).exp_()
+    return torch.einsum("nthw,nwr->nthr", probs, keys[..., :r]), lse
 
 
 def mla_prefill_reference(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
