@@ -1,10 +1,11 @@
 """CUDA graphs of the decode step: one replay runs the whole model for a batch of sessions.
 
 At small batch a decode step is launch-bound: hundreds of small kernels, each costing more to launch
-from Python than to run. A graph is captured on first use per (batch bucket, block-table width,
-shared prefix pages, expanded prefix rows) and replayed after its static inputs are refreshed. A batch is padded to its
-bucket with rows that read and write only the cache's scratch slot and page, so the padding never
-touches a session. Captures share one memory pool; each replay's logits are copied out at once.
+from Python than to run. A graph is captured per (batch bucket, block-table width, shared prefix pages,
+expanded prefix rows) once that shape has been seen CAPTURE_AFTER times, and replayed after its static
+inputs are refreshed. A batch is padded to its bucket with rows that read and write only the cache's
+scratch slot and page, so the padding never touches a session. Captures share one memory pool; each
+replay's logits are copied out at once.
 """
 
 from __future__ import annotations
@@ -53,16 +54,17 @@ class DecodeGraphs:
         """On CUDA in bf16, where the MoE runs grouped GEMMs with no host sync (other dtypes loop on the host)."""
         return model.device.type == "cuda" and model.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
 
-    def decode(self, ids: list[int], slots: list[int], starts: list[int], block_tables: list[list[int]],
+    def decode(self, ids: list[int], slots: torch.Tensor, starts: list[int], tables: torch.Tensor,
                shared_pages: int, expanded: ExpandedPrefix | None) -> torch.Tensor | None:
-        """fp32 next-token logits [N, vocab] of one decode step, or None (the caller runs it eagerly) when N
-        exceeds the largest bucket or the step's shape is not yet worth capturing (CAPTURE_AFTER). An expanded
-        prefix is read where the graph was captured: the same length is always the same pages."""
+        """fp32 next-token logits [N, vocab] of one decode step (slots and block tables already on the device),
+        or None (the caller runs it eagerly) when N exceeds the largest bucket or the step's shape is not yet
+        worth capturing (CAPTURE_AFTER). An expanded prefix is read where the graph was captured: the same
+        length is always the same pages."""
         n = len(ids)
         batch = next((b for b in BATCH_BUCKETS if b >= n), None)
         if batch is None:
             return None
-        width = max(len(t) for t in block_tables)
+        width = tables.shape[1]
         key = (batch, max(MIN_TABLE_WIDTH, 1 << (width - 1).bit_length()), shared_pages,
                expanded.rows if expanded else 0)
         if key not in self._steps:
@@ -70,14 +72,12 @@ class DecodeGraphs:
             if self._uses[key] < CAPTURE_AFTER:
                 return None
             del self._uses[key]
-        device = self.model.device
-        host = torch.tensor([ids, slots, starts], dtype=torch.long).to(device, non_blocking=True)
-        tables = self.cache.table_rows(host[1], width)
+        host = torch.tensor([ids, starts], dtype=torch.long).to(self.model.device, non_blocking=True)
         step = self._steps.get(key) or self._capture(key, expanded)
         self._steps.move_to_end(key)
         step.ids[:n, 0].copy_(host[0])
-        step.slots[:n].copy_(host[1])
-        step.starts[:n].copy_(host[2])
+        step.slots[:n].copy_(slots)
+        step.starts[:n].copy_(host[1])
         step.tables[:n, :width].copy_(tables)
         step.tables[:n, width:].zero_()
         self._pad(step, n)
@@ -98,7 +98,7 @@ class DecodeGraphs:
         self._pad(step, 0)  # the warm-up run executes: all of it goes to the scratch slot and page
 
         def run() -> torch.Tensor:
-            ctx = PagedContext.for_decode_graph(self.cache, step.slots, step.tables, step.starts, shared_pages,
+            ctx = PagedContext.for_decode(self.cache, step.slots, step.tables, step.starts, shared_pages,
                                                 expanded)
             return self.model.forward_unchecked(step.ids, ctx, last_only=True)
 

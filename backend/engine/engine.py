@@ -333,8 +333,9 @@ class Engine:
         self._finish_prefilled()
         progressed = False
         jobs, n = scheduler.next_prefill()
-        if not jobs and scheduler.prefill_waiting() and self.runner.prefixes.release():
-            jobs, n = scheduler.next_prefill()  # the expanded prefix's pages were in the way
+        if not jobs and self.runner.prefixes.reserved_pages and scheduler.prefill_waiting():
+            self.runner.prefixes.release()  # the expanded prefix's pages were in the way
+            jobs, n = scheduler.next_prefill()
         if jobs:
             try:
                 for job in jobs:
@@ -347,7 +348,8 @@ class Engine:
             self._finish_prefilled()
             progressed = True
         batch = scheduler.decode_batch()
-        if len(batch) < scheduler.runnable_decodes() and self.runner.prefixes.release():
+        if self.runner.prefixes.reserved_pages and len(batch) < scheduler.runnable_decodes():
+            self.runner.prefixes.release()  # the expanded prefix's pages were in the way
             batch = scheduler.decode_batch()
         if batch:
             self._decode(batch)

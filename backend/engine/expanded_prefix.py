@@ -86,14 +86,12 @@ class ExpandedPrefixes:
     def reserved_pages(self) -> int:
         return len(self.current.reserved) if self.current is not None else 0
 
-    def release(self) -> bool:
-        """Give the prefix's pages back to the cache; False if there was none. The engine calls it when a session
-        waits for pages, so the expansion never holds back a session."""
-        if self.current is None:
-            return False
-        self.cache.unreserve_pages(self.current.reserved)
-        self.current = None
-        return True
+    def release(self) -> None:
+        """Give the prefix's pages back to the cache. The engine calls it when a session waits for pages, so the
+        expansion never holds back a session."""
+        if self.current is not None:
+            self.cache.unreserve_pages(self.current.reserved)
+            self.current = None
 
     def _build(self, pages: tuple[int, ...]) -> ExpandedPrefix | None:
         cache, first = self.cache, self.layers[0]

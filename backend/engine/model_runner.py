@@ -9,7 +9,7 @@ import torch
 
 from ..model.model import KimiLinearForCausalLM
 from .decode_graphs import DecodeGraphs
-from .expanded_prefix import ExpandedPrefix, ExpandedPrefixes
+from .expanded_prefix import ExpandedPrefixes
 from .paged_context import PagedContext, shared_prefix_pages
 from .sequence import Sequence
 from .state_cache import StateCache
@@ -47,13 +47,14 @@ class ModelRunner:
         finally:
             torch.set_num_threads(self.threads)
 
-    def _forward(self, seqs: list[Sequence], ids: torch.Tensor, *, last_only: bool, shared_pages: int | None = None,
-                 expanded: ExpandedPrefix | None = None) -> torch.Tensor:
-        """Run ids [N, T], the next T tokens of each session, into its state and pages; fp32 logits."""
-        if not self.shared_prefix_attention:
-            shared_pages = 0
-        ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs],
-                           [s.num_cached for s in seqs], ids.shape[1], shared_pages=shared_pages, expanded=expanded)
+    def _forward(self, seqs: list[Sequence], ids: torch.Tensor, *, last_only: bool,
+                 ctx: PagedContext | None = None) -> torch.Tensor:
+        """Run ids [N, T], the next T tokens of each session, into its state and pages; fp32 logits. `ctx`: the
+        batch's context when the caller has built it already."""
+        if ctx is None:
+            ctx = PagedContext(self.cache, [s.slot for s in seqs], [s.block_table for s in seqs],
+                               [s.num_cached for s in seqs], ids.shape[1],
+                               shared_pages=None if self.shared_prefix_attention else 0)
         with self._threads_for(ids.numel()):
             logits = self.model(ids, ctx, last_only=last_only)
         for s in seqs:
@@ -78,23 +79,17 @@ class ModelRunner:
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """Feed each session's last pending token; fp32 next-token logits [N, vocab], left on the device."""
         ids = [s.token_ids[s.num_cached] for s in seqs]
-        slots, starts = [s.slot for s in seqs], [s.num_cached for s in seqs]
-        tables = [s.block_table for s in seqs]
-        shared = self._shared_pages(slots, starts, tables)
-        expanded = self.prefixes.for_batch(tables[0][:shared], len(seqs)) if shared else None
+        starts = [s.num_cached for s in seqs]
+        slot_ids = torch.tensor([s.slot for s in seqs], device=self.model.device)
+        tables = self.cache.table_rows(slot_ids, max(len(s.block_table) for s in seqs))
+        shared = shared_prefix_pages(tables, starts, self.cache.page_size) if self.shared_prefix_attention else 0
+        expanded = self.prefixes.for_batch(seqs[0].block_table[:shared], len(seqs)) if shared else None
         if self.graphs is not None:
-            logits = self.graphs.decode(ids, slots, starts, tables, shared, expanded)
+            logits = self.graphs.decode(ids, slot_ids, starts, tables, shared, expanded)
             if logits is not None:
                 for s in seqs:
                     s.num_cached += 1
                 return logits
-        return self._forward(seqs, torch.tensor(ids)[:, None], last_only=True, shared_pages=shared,
-                             expanded=expanded)[:, 0]
-
-    def _shared_pages(self, slots: list[int], starts: list[int], tables: list[list[int]]) -> int:
-        """Leading pages every session of a decode batch holds (forks of one context), 0 if sharing is off."""
-        if not self.shared_prefix_attention or len(slots) < 2:
-            return 0
-        device_tables = self.cache.table_rows(torch.tensor(slots, device=self.model.device),
-                                              max(len(t) for t in tables))
-        return shared_prefix_pages(device_tables, starts, self.cache.page_size)
+        ctx = PagedContext.for_decode(self.cache, slot_ids, tables, torch.tensor(starts, device=self.model.device),
+                                      shared, expanded)
+        return self._forward(seqs, torch.tensor(ids)[:, None], last_only=True, ctx=ctx)[:, 0]

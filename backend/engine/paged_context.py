@@ -43,9 +43,10 @@ class PagedContext:
                              else shared_pages)
 
     @classmethod
-    def for_decode_graph(cls, cache: StateCache, slots: torch.Tensor, block_tables: torch.Tensor,
-                         starts: torch.Tensor, shared_pages: int, expanded: ExpandedPrefix | None) -> PagedContext:
-        """A decode step from device tensors alone, with no host sync: what a CUDA graph captures."""
+    def for_decode(cls, cache: StateCache, slots: torch.Tensor, block_tables: torch.Tensor,
+                   starts: torch.Tensor, shared_pages: int, expanded: ExpandedPrefix | None) -> PagedContext:
+        """A decode step from device tensors alone, with no host sync: what a CUDA graph captures, and an eager
+        step whose block tables the caller has read already."""
         ctx = cls.__new__(cls)
         ctx._bind(cache, slots, block_tables, starts, 1, expanded)
         ctx.shared_pages = shared_pages
@@ -86,7 +87,7 @@ class PagedContext:
 
     def mla_expanded_prefix(self, mla_index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A decode step's shared prefix decompressed (keys, padded values [E, H, D]), or None to stay absorbed."""
-        if self.expanded is None or self.num_new != 1:
+        if self.expanded is None:
             return None
         return self.expanded.keys[mla_index], self.expanded.values[mla_index]
 
