@@ -27,12 +27,17 @@ def checkpoint(tmp_path_factory):
     return write_chat_checkpoint(tmp_path_factory.mktemp("expanded-ckpt"), layers="KMKKM", seed=5)
 
 
+def cache_with_prefixes(model, *, max_sessions: int, num_pages: int) -> tuple[StateCache, ExpandedPrefixes]:
+    """A state cache for `model` and its expanded prefixes, which expand a prefix of a page with two sharers."""
+    cache = StateCache(model.config, max_sessions=max_sessions, num_pages=num_pages, page_size=PAGE,
+                       device=model.device, dtype=model.dtype)
+    return cache, ExpandedPrefixes(model, cache, enabled=True, min_tokens=PAGE, min_sharers=2)
+
+
 def forked_decode_logits(model, *, expand: bool, seed: int = 0) -> tuple[torch.Tensor, ExpandedPrefixes]:
     """One decode step of 5 forks of a 4-page root, each with a few private tokens, over the shared pages,
     attended absorbed or with the prefix expanded."""
-    dtype, device = model.dtype, model.device
-    cache = StateCache(model.config, max_sessions=8, num_pages=96, page_size=PAGE, device=device, dtype=dtype)
-    prefixes = ExpandedPrefixes(model, cache, enabled=True, min_tokens=PAGE, min_sharers=2)
+    cache, prefixes = cache_with_prefixes(model, max_sessions=8, num_pages=96)
     gen = torch.Generator().manual_seed(seed)
     root, pages = cache.alloc_slot(), [cache.alloc_page() for _ in range(4)]
     for index, page in enumerate(pages):
@@ -68,9 +73,7 @@ def test_decode_over_an_expanded_prefix_equals_the_absorbed_form_and_float64(che
 
 def test_expanded_prefix_pages_are_reserved_from_the_budget_and_given_back(checkpoint):
     model = load_model(checkpoint, device="cpu", dtype=torch.float32)
-    cache = StateCache(model.config, max_sessions=4, num_pages=64, page_size=PAGE, device=model.device,
-                       dtype=model.dtype)
-    prefixes = ExpandedPrefixes(model, cache, enabled=True, min_tokens=PAGE, min_sharers=2)
+    cache, prefixes = cache_with_prefixes(model, max_sessions=4, num_pages=64)
     pages = [cache.alloc_page() for _ in range(3)]
     cache.share_pages(pages)  # two holders
     expanded = prefixes.for_batch(pages, 2)
@@ -87,9 +90,7 @@ def test_expanded_prefix_pages_are_reserved_from_the_budget_and_given_back(check
 
 def test_no_expansion_when_it_would_leave_the_cache_short(checkpoint):
     model = load_model(checkpoint, device="cpu", dtype=torch.float32)
-    cache = StateCache(model.config, max_sessions=4, num_pages=12, page_size=PAGE, device=model.device,
-                       dtype=model.dtype)
-    prefixes = ExpandedPrefixes(model, cache, enabled=True, min_tokens=PAGE, min_sharers=2)
+    cache, prefixes = cache_with_prefixes(model, max_sessions=4, num_pages=12)
     pages = [cache.alloc_page() for _ in range(3)]
     assert prefixes.for_batch(pages, 8) is None and cache.used_pages == 3
 
