@@ -89,16 +89,22 @@ def open_backend(model: str | None = None, base_urls: Sequence[str] = (), api_ke
             return OpenAIBackend(list(base_urls), model, api_key, stream=stream)
         except ValueError as error:
             raise LaunchError(str(error)) from None
-    if model:
-        checkpoint = Path(model)
-        if not checkpoint.is_dir():
-            raise LaunchError(f"--model {model!r} is not a checkpoint directory; to use a served model name, "
-                              "also pass --base-url")
-        return _engine_backend(checkpoint, device, dtype)
-    try:
-        return _engine_backend(default_model_path(), device, dtype)
-    except FileNotFoundError as error:
-        raise LaunchError(str(error)) from None
+    path = checkpoint_path(model, not_a_directory="; to use a served model name, also pass --base-url")
+    return _engine_backend(path, device, dtype)
+
+
+def checkpoint_path(model: str | None, *, not_a_directory: str = "") -> Path:
+    """The checkpoint directory `--model` names, or the embedded default model's when it names none;
+    `not_a_directory` ends the error for a path that is not a directory."""
+    if not model:
+        try:
+            return default_model_path()
+        except FileNotFoundError as error:
+            raise LaunchError(str(error)) from None
+    path = Path(model)
+    if not path.is_dir():
+        raise LaunchError(f"--model {model!r} is not a checkpoint directory{not_a_directory}")
+    return path
 
 
 def mcp_server(spec: str) -> MCPServer:

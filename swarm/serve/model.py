@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 from kimi_swarm.backend import Engine
-from kimi_swarm.backend.model.default_model import default_model_path
 
-from ..launch import LaunchError
+from ..launch import LaunchError, checkpoint_path
 from .generator import EngineGenerator
 
 LOOPBACK = "127.0.0.1"
@@ -40,12 +39,7 @@ def model_name_for(model: str | None) -> str:
 def load_generator(model: str | None, *, device: str, dtype: str, memory: int | float | None, max_sessions: int,
                    prefix_reuse: bool) -> EngineGenerator:
     """The engine on a checkpoint directory, or on the embedded default model when `model` is None."""
-    try:
-        path = Path(model) if model else default_model_path()
-    except FileNotFoundError as error:
-        raise LaunchError(str(error)) from None
-    if not path.is_dir():
-        raise LaunchError(f"--model {model!r} is not a checkpoint directory")
+    path = checkpoint_path(model)
     try:
         engine = Engine.from_pretrained(path, device=device, dtype=dtype, memory=memory, max_sessions=max_sessions)
         return EngineGenerator(engine, prefix_reuse=prefix_reuse)
