@@ -17,6 +17,7 @@ from .engine.sampling import Completion, SamplingParams
 from .engine.session import Session
 from .model.config import ConfigError, KimiLinearConfig
 from .model.default_model import DefaultModelMissing, default_model_path
+from .model.fp8 import QUANTIZATIONS
 from .model.model import KimiLinearForCausalLM
 from .model.tokenizer import TokenizerError, load_tokenizer
 from .model.weights import WeightLoadError, load_model
@@ -38,6 +39,7 @@ __all__ = [
     "KimiLinearConfig",
     "KimiLinearForCausalLM",
     "Message",
+    "QUANTIZATIONS",
     "OpenAIBackend",
     "RecordingBackend",
     "ReplayBackend",

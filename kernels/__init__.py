@@ -15,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from . import kda_reference, mla_reference, norm_reference
+from . import fp8_reference, kda_reference, mla_reference, moe_reference, norm_reference
 
 _TRITON_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -28,12 +28,12 @@ def _triton_module(name: str) -> ModuleType | None:
         return None
 
 
-def _triton_path(name: str, *xs: torch.Tensor) -> ModuleType | None:
+def _triton_path(name: str, *xs: torch.Tensor, weights: tuple[torch.Tensor, ...] = ()) -> ModuleType | None:
     """The Triton module to use for tensors xs, or None for the reference (also when training on the GPU:
-    the norms' weights require grad there, and the Triton kernels have no backward)."""
+    weights require grad there, and the Triton kernels have no backward)."""
     if not all(x.is_cuda and x.dtype in _TRITON_DTYPES for x in xs):
         return None
-    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*xs, *weights)):
         return None
     return _triton_module(name)
 
@@ -99,6 +99,22 @@ def mla_prefill(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tens
     return impl(q_latent, q_pe, kv_cache, block_table, start_pos, scale)
 
 
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
+              w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The routed experts of a MoE layer for a few tokens, each chosen expert's weights read once: x [M, H],
+    expert_ids and weights [M, k] -> fp32 [M, H]. FP8 weights come with per-row scales (w13_scale, w2_scale)."""
+    fast = _triton_path("moe_triton", x, weights=(w13, w2))
+    impl = fast.fused_moe_triton if fast else moe_reference.fused_moe_reference
+    return impl(x, w13, w2, expert_ids, weights, w13_scale, w2_scale)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """x [..., in] times an FP8 weight [out, in] with per-row scales [out] -> [..., out] in x's dtype."""
+    fast = _triton_path("fp8_triton", x)
+    impl = fast.fp8_linear_triton if fast else fp8_reference.fp8_linear_reference
+    return impl(x, weight, weight_scale)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim (HF KimiRMSNorm): in x's dtype, then times weight with torch promotion."""
     fast = _triton_path("norm_triton", x, weight)
@@ -113,5 +129,5 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     return impl(x, gate, weight, eps)
 
 
-__all__ = ["chunk_kda", "recurrent_kda", "mla_decode", "mla_decode_from", "mla_decode_shared", "mla_prefill",
-           "rms_norm", "gated_rms_norm"]
+__all__ = ["chunk_kda", "recurrent_kda", "fused_moe", "fp8_linear", "mla_decode", "mla_decode_from",
+           "mla_decode_shared", "mla_prefill", "rms_norm", "gated_rms_norm"]

@@ -14,7 +14,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from kimi_swarm.backend import ENGINE_DTYPES, ChatBackend, EngineBackend, OpenAIBackend, ReplayBackend
+from kimi_swarm.backend import ENGINE_DTYPES, QUANTIZATIONS, ChatBackend, EngineBackend, OpenAIBackend, ReplayBackend
 from kimi_swarm.backend.model.default_model import default_model_path
 from kimi_swarm.tools import LIVE_SEARCH_PROVIDERS, MCPServer, Web, WebConfig, rank
 
@@ -34,6 +34,9 @@ class WebMode(StrEnum):
 
 EngineDtype = Enum("EngineDtype", {name: name for name in ENGINE_DTYPES}, type=str)  # type: ignore[misc]
 """What the in-process engine runs a checkpoint in, as a choice for command-line options."""
+
+Quantization = Enum("Quantization", {name: name for name in ("none", *QUANTIZATIONS)}, type=str)  # type: ignore[misc]
+"""How the in-process engine stores a checkpoint's weights: as they are, or quantised while loading."""
 
 REPLY_TOKENS = 4096
 """Completion tokens per model turn of `swarm run` and the examples: the default model writes a 25-row table in
@@ -72,13 +75,13 @@ def offline_web_tools(site: OfflineWeb, index_dir: Path | None = None) -> Web:
 
 def open_backend(model: str | None = None, base_urls: Sequence[str] = (), api_key: str | None = None, *,
                  stream: bool = False, replay: str | Path | None = None, device: str = "auto",
-                 dtype: str = "auto") -> ChatBackend:
+                 dtype: str = "auto", quantization: str | None = None) -> ChatBackend:
     """The model: a replayed tape, an OpenAI-compatible server (`model` is its model name), a local
-    checkpoint directory (`model` alone), or the embedded default model (neither). `device` and `dtype`
-    say where and in what the in-process engine runs a checkpoint ('auto': bf16 on a GPU if there is one,
-    else fp32 on the CPU)."""
-    if (replay or base_urls) and (device != "auto" or dtype != "auto"):
-        raise LaunchError("--device and --dtype choose how the in-process engine runs a checkpoint; "
+    checkpoint directory (`model` alone), or the embedded default model (neither). `device`, `dtype` and
+    `quantization` say where and in what the in-process engine runs a checkpoint ('auto': bf16 on a GPU if
+    there is one, else fp32 on the CPU; "fp8": weights quantised while loading)."""
+    if (replay or base_urls) and (device != "auto" or dtype != "auto" or quantization):
+        raise LaunchError("--device, --dtype and --quantization choose how the in-process engine runs a checkpoint; "
                           f"they do not apply to {'--replay' if replay else '--base-url'}")
     if replay:
         return ReplayBackend(replay)
@@ -90,7 +93,7 @@ def open_backend(model: str | None = None, base_urls: Sequence[str] = (), api_ke
         except ValueError as error:
             raise LaunchError(str(error)) from None
     path = checkpoint_path(model, not_a_directory="; to use a served model name, also pass --base-url")
-    return _engine_backend(path, device, dtype)
+    return _engine_backend(path, device, dtype, quantization)
 
 
 def checkpoint_path(model: str | None, *, not_a_directory: str = "") -> Path:
@@ -150,8 +153,13 @@ async def open_web(mode: WebMode, search_provider: str | None = None) -> AsyncIt
             yield web
 
 
-def _engine_backend(path: Path, device: str, dtype: str) -> ChatBackend:
+def quantization_of(choice: Quantization) -> str | None:
+    """The engine's `quantization` argument for a command-line choice."""
+    return None if choice.value == "none" else choice.value
+
+
+def _engine_backend(path: Path, device: str, dtype: str, quantization: str | None) -> ChatBackend:
     try:
-        return EngineBackend.from_pretrained(path, device=device, dtype=dtype)
+        return EngineBackend.from_pretrained(path, device=device, dtype=dtype, quantization=quantization)
     except (OSError, ValueError, KeyError) as error:
         raise LaunchError(f"cannot load the checkpoint at {path}: {error}") from None

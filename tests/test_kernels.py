@@ -21,7 +21,18 @@ pytest.importorskip("triton", reason="Triton is not installed; the GPU kernels c
 from kernel_support import float64, kda_inputs, rel_err  # noqa: E402
 
 from kimi_swarm import kernels  # noqa: E402  (tests/conftest.py has set TRITON_INTERPRET=1 before this first import)
-from kimi_swarm.kernels import kda_reference, kda_triton, mla_reference, mla_triton, norm_reference, norm_triton  # noqa: E402
+from kimi_swarm.kernels import (  # noqa: E402
+    fp8_reference,
+    fp8_triton,
+    kda_reference,
+    kda_triton,
+    mla_reference,
+    mla_triton,
+    moe_reference,
+    moe_triton,
+    norm_reference,
+    norm_triton,
+)
 
 FP32_TOL = 1e-4
 
@@ -35,6 +46,8 @@ def poison_outputs(monkeypatch):
     monkeypatch.setattr(kda_triton, "_empty", poisoned_empty)
     monkeypatch.setattr(mla_triton, "_empty", poisoned_empty)
     monkeypatch.setattr(norm_triton, "_empty", poisoned_empty)
+    monkeypatch.setattr(moe_triton, "_empty", poisoned_empty)
+    monkeypatch.setattr(fp8_triton, "_empty", poisoned_empty)
 
 
 @pytest.mark.parametrize("gate_scale", [1.0, 5.0, 40.0], ids=["factored-decay", "mixed-decay", "exact-decay"])
@@ -298,3 +311,50 @@ def test_kda_kernels_name_the_head_dims_they_take():
     with pytest.raises(ValueError, match="up to 128"):
         kda_triton.recurrent_kda_triton(q[:, :1], k[:, :1], v[:, :1], g[:, :1], beta[:, :1],
                                         torch.zeros(1, 2, 256, 256), torch.zeros(1, dtype=torch.long))
+
+
+def _experts(num_experts, hidden, inter, *, fp8):
+    w13 = torch.randn(num_experts, 2 * inter, hidden) * hidden ** -0.5
+    w2 = torch.randn(num_experts, hidden, inter) * inter ** -0.5
+    if not fp8:
+        return w13, w2, None, None
+    (q13, s13), (q2, s2) = fp8_reference.quantize_rows(w13), fp8_reference.quantize_rows(w2)
+    return q13, q2, s13, s2
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp32-weights", "fp8-weights"])
+@pytest.mark.parametrize("m,k,num_experts,block_m", [(1, 2, 8, None), (5, 3, 8, None), (40, 2, 4, None),
+                                                     (40, 2, 4, 64)],
+                         ids=["one-token", "few-tokens", "experts-over-one-block", "large-blocks"])
+def test_fused_moe_matches_float64(m, k, num_experts, block_m, fp8):
+    """Hidden and intermediate sizes that are not tile multiples; 40 tokens over 4 experts put more than one
+    block of pairs on an expert, and padded rows in the last block of each."""
+    hidden, inter = 48, 40
+    w13, w2, s13, s2 = _experts(num_experts, hidden, inter, fp8=fp8)
+    x = torch.randn(m, hidden)
+    ids = torch.stack([torch.randperm(num_experts)[:k] for _ in range(m)])
+    weights = torch.rand(m, k)
+    got = moe_triton.fused_moe_triton(x, w13, w2, ids, weights, s13, s2, block_m=block_m)
+    want = moe_reference.fused_moe_reference(x.double(), w13 if fp8 else w13.double(), w2 if fp8 else w2.double(),
+                                             ids, weights.double(), s13, s2)
+    assert got.dtype == torch.float32 and got.shape == (m, hidden)
+    assert rel_err(got, want) <= FP32_TOL
+
+
+def test_align_block_size_groups_pairs_by_expert():
+    ids = torch.tensor([[3, 1], [1, 0], [3, 1]])
+    sorted_pairs, block_expert = moe_triton.align_block_size(ids, num_experts=4, block_m=2)
+    pad = ids.numel()
+    blocks = sorted_pairs.view(-1, 2).tolist()
+    assert blocks[:4] == [[3, pad], [1, 2], [5, pad], [0, 4]]  # expert 0: pair 3; 1: pairs 1, 2, 5; 3: pairs 0, 4
+    assert block_expert[:4].tolist() == [0, 1, 1, 3]
+    assert all(e == 4 for e in block_expert[4:].tolist()) and all(p == pad for b in blocks[4:] for p in b)
+
+
+@pytest.mark.parametrize("rows", [1, 17])
+def test_fp8_linear_weight_only_matches_float64(rows):
+    weight, scale = fp8_reference.quantize_rows(torch.randn(40, 48))
+    x = torch.randn(rows, 48)
+    got = fp8_triton.fp8_linear_triton(x, weight, scale)
+    want = fp8_reference.fp8_linear_reference(x.double(), weight, scale)
+    assert got.dtype == torch.float32 and rel_err(got, want) <= FP32_TOL

@@ -119,11 +119,13 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto",
-                        dtype: torch.dtype | str | None = "auto", **options: Any) -> Engine:
+                        dtype: torch.dtype | str | None = "auto", quantization: str | None = None,
+                        **options: Any) -> Engine:
         """Load a checkpoint directory (config.json, safetensors, tokenizer files when present). `device`
-        'auto' is a GPU when there is one; `dtype` 'auto' is bfloat16 on a GPU and float32 on the CPU."""
+        'auto' is a GPU when there is one; `dtype` 'auto' is bfloat16 on a GPU and float32 on the CPU.
+        `quantization` "fp8" quantises the linear and expert weights while loading (backend/model/fp8.py)."""
         path, device = Path(path), resolve_device(device)
-        model = load_model(path, device=device, dtype=resolve_dtype(dtype, device))
+        model = load_model(path, device=device, dtype=resolve_dtype(dtype, device), quantization=quantization)
         has_tokenizer = (path / "tiktoken.model").is_file() or (path / "tokenizer_config.json").is_file()
         tokenizer = load_tokenizer(path, embedding_rows=model.config.vocab_size) if has_tokenizer else None
         return cls(model, tokenizer, **options)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kimi_swarm.kernels import fused_moe
+
 from .config import KimiLinearConfig
 
 
@@ -22,32 +24,42 @@ class SwiGLU(nn.Module):
 
 DENSE_EXPERT_WORK = 1 << 24
 """Multiply-adds per projection up to which running all experts densely beats looping over the chosen ones."""
+FUSED_MOE_TOKENS = 32
+"""Tokens up to which the fused kernel (each chosen expert's weights read once, two launches) beats the grouped
+GEMM on the GPU; FP8 experts always take the fused kernel."""
 
 
 class StackedExperts(nn.Module):
     """All routed experts as [E, out, in] tensors, loaded from per-expert tensors: w13 holds each expert's gate
-    (w1) and up (w3) projections one above the other, so both run as one GEMM; w2 is the down projection."""
+    (w1) and up (w3) projections one above the other, so both run as one GEMM; w2 is the down projection.
+    FP8 experts (backend/model/fp8.py) add w13_scale [E, 2I] and w2_scale [E, H], one scale per row."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int):
         super().__init__()
         self.w13 = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
+        self.register_parameter("w13_scale", None)
+        self.register_parameter("w2_scale", None)
 
     def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [M, D]; expert_ids, weights [M, k] -> fp32 [M, D] (fp64 for fp64 x). Tokens are grouped by expert."""
-        if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
+        if self._grouped_pays(x):
             return self._grouped(x, expert_ids, weights)
         if self._dense_pays(x, expert_ids):
             return self._dense(x, expert_ids, weights)
-        return self._per_expert(x, expert_ids, weights)
+        return fused_moe(x, self.w13, self.w2, expert_ids, weights, self.w13_scale, self.w2_scale)
+
+    def _grouped_pays(self, x: torch.Tensor) -> bool:
+        return (x.is_cuda and x.dtype == torch.bfloat16 and self.w13_scale is None
+                and x.shape[0] > FUSED_MOE_TOKENS and hasattr(torch, "_grouped_mm"))
 
     def _dense_pays(self, x: torch.Tensor, expert_ids: torch.Tensor) -> bool:
         """Small experts, a few tokens routed to most of them, on CPU: a per-expert loop costs more in dispatch
         than running every expert on every token (the small default model's batched decode)."""
         num_experts, m = self.w2.shape[0], x.shape[0]
         work = m * num_experts * self.w2[0].numel()
-        return (not x.is_cuda and x.dtype != torch.float64 and expert_ids.numel() >= num_experts
-                and work <= DENSE_EXPERT_WORK)
+        return (not x.is_cuda and x.dtype != torch.float64 and self.w13_scale is None
+                and expert_ids.numel() >= num_experts and work <= DENSE_EXPERT_WORK)
 
     def _dense(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Every expert on every token as two batched matmuls, weighted by a dense [M, E] routing map."""
@@ -74,29 +86,6 @@ class StackedExperts(nn.Module):
         y = torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(1, 2), offs=offsets)
         y = y.float() * weights.reshape(-1)[order, None]
         return torch.zeros(m, x.shape[-1], dtype=torch.float32, device=x.device).index_add_(0, token_of, y)
-
-    def _per_expert(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """The CPU path (and the float64 oracle in tests): each expert with tokens runs one GEMM over them."""
-        m, k = expert_ids.shape
-        acc = torch.promote_types(x.dtype, torch.float32)
-        flat_ids = expert_ids.reshape(-1)
-        order = flat_ids.argsort(stable=True)
-        counts = torch.bincount(flat_ids, minlength=self.w2.shape[0]).tolist()
-        token_of = order // k
-        out = torch.zeros(m, x.shape[-1], dtype=acc, device=x.device)
-        flat_weights = weights.reshape(-1).to(acc)
-        start = 0
-        for expert, count in enumerate(counts):
-            if count == 0:
-                continue
-            rows = order[start:start + count]
-            tokens = token_of[start:start + count]
-            start += count
-            gate, up = (x.index_select(0, tokens) @ self.w13[expert].T).chunk(2, dim=-1)
-            h = F.silu(gate) * up
-            y = (h @ self.w2[expert].T).to(acc) * flat_weights[rows, None]
-            out.index_add_(0, tokens, y)
-        return out
 
 
 class Router(nn.Module):

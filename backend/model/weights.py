@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kimi_swarm.kernels.fp8_reference import FP8, quantize_rows
+
 from .config import KimiLinearConfig
+from .fp8 import check_quantization, quantize_fp8_
 from .model import KimiLinearForCausalLM
 
 SAFETENSORS_DTYPES = {
@@ -97,22 +100,29 @@ def _piece(tensor: torch.Tensor, part: Part) -> torch.Tensor:
     return tensor[row] if half is None else tensor[row].chunk(2)[half]
 
 
-def _read_into(dest: torch.Tensor, stored: StoredTensor, handle) -> None:
-    """Fill dest from the file: directly when dtype and device match, else via one temporary."""
+def _read_into(dest: torch.Tensor, stored: StoredTensor, handle, scale: torch.Tensor | None = None) -> None:
+    """Fill dest from the file: directly when dtype and device match, else via one temporary; an FP8 dest is
+    quantised from the temporary, row by row, its scales written into `scale`."""
     direct = dest.device.type == "cpu" and dest.dtype == stored.dtype and dest.is_contiguous()
     buffer = dest if direct else torch.empty(stored.shape, dtype=stored.dtype)
     handle.seek(stored.start)
     raw = buffer.reshape(-1).view(torch.uint8).numpy()
     if handle.readinto(memoryview(raw)) != stored.end - stored.start:
         raise WeightLoadError(f"file {stored.file.name} is truncated")
-    if not direct:
+    if scale is not None:
+        q, row_scales = quantize_rows(buffer.view(dest.shape).to(dest.device))
+        dest.copy_(q)
+        scale.copy_(row_scales)
+    elif not direct:
         dest.copy_(buffer.view(dest.shape))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> KimiLinearForCausalLM:
-    """Build the model from `path/config.json` and load its safetensors weights."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               quantization: str | None = None) -> KimiLinearForCausalLM:
+    """Build the model from `path/config.json` and load its safetensors weights; with quantization="fp8" the
+    linear and expert weights are quantised tensor by tensor as they are read (backend/model/fp8.py)."""
     path = Path(path)
+    check_quantization(quantization, torch.device(device))
     config = KimiLinearConfig.from_pretrained(path)
     stored = read_safetensors_index(path)
     with torch.device("meta"):
@@ -121,7 +131,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         if config.tie_word_embeddings and not tied:
             # an explicit lm_head in the checkpoint wins over the tie flag, as transformers computes it
             model.lm_head.weight = nn.Parameter(torch.empty_like(model.lm_head.weight))
+        if quantization is not None:
+            quantize_fp8_(model)
     params = dict(model.named_parameters(remove_duplicate=True))
+    scales = {f"{name}_scale": name for name, p in params.items() if p.dtype == FP8}
     sources: dict[str, list[tuple[Part, str]]] = {name: [] for name in params}
     unexpected = []
     for name in stored:
@@ -130,7 +143,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
             sources[target].append((part, name))
         else:
             unexpected.append(name)
-    missing = [n for n, s in sources.items() if not s and not (tied and n == "lm_head.weight")]
+    missing = [n for n, s in sources.items()
+               if not s and not (tied and n == "lm_head.weight") and n not in scales]
     problems = []
     if missing:
         problems.append(f"missing tensors: {', '.join(sorted(missing)[:20])}")
@@ -161,13 +175,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         for target, srcs in sources.items():
             if not srcs:
                 continue
-            keep = torch.float32 if target.endswith(KEEP_FP32) else dtype
+            fp8 = params[target].dtype == FP8
+            keep = FP8 if fp8 else torch.float32 if target.endswith(KEEP_FP32) else dtype
             tensor = torch.empty(params[target].shape, dtype=keep, device=device)
+            scale = torch.empty(params[target].shape[:-1], dtype=torch.float32, device=device) if fp8 else None
             for part, name in srcs:
                 info = stored[name]
                 handle = handles.get(info.file) or handles.setdefault(info.file, info.file.open("rb"))
-                _read_into(_piece(tensor, part), info, handle)
+                _read_into(_piece(tensor, part), info, handle, None if scale is None else _piece(scale, part))
             _set_parameter(model, target, tensor)
+            if scale is not None:
+                _set_parameter(model, f"{target}_scale", scale)
     finally:
         for handle in handles.values():
             handle.close()

@@ -37,11 +37,12 @@ def model_name_for(model: str | None) -> str:
 
 
 def load_generator(model: str | None, *, device: str, dtype: str, memory: int | float | None, max_sessions: int,
-                   prefix_reuse: bool) -> EngineGenerator:
+                   prefix_reuse: bool, quantization: str | None = None) -> EngineGenerator:
     """The engine on a checkpoint directory, or on the embedded default model when `model` is None."""
     path = checkpoint_path(model)
     try:
-        engine = Engine.from_pretrained(path, device=device, dtype=dtype, memory=memory, max_sessions=max_sessions)
+        engine = Engine.from_pretrained(path, device=device, dtype=dtype, quantization=quantization, memory=memory,
+                                        max_sessions=max_sessions)
         return EngineGenerator(engine, prefix_reuse=prefix_reuse)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise LaunchError(f"cannot serve the checkpoint at {path}: {error}") from None

@@ -1,0 +1,50 @@
+"""FP8 linear layers on the GPU: weight-only for a few rows, FP8 tensor cores for many.
+
+A few rows (decode) are bound by reading the weight: the expert GEMM kernel of kernels/moe_triton.py, run as one
+expert, reads the FP8 tiles, converts them in registers and multiplies in the activations' dtype, so the weight
+costs half its bf16 bytes and the activations are not quantised at all. Many rows (prefill) are bound by the
+multiplies: the activations are quantised per row on the fly and torch._scaled_mm runs the FP8 GEMM with both
+rows' scales (vLLM's dynamic per-token FP8). Same contract as kernels/fp8_reference.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from .fp8_reference import FP8, FP8_MAX
+from .moe_triton import BLOCK_M, _block_n, _empty, _expert_gemm_kernel
+
+WEIGHT_ONLY_ROWS = 32
+"""Rows up to which reading the FP8 weight into a bf16 GEMM beats quantising the activations for _scaled_mm."""
+
+
+def _weight_only(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    m, (n, k) = x.shape[0], weight.shape
+    blocks = triton.cdiv(m, BLOCK_M)
+    rows = torch.arange(blocks * BLOCK_M, device=x.device)
+    only_expert = torch.zeros(blocks, dtype=torch.int64, device=x.device)
+    out = _empty(m, n, device=x.device, dtype=x.dtype)
+    bn = _block_n(n)
+    _expert_gemm_kernel[(blocks, triton.cdiv(n, bn))](
+        x, weight, weight_scale, rows, only_expert, weight_scale, out, m, 1, n, k, A_ROWS_PER_PAIR=1, GATED=False,
+        HAS_SCALE=True, WEIGHTED=False, BM=BLOCK_M, BN=bn, BK=min(64, triton.next_power_of_2(k)),
+        DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4, num_stages=3)
+    return out
+
+
+def _fp8_tensor_cores(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    x_scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    xq = (x.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale[None, :].float(),
+                            out_dtype=x.dtype)
+
+
+def fp8_linear_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """Same contract as kimi_swarm.kernels.fp8_reference.fp8_linear_reference."""
+    if weight.dtype != FP8:
+        raise ValueError(f"fp8_linear: weight must be {FP8}, got {weight.dtype}")
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    many = flat.shape[0] > WEIGHT_ONLY_ROWS and x.dtype in (torch.bfloat16, torch.float16)
+    out = (_fp8_tensor_cores if many else _weight_only)(flat, weight, weight_scale)
+    return out.view(*x.shape[:-1], weight.shape[0])

@@ -1,0 +1,45 @@
+"""The routed experts of a MoE layer in plain PyTorch: the CPU path, and the oracle of the fused Triton kernel.
+
+Weights are stacked per expert: w13 [E, 2I, H] holds each expert's gate (w1) and up (w3) projections one above
+the other, w2 [E, H, I] its down projection. FP8 weights carry one fp32 scale per output row (w13_scale [E, 2I],
+w2_scale [E, H]); only the experts the tokens reach are dequantised, so an FP8 model runs on the CPU without a
+second full-precision copy of its experts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def expert_weight(w: torch.Tensor, scale: torch.Tensor | None, expert: int, dtype: torch.dtype) -> torch.Tensor:
+    """Expert `expert`'s rows of w in dtype, dequantised by its per-row scales when w is FP8."""
+    if scale is None:
+        return w[expert]
+    return (w[expert].to(torch.float32) * scale[expert, :, None]).to(dtype)
+
+
+def fused_moe_reference(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, expert_ids: torch.Tensor,
+                        weights: torch.Tensor, w13_scale: torch.Tensor | None = None,
+                        w2_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, H]; expert_ids, weights [M, k] -> sum over k of weight * expert(x), fp32 [M, H] (fp64 for fp64 x).
+    Each expert with tokens runs one GEMM over them, in x's dtype."""
+    m, k = expert_ids.shape
+    acc = torch.promote_types(x.dtype, torch.float32)
+    flat_ids = expert_ids.reshape(-1)
+    order = flat_ids.argsort(stable=True)
+    counts = torch.bincount(flat_ids, minlength=w2.shape[0]).tolist()
+    token_of = order // k
+    out = torch.zeros(m, x.shape[-1], dtype=acc, device=x.device)
+    flat_weights = weights.reshape(-1).to(acc)
+    start = 0
+    for expert, count in enumerate(counts):
+        if count == 0:
+            continue
+        rows = order[start:start + count]
+        tokens = token_of[start:start + count]
+        start += count
+        gate, up = (x.index_select(0, tokens) @ expert_weight(w13, w13_scale, expert, x.dtype).T).chunk(2, dim=-1)
+        y = (F.silu(gate) * up) @ expert_weight(w2, w2_scale, expert, x.dtype).T
+        out.index_add_(0, tokens, y.to(acc) * flat_weights[rows, None])
+    return out

@@ -1,0 +1,134 @@
+"""Fused MoE for a few tokens: the chosen experts' weights read once, in two launches.
+
+At small batches (batch-1 decode, a handful of agents) the routed experts are bound by reading their weights,
+and a grouped GEMM over all experts spends its time on bookkeeping for the many experts no token chose. Here the
+(token, expert) pairs are sorted by expert and padded per expert to blocks of BLOCK_M rows (vLLM's
+moe_align_block_size, in a few tensor ops without a host sync, so it runs inside CUDA graphs); each program takes
+one block, so one expert, and one tile of output columns. The first kernel computes silu(gate) * up from w13 for
+its rows, the second the down projection times the routing weight; the k partial rows of each token are summed
+last. FP8 weights (float8_e4m3fn with a scale per output row) are converted tile by tile in registers and the
+scales applied to the accumulators: weight-only FP8, half the bytes of bf16. Same maths as
+kernels/moe_reference.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_M = 16
+"""Rows (token, expert pairs) of one program for a few tokens: the smallest tile tl.dot takes."""
+LARGE_BLOCK_M = 64
+"""Rows of one program once the average expert has that many pairs (FP8 prefill, where this kernel runs too)."""
+
+
+def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Every output buffer comes from here, so tests can poison them (fill with NaN) before a run."""
+    return torch.empty(*shape, device=device, dtype=dtype)
+
+
+@triton.jit
+def _expert_gemm_kernel(a, w, w_scale, sorted_pairs, block_expert, route_weight, out, pairs, num_experts,
+                        N, K, A_ROWS_PER_PAIR: tl.constexpr, GATED: tl.constexpr, HAS_SCALE: tl.constexpr,
+                        WEIGHTED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        DOT_PREC: tl.constexpr):
+    """out[pair, n] for one block of pairs sorted by expert: GATED reads w as [E, 2N, K] (gate rows then up rows)
+    and writes silu(gate) * up; otherwise w is [E, N, K] and the result is times the pair's routing weight when
+    WEIGHTED. a's row of a pair is pair // A_ROWS_PER_PAIR (the token for w13, the pair itself for w2)."""
+    block = tl.program_id(0)
+    expert = tl.load(block_expert + block).to(tl.int64)
+    if expert >= num_experts:
+        return
+    rows = tl.load(sorted_pairs + block * BM + tl.arange(0, BM))
+    valid = rows < pairs
+    a_rows = (rows // A_ROWS_PER_PAIR).to(tl.int64)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    col_ok = cols < N
+    w_rows = 2 * N if GATED else N
+    w_base = w + expert * w_rows * K
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_up = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_ok = ks < K
+        b_a = tl.load(a + a_rows[:, None] * K + ks[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        b_w = tl.load(w_base + cols[None, :].to(tl.int64) * K + ks[:, None], mask=w_mask, other=0.0)
+        acc = tl.dot(b_a, b_w.to(b_a.dtype), acc, input_precision=DOT_PREC)
+        if GATED:
+            b_u = tl.load(w_base + (N + cols[None, :]).to(tl.int64) * K + ks[:, None], mask=w_mask, other=0.0)
+            acc_up = tl.dot(b_a, b_u.to(b_a.dtype), acc_up, input_precision=DOT_PREC)
+    if HAS_SCALE:
+        acc *= tl.load(w_scale + expert * w_rows + cols, mask=col_ok, other=0.0)[None, :]
+        if GATED:
+            acc_up *= tl.load(w_scale + expert * w_rows + N + cols, mask=col_ok, other=0.0)[None, :]
+    if GATED:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    if WEIGHTED:
+        acc *= tl.load(route_weight + rows, mask=valid, other=0.0).to(tl.float32)[:, None]
+    out_ptrs = out + rows[:, None].to(tl.int64) * N + cols[None, :]
+    tl.store(out_ptrs, acc.to(out.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
+
+
+def align_block_size(expert_ids: torch.Tensor, num_experts: int,
+                     block_m: int = BLOCK_M) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted_pairs, block_expert): pair indices (row-major over expert_ids [M, k]) grouped by expert, each group
+    padded to a multiple of block_m with the index M*k; and the expert of each block, num_experts for a block past
+    the last group. Sized for the worst case so nothing depends on the routing: no host sync."""
+    flat = expert_ids.reshape(-1)
+    pairs, device = flat.numel(), flat.device
+    order = flat.argsort(stable=True)
+    sorted_expert = flat[order]
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).scatter_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block_m - 1) // block_m * block_m
+    padded_end = padded.cumsum(0)
+    rank = torch.arange(pairs, device=device) - (counts.cumsum(0) - counts)[sorted_expert]
+    position = (padded_end - padded)[sorted_expert] + rank
+    max_blocks = pairs // block_m + min(num_experts, pairs) + 1
+    sorted_pairs = torch.full((max_blocks * block_m,), pairs, dtype=torch.int64, device=device)
+    sorted_pairs.scatter_(0, position, order)
+    starts = torch.arange(max_blocks, device=device) * block_m
+    block_expert = torch.searchsorted(padded_end, starts, right=True)
+    return sorted_pairs, block_expert
+
+
+def _block_n(n: int) -> int:
+    return min(64, triton.next_power_of_2(n))
+
+
+def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, expert_ids: torch.Tensor,
+                     weights: torch.Tensor, w13_scale: torch.Tensor | None = None,
+                     w2_scale: torch.Tensor | None = None, *, block_k: int = 64, num_warps: int = 4,
+                     num_stages: int = 3, block_m: int | None = None) -> torch.Tensor:
+    """Same contract as kimi_swarm.kernels.moe_reference.fused_moe_reference."""
+    m, k = expert_ids.shape
+    num_experts, two_i, hidden = w13.shape
+    inter = two_i // 2
+    if x.shape != (m, hidden) or w2.shape != (num_experts, hidden, inter):
+        raise ValueError(f"fused_moe: x {tuple(x.shape)}, w13 {tuple(w13.shape)} and w2 {tuple(w2.shape)} "
+                         f"do not fit [M, H], [E, 2I, H], [E, H, I] with M = {m}")
+    if (w13_scale is None) != (w2_scale is None):
+        raise ValueError("fused_moe: FP8 weights need both w13_scale and w2_scale")
+    pairs = m * k
+    if block_m is None:
+        block_m = LARGE_BLOCK_M if pairs >= LARGE_BLOCK_M * num_experts else BLOCK_M
+    sorted_pairs, block_expert = align_block_size(expert_ids, num_experts, block_m)
+    blocks = block_expert.shape[0]
+    prec = "ieee" if x.dtype == torch.float32 else "tf32"
+    x = x.contiguous()
+    act = _empty(pairs, inter, device=x.device, dtype=x.dtype)
+    scale13 = w13_scale if w13_scale is not None else w13
+    scale2 = w2_scale if w2_scale is not None else w2
+    bn, bk = _block_n(inter), min(block_k, triton.next_power_of_2(hidden))
+    _expert_gemm_kernel[(blocks, triton.cdiv(inter, bn))](
+        x, w13, scale13, sorted_pairs, block_expert, weights, act, pairs, num_experts, inter, hidden,
+        A_ROWS_PER_PAIR=k, GATED=True, HAS_SCALE=w13_scale is not None, WEIGHTED=False, BM=block_m, BN=bn, BK=bk,
+        DOT_PREC=prec, num_warps=num_warps, num_stages=num_stages)
+    partial = _empty(pairs, hidden, device=x.device, dtype=torch.float32)
+    bn, bk = _block_n(hidden), min(block_k, triton.next_power_of_2(inter))
+    _expert_gemm_kernel[(blocks, triton.cdiv(hidden, bn))](
+        act, w2, scale2, sorted_pairs, block_expert, weights.reshape(-1).contiguous(), partial, pairs, num_experts,
+        hidden, inter, A_ROWS_PER_PAIR=1, GATED=False, HAS_SCALE=w2_scale is not None, WEIGHTED=True, BM=block_m,
+        BN=bn, BK=bk, DOT_PREC=prec, num_warps=num_warps, num_stages=num_stages)
+    return partial.view(m, k, hidden).sum(dim=1)
