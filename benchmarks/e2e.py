@@ -4,11 +4,13 @@
     python benchmarks/e2e.py                                    # H200: 128K context, 100 agents
     python benchmarks/e2e.py --context 32768 --agents 32        # smaller, e.g. to fit an H100
     python benchmarks/e2e.py --transformers                     # also transformers' KimiLinearForCausalLM
+    python benchmarks/e2e.py --quantization fp8                 # FP8 weights (the 48B model on an 80 GB H100)
 
 Phases (ours): prefill of the shared context; fork into N agents; each agent's distinct private
 suffix and its first token; decode of every agent together (ms/step p50/p99, aggregate tok/s);
-the same decode without shared-prefix attention; batch-1 decode after 8K; peak memory and its
-parts. Floors use the copy bandwidth and matmul rate measured at the start of the same run.
+the same decode without shared-prefix attention (each after a few steps that capture its CUDA graph); batch-1
+and 8-agent decode after 8K; peak memory and its parts. With --quantization fp8, first the logits of the same
+random weights in bf16 and FP8, beside a yardstick: how far bf16's own rounding moves this random model. Floors use the copy bandwidth and matmul rate measured at the start of the same run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import torch
 from common import sync
 
 from kimi_swarm.backend import Engine, SamplingParams
+from kimi_swarm.backend.engine.decode_graphs import CAPTURE_AFTER
 from kimi_swarm.backend.engine.state_cache import CacheLayout
+from kimi_swarm.backend.model.fp8 import quantize_fp8_
+from kimi_swarm.backend.model.model import KimiLinearForCausalLM
 from kimi_swarm.backend.model.presets import PRESETS, preset_config, random_model, randomize_
 
 PAGE = 64
@@ -70,13 +75,16 @@ class Footprint:
 
     def __init__(self, model, config):
         self.config = config
-        expert = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".experts." in n)
-        self.weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        params = dict(model.named_parameters())
+        expert = sum(p.numel() * p.element_size() for n, p in params.items() if ".experts." in n)
+        self.weights = sum(p.numel() * p.element_size() for p in params.values())
         moe_layers = config.num_hidden_layers - config.first_k_dense_replace
-        self.expert_bytes = expert / (config.num_experts * moe_layers)  # one expert of one layer
-        embed = config.vocab_size * config.hidden_size * 2
-        self.dense_bytes = self.weights - expert - embed  # read every step (lm_head included)
-        self.active_params = (self.dense_bytes + moe_layers * config.num_experts_per_token * self.expert_bytes) / 2
+        self.expert_bytes = expert / (config.num_experts * moe_layers)  # one expert of one layer (FP8: + scales)
+        embed = model.model.embed_tokens.weight
+        self.dense_bytes = self.weights - expert - embed.numel() * embed.element_size()  # lm_head included
+        expert_params = sum(p.numel() for n, p in params.items() if ".experts.w" in n and not n.endswith("_scale"))
+        dense_params = sum(p.numel() for n, p in params.items() if ".experts." not in n) - embed.numel()
+        self.active_params = dense_params + expert_params * config.num_experts_per_token / config.num_experts
         self.moe_layers = moe_layers
 
     def decode_bytes(self, batch: int, layout: CacheLayout, shared_latent_tokens: int, private_tokens: int,
@@ -152,10 +160,55 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+@torch.inference_mode()
+def build_model(args, device, config, rows) -> KimiLinearForCausalLM:
+    """The random bf16 model; with --quantization, the same weights quantised after the logits of both are
+    compared, or, where the bf16 weights do not fit the GPU, weights drawn and quantised one at a time."""
+    if args.quantization is None:
+        return random_model(config, device, torch.bfloat16)
+    with torch.device("meta"):
+        bf16_bytes = 2 * sum(p.numel() for p in KimiLinearForCausalLM(config).parameters())
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else float("inf")
+    if bf16_bytes > 0.8 * total:
+        rows.append((f"{args.quantization} vs bf16 logits", "not compared",
+                     f"the bf16 weights ({bf16_bytes / 2**30:.0f} GiB) do not fit this GPU"))
+        return random_model(config, device, torch.bfloat16, quantization=args.quantization)
+    model = random_model(config, device, torch.bfloat16)
+    x = torch.tensor([ids(args.logits_tokens, config.vocab_size, 5)], device=device)
+    before = model(x).float()
+    perturb_(model, BF16_ROUNDING)
+    want = model(x).float()
+    quantize_fp8_(model)
+    got = model(x).float()
+    for label, a, b, note in ((f"{args.quantization} vs bf16 logits, same weights", got, want,
+                               "linear and expert weights quantised per output row; bf16 activations"),
+                              ("yardstick: bf16 logits, weights moved by bf16's own rounding", want, before,
+                               f"every weight times (1 + {BF16_ROUNDING:.4f} N(0, 1)): how much this random model "
+                               "amplifies a perturbation")):
+        error = ((a - b).norm() / b.norm()).item()
+        top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+        rows.append((f"{label}, {args.logits_tokens} tokens", f"relative error {error:.4f}, top-1 agreement "
+                     f"{top1:.1%}", note))
+    del x, before, want, got
+    return model
+
+
+BF16_ROUNDING = 2.0 ** -9
+"""Half of bf16's relative spacing: the typical relative error of rounding a weight to bf16."""
+
+
+def perturb_(model: torch.nn.Module, relative: float) -> None:
+    """Every matrix of the model times (1 + relative * N(0, 1)), one expert at a time."""
+    for p in model.parameters():
+        if p.dim() >= 2 and p.is_floating_point():
+            for piece in p.view(-1, *p.shape[-2:]):
+                piece.mul_(1 + relative * torch.randn_like(piece))
+
+
 async def ours(args, device, config, rows, floors) -> dict[str, float]:
     """Our engine's phases as result rows; returns the figures compared with transformers (prefill s, batch-1
     decode ms/token with CUDA graphs where they run)."""
-    model = random_model(config, device, torch.bfloat16)
+    model = build_model(args, device, config, rows)
     foot = Footprint(model, config)
     layout = CacheLayout.for_config(config, torch.bfloat16, PAGE)
     sessions = args.agents + 2
@@ -239,6 +292,11 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
             prefixes.release()
         steps = args.decode if expand else min(args.decode, 32)
         engine.decode_steps.clear()
+        await asyncio.gather(*(a.generate(SamplingParams(max_tokens=CAPTURE_AFTER + 1, stop_token_ids=[]))
+                               for a in agents))
+        warmup_ms = max(t for b, t in engine.decode_steps if b == args.agents) * 1e3
+        done += CAPTURE_AFTER + 1
+        engine.decode_steps.clear()
         start = time.perf_counter()
         await asyncio.gather(*(a.generate(SamplingParams(max_tokens=steps, stop_token_ids=[])) for a in agents))
         wall = time.perf_counter() - start
@@ -251,7 +309,8 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
         note = "" if used or not expand else f" (stayed absorbed: {absorbed_because(prefixes, args)})"
         rows.append((f"ours: decode {args.agents} agents, {label}{note}",
                      f"p50 {p50:.1f} ms/step, p99 {percentile(step_ms, 0.99):.1f} ms "
-                     f"({percentile(step_ms, 0.99) / p50:.2f}x p50), {args.agents * steps / wall:,.0f} tok/s",
+                     f"({percentile(step_ms, 0.99) / p50:.2f}x p50), {args.agents * steps / wall:,.0f} tok/s; "
+                     f"slowest of the {CAPTURE_AFTER + 1} steps before (graph capture): {warmup_ms:.0f} ms",
                      f"floor {floor_s * 1e3:.1f} ms/step -> {p50 / (floor_s * 1e3):.2f}x floor"))
     engine.runner.shared_prefix_attention, prefixes.enabled = True, True
 
@@ -288,6 +347,15 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
                      f"floor {floor:.2f} ms -> {step / floor:.1f}x"))
         figures.setdefault("decode1", step)
     engine.runner.graphs = graphs
+    few = single.fork(args.few_agents)
+    engine.decode_steps.clear()
+    await asyncio.gather(*(a.generate(SamplingParams(max_tokens=64, stop_token_ids=[])) for a in few))
+    step = statistics.median(t for b, t in engine.decode_steps if b == args.few_agents) * 1e3
+    floor = foot.decode_bytes(args.few_agents, layout, args.single_context, 64, True) / floors["copy"] * 1e3
+    rows.append((f"ours: decode {args.few_agents} agents after {args.single_context // 1024}K", f"{step:.2f} ms/step",
+                 f"floor {floor:.2f} ms -> {step / floor:.1f}x"))
+    for a in few:
+        a.close()
     single.close()
     rows.append(("ours: no-fork alternative", f"{args.agents} x {prefill_s:.2f} s = {args.agents * prefill_s:.0f} s",
                  "each agent prefills the context itself (projected from the measured prefill)"))
@@ -350,12 +418,17 @@ async def main() -> None:
     parser.add_argument("--preset", default="48b", choices=sorted(PRESETS),
                         help="model preset of kimi_swarm.backend.model.presets (small: a smoke run)")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quantization", choices=["fp8"], default=None,
+                        help="FP8 weights (the same random weights as bf16, quantised per row)")
+    parser.add_argument("--logits-tokens", type=int, default=1024, help="tokens of the FP8-vs-bf16 logits check")
+    parser.add_argument("--few-agents", type=int, default=8, help="agents of the small-batch decode row")
     args = parser.parse_args()
     device = torch.device(args.device)
     config = preset_config(args.preset)
     floors = {"copy": measure_copy_bandwidth(device), "matmul": measure_matmul_rate(device)}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"# e2e: {args.preset} preset on {name}, copy {floors['copy'] / 1e12:.2f} TB/s, "
+    weights = args.quantization or "bf16"
+    print(f"# e2e: {args.preset} preset, {weights} weights, on {name}, copy {floors['copy'] / 1e12:.2f} TB/s, "
           f"bf16 matmul {floors['matmul'] / 1e12:.0f} TFLOP/s", flush=True)
     rows: list[tuple[str, str, str]] = []
     try:

@@ -15,6 +15,7 @@ from model_support import extend_then_generate, forks_prefilled_with_and_without
 from kimi_swarm.backend import Engine, SamplingParams
 from kimi_swarm.backend.model.moe import StackedExperts
 from kimi_swarm.backend.model.presets import preset_config, random_model
+from kimi_swarm.kernels import fp8_reference, fp8_triton, moe_reference, moe_triton
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is "
                                                                        "covered by test_engine.py)")
@@ -32,9 +33,63 @@ def test_grouped_expert_gemms_match_per_expert_loop():
         ids = torch.stack([torch.randperm(64, device="cuda")[:8] for _ in range(tokens)])
         weights = torch.rand(tokens, 8, device="cuda")
         got = experts._grouped(x, ids, weights)
-        want = ref._per_expert(x.double(), ids, weights.double())
+        want = moe_reference.fused_moe_reference(x.double(), ref.w13, ref.w2, ids, weights.double())
         err = (got.double() - want).norm() / want.norm()
         assert err < 1e-2, f"{tokens} tokens: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16-weights", "fp8-weights"])
+def test_fused_moe_on_the_48b_expert_shapes(fp8):
+    """256 experts of 2304 x 1024, top 8, in bf16: the fused kernel against float64 on the same weights, for
+    the token counts it serves (FP8 experts take it at every count)."""
+    torch.manual_seed(0)
+    w13 = torch.randn(256, 2048, 2304, device="cuda") * 2304 ** -0.5
+    w2 = torch.randn(256, 2304, 1024, device="cuda") * 1024 ** -0.5
+    if fp8:
+        (w13, s13), (w2, s2) = fp8_reference.quantize_rows(w13), fp8_reference.quantize_rows(w2)
+    else:
+        w13, w2, s13, s2 = w13.bfloat16(), w2.bfloat16(), None, None
+    for tokens in (1, 8, 32, 300):
+        x = torch.randn(tokens, 2304, device="cuda", dtype=torch.bfloat16)
+        ids = torch.stack([torch.randperm(256, device="cuda")[:8] for _ in range(tokens)])
+        weights = torch.rand(tokens, 8, device="cuda")
+        got = moe_triton.fused_moe_triton(x, w13, w2, ids, weights, s13, s2)
+        want = moe_reference.fused_moe_reference(x.double(), w13 if fp8 else w13.double(),
+                                                 w2 if fp8 else w2.double(), ids, weights.double(), s13, s2)
+        err = (got.double() - want).norm() / want.norm()
+        assert err < 1e-2, f"{tokens} tokens: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("rows,tolerance", [(4, 1e-2), (300, 5e-2)], ids=["weight-only", "fp8-tensor-cores"])
+def test_fp8_linear_on_cuda(rows, tolerance):
+    """A few rows read the FP8 weight into a bf16 GEMM; many rows quantise the activations per row too (their
+    rounding is the larger tolerance)."""
+    weight, scale = fp8_reference.quantize_rows(torch.randn(4096, 2304, device="cuda"))
+    x = torch.randn(rows, 2304, device="cuda", dtype=torch.bfloat16)
+    got = fp8_triton.fp8_linear_triton(x, weight, scale)
+    want = fp8_reference.fp8_linear_reference(x.double(), weight, scale)
+    err = (got.double() - want).norm() / want.norm()
+    assert got.dtype == torch.bfloat16 and err < tolerance, f"relative error {err:.2e}"
+
+
+async def test_fp8_forks_equal_fresh_sessions_on_cuda():
+    """An FP8 model (float32 activations, so that the comparison is exact) forks and batches like any other."""
+    config = preset_config("small")
+    engine = Engine(random_model(config, torch.device("cuda"), torch.float32, seed=2, quantization="fp8"), None,
+                    max_sessions=16, memory=1 << 30, page_size=64)
+    try:
+        gen = torch.Generator().manual_seed(1)
+        prefix = torch.randint(0, config.vocab_size, (200,), generator=gen).tolist()
+        suffixes = [torch.randint(0, config.vocab_size, (n,), generator=gen).tolist() for n in (1, 40)]
+        params = SamplingParams(max_tokens=8, stop_token_ids=[])
+        root = await engine.session(prefix)
+        forked = await asyncio.gather(*(extend_then_generate(c, s, params)
+                                        for c, s in zip(root.fork(len(suffixes)), suffixes, strict=True)))
+        for suffix, completion in zip(suffixes, forked, strict=True):
+            fresh = await (await engine.session(prefix + suffix)).generate(params)
+            assert completion.token_ids == fresh.token_ids
+    finally:
+        engine.shutdown()
 
 
 async def test_forks_equal_fresh_sessions_on_cuda():

@@ -11,7 +11,10 @@ from collections import Counter
 
 import torch
 
+from kimi_swarm.kernels.fp8_reference import FP8, quantize_rows
+
 from .config import KimiLinearConfig
+from .fp8 import check_quantization, quantize_fp8_
 from .model import KimiLinearForCausalLM
 
 KIMI_LINEAR_48B = {
@@ -57,15 +60,20 @@ def preset_config(name: str) -> KimiLinearConfig:
 
 
 @torch.no_grad()
-def random_model(config: KimiLinearConfig, device: torch.device, dtype: torch.dtype,
-                 seed: int = 0) -> KimiLinearForCausalLM:
-    """The model with random weights drawn directly on `device` (no host copy of 98 GB)."""
+def random_model(config: KimiLinearConfig, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                 quantization: str | None = None) -> KimiLinearForCausalLM:
+    """The model with random weights drawn directly on `device` (no host copy of 98 GB); with quantization
+    "fp8" its linear and expert weights are drawn and quantised one expert or weight at a time, so the 48B
+    model is built on an 80 GB GPU."""
+    check_quantization(quantization, device)
     keep_fp32 = ("A_log", "dt_bias", "e_score_correction_bias")
     with torch.device("meta"):
         model = KimiLinearForCausalLM(config)
     for name, p in model.named_parameters():
         if not name.endswith(keep_fp32):
             p.data = p.data.to(dtype)
+    if quantization is not None:
+        quantize_fp8_(model)
     model = model.to_empty(device=device)
     randomize_(model, torch.Generator(device=device).manual_seed(seed))
     return model.eval()
@@ -80,11 +88,15 @@ def randomize_(model: torch.nn.Module, generator: torch.Generator) -> Counter[tu
 
     Returns how many elements each rule drew, keyed by (rule, fan-in), so two models can be compared."""
     drawn: Counter[tuple[str, int]] = Counter()
+    params = dict(model.named_parameters())
+    scale_of = {name: params[f"{name}_scale"] for name, p in params.items() if p.dtype == FP8}
     buffers = [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
     unknown = [n for n, _ in buffers if not n.endswith("e_score_correction_bias")]
     if unknown:
         raise ValueError(f"no drawing rule for floating buffers {unknown[:3]}")
-    for name, p in [*model.named_parameters(), *buffers]:
+    for name, p in [*params.items(), *buffers]:
+        if name.endswith("_scale") and name.removesuffix("_scale") in scale_of:
+            continue  # drawn with its FP8 weight
         if name.endswith("A_log"):
             rule, fan_in = "A_log", 0
             p.uniform_(0.0, 2.0, generator=generator)
@@ -99,6 +111,16 @@ def randomize_(model: torch.nn.Module, generator: torch.Generator) -> Counter[tu
             p.fill_(1.0)
         else:
             rule, fan_in = "normal", p.shape[-1]
-            p.normal_(0.0, fan_in ** -0.5, generator=generator)
+            if name in scale_of:
+                _draw_fp8(p, scale_of[name], generator)
+            else:
+                p.normal_(0.0, fan_in ** -0.5, generator=generator)
         drawn[rule, fan_in] += p.numel()
     return drawn
+
+
+def _draw_fp8(weight: torch.Tensor, scale: torch.Tensor, generator: torch.Generator) -> None:
+    """The normal rule drawn in fp32 and quantised, one expert (or the whole 2-D weight) at a time."""
+    for q, s in zip(weight.view(-1, *weight.shape[-2:]), scale.view(-1, scale.shape[-1]), strict=True):
+        drawn = torch.empty(q.shape, device=q.device).normal_(0.0, q.shape[-1] ** -0.5, generator=generator)
+        q[:], s[:] = quantize_rows(drawn)
