@@ -10,7 +10,8 @@ Phases (ours): prefill of the shared context; fork into N agents; each agent's d
 suffix and its first token; decode of every agent together (ms/step p50/p99, aggregate tok/s);
 the same decode without shared-prefix attention (each after a few steps that capture its CUDA graph); batch-1
 and 8-agent decode after 8K; peak memory and its parts. With --quantization fp8, first the logits of the same
-random weights in bf16 and FP8, beside a yardstick: how far bf16's own rounding moves this random model. Floors use the copy bandwidth and matmul rate measured at the start of the same run.
+random weights in bf16 and FP8, beside a yardstick: how far bf16's own rounding moves this random model.
+Floors use the copy bandwidth and matmul rate measured at the start of the same run.
 """
 
 from __future__ import annotations

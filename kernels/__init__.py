@@ -65,6 +65,21 @@ def recurrent_kda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     return impl(q, k, v, g, beta, state_pool, state_indices, scale=scale, use_qk_l2norm=use_qk_l2norm)
 
 
+def kda_decode_step(mixed: torch.Tensor, conv_pool: torch.Tensor,
+                    conv_weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor], f: torch.Tensor,
+                    dt_bias: torch.Tensor, a_log: torch.Tensor, b: torch.Tensor, gate: torch.Tensor,
+                    norm_weight: torch.Tensor, state_pool: torch.Tensor, state_indices: torch.Tensor,
+                    eps: float) -> torch.Tensor:
+    """A KDA layer's decode step from its input projections to the gated norm (short convolution, gates,
+    recurrent step, norm), one token per sequence: [N, H * D]. Updates both pools' rows in place; one launch on
+    the GPU."""
+    fast = _triton_path("kda_triton", mixed, weights=(*conv_weights, dt_bias, a_log, norm_weight))
+    fast = fast if fast is not None and f.shape[-1] // b.shape[-1] <= fast.MAX_HEAD_DIM else None
+    impl = fast.kda_decode_step_triton if fast else kda_reference.kda_decode_step_reference
+    return impl(mixed, conv_pool, conv_weights, f, dt_bias, a_log, b, gate, norm_weight, state_pool, state_indices,
+                eps)
+
+
 def mla_decode(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """One query token per sequence over its paged latent cache: returns [N, H, R]."""
@@ -129,5 +144,5 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     return impl(x, gate, weight, eps)
 
 
-__all__ = ["chunk_kda", "recurrent_kda", "fused_moe", "fp8_linear", "mla_decode", "mla_decode_from",
+__all__ = ["chunk_kda", "recurrent_kda", "kda_decode_step", "fused_moe", "fp8_linear", "mla_decode", "mla_decode_from",
            "mla_decode_shared", "mla_prefill", "rms_norm", "gated_rms_norm"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .norm_reference import gated_rms_norm_reference
+
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """FLA's l2norm: x / sqrt(sum(x^2) + eps), with eps inside the root."""
@@ -202,3 +204,32 @@ def recurrent_kda_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
     out = torch.matmul(q[:, :, None, :], state)[:, :, 0]
     state_pool.index_copy_(0, state_indices, state.to(state_pool.dtype))
     return out[:, None].to(in_dtype)
+
+
+def kda_decode_step_reference(mixed: torch.Tensor, conv_pool: torch.Tensor,
+                              conv_weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor], f: torch.Tensor,
+                              dt_bias: torch.Tensor, a_log: torch.Tensor, b: torch.Tensor, gate: torch.Tensor,
+                              norm_weight: torch.Tensor, state_pool: torch.Tensor, state_indices: torch.Tensor,
+                              eps: float) -> torch.Tensor:
+    """A KDA layer's decode step between its input projections and o_proj, one token per sequence.
+
+    mixed [N, 3P]: the q, k and v projections before the short convolution (P = H * D); conv_pool
+    [slots, 3P, W-1]: each slot's last W-1 inputs, updated in place; conv_weights: the q, k, v convolutions'
+    [P, 1, W] taps; f [N, P] and b [N, H]: the decay and beta projections before dt_bias, softplus and sigmoid;
+    gate [N, P]: the output gate's projection; state_pool [slots, H, D, D] fp32, updated in place. Returns the
+    gated, normalised output [N, P] in mixed's dtype: the short convolution, the gates, the recurrent step
+    with l2-normalised q and k, and the gated RMSNorm, in the layer's own order and dtypes.
+    """
+    n, heads = mixed.shape[0], b.shape[-1]
+    d = f.shape[-1] // heads
+    column = mixed[:, :, None]
+    full = torch.cat([conv_pool.index_select(0, state_indices).to(column.dtype), column], dim=-1)
+    conv_pool.index_copy_(0, state_indices, full[..., 1:].to(conv_pool.dtype))
+    weight = torch.cat(conv_weights, dim=0)[:, 0]
+    conv = F.silu((full.to(weight.dtype) * weight).sum(-1)).to(mixed.dtype)
+    q, k, v = (part.reshape(n, 1, heads, d) for part in conv.chunk(3, dim=-1))
+    raw = f.float() + dt_bias.float()
+    g = -a_log.float().exp() * F.softplus(raw.view(n, 1, heads, d), beta=1.0, threshold=20.0)
+    beta = torch.sigmoid(b.float()).view(n, 1, heads)
+    o = recurrent_kda_reference(q, k, v, g, beta, state_pool, state_indices, use_qk_l2norm=True)
+    return gated_rms_norm_reference(o, gate.view(n, 1, heads, d), norm_weight, eps).reshape(n, heads * d)

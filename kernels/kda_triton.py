@@ -525,3 +525,104 @@ def recurrent_kda_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: t
         q, k, v, g, beta, state_pool, state_indices.contiguous(), o, scale,
         H=h, K=kd, V=vd, BK=_block(kd), BV=block_v, L2NORM=use_qk_l2norm, num_warps=4)
     return o
+
+
+@triton.jit
+def _short_conv_head(mixed, conv_pool, taps, i_n, slot, chan0, tap0, P3, D: tl.constexpr, W: tl.constexpr,
+                     BD: tl.constexpr, BW: tl.constexpr):
+    """silu of the short convolution over [window ; new input] for D channels from chan0; returns the new window
+    (to store once every read of the old one is done) and the output, both fp32."""
+    cd = tl.arange(0, BD)
+    cw = tl.arange(0, BW)
+    md = cd < D
+    chan = chan0 + cd
+    rows = (slot * P3 + chan[:, None]) * (W - 1)
+    new = tl.load(mixed + i_n * P3 + chan, mask=md, other=0.0).to(tl.float32)
+    old = tl.load(conv_pool + rows + cw[None, :], mask=md[:, None] & (cw[None, :] < W - 1), other=0.0)
+    full = tl.where(cw[None, :] == W - 1, new[:, None], old.to(tl.float32))
+    ahead = tl.load(conv_pool + rows + cw[None, :] + 1, mask=md[:, None] & (cw[None, :] < W - 2), other=0.0)
+    window = tl.where(cw[None, :] == W - 2, new[:, None], ahead.to(tl.float32))
+    b_taps = tl.load(taps + (tap0 + cd[:, None]) * W + cw[None, :], mask=md[:, None] & (cw[None, :] < W),
+                     other=0.0).to(tl.float32)
+    out = tl.sum(full * b_taps, axis=1)
+    return window, out * tl.sigmoid(out)
+
+
+@triton.jit
+def _store_window(conv_pool, window, slot, chan0, P3, D: tl.constexpr, W: tl.constexpr, BD: tl.constexpr,
+                  BW: tl.constexpr):
+    cd = tl.arange(0, BD)
+    cw = tl.arange(0, BW)
+    rows = (slot * P3 + chan0 + cd[:, None]) * (W - 1)
+    tl.store(conv_pool + rows + cw[None, :], window.to(conv_pool.dtype.element_ty),
+             mask=(cd[:, None] < D) & (cw[None, :] < W - 1))
+
+
+@triton.jit
+def _kda_decode_step_kernel(mixed, conv_pool, wq, wk, wv, f, dt_bias, a_log, b, gate, norm_w, pool, slots, y, eps,
+                            scale, H: tl.constexpr, D: tl.constexpr, W: tl.constexpr, BD: tl.constexpr,
+                            BW: tl.constexpr):
+    """One program per (sequence, head): short convolution of q, k, v with its window update, the decay and
+    beta gates, the recurrent step on the head's [D, D] state, and the gated RMSNorm of the output."""
+    i_nh = tl.program_id(0)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    P = H * D
+    slot = tl.load(slots + i_n).to(tl.int64)
+    win_q, b_q = _short_conv_head(mixed, conv_pool, wq, i_n, slot, i_h * D, i_h * D, 3 * P, D, W, BD, BW)
+    win_k, b_k = _short_conv_head(mixed, conv_pool, wk, i_n, slot, P + i_h * D, i_h * D, 3 * P, D, W, BD, BW)
+    win_v, b_v = _short_conv_head(mixed, conv_pool, wv, i_n, slot, 2 * P + i_h * D, i_h * D, 3 * P, D, W, BD, BW)
+    tl.debug_barrier()  # every thread has read the old windows before any overwrites them
+    _store_window(conv_pool, win_q, slot, i_h * D, 3 * P, D, W, BD, BW)
+    _store_window(conv_pool, win_k, slot, P + i_h * D, 3 * P, D, W, BD, BW)
+    _store_window(conv_pool, win_v, slot, 2 * P + i_h * D, 3 * P, D, W, BD, BW)
+
+    cd = tl.arange(0, BD)
+    md = cd < D
+    head = i_n * P + i_h * D + cd
+    raw = tl.load(f + head, mask=md, other=0.0).to(tl.float32) + tl.load(dt_bias + i_h * D + cd, mask=md,
+                                                                            other=0.0).to(tl.float32)
+    softplus = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
+    b_g = -tl.exp(tl.load(a_log + i_h).to(tl.float32)) * softplus
+    b_beta = tl.sigmoid(tl.load(b + i_n * H + i_h).to(tl.float32))
+    b_q = b_q / tl.sqrt(tl.sum(b_q * b_q) + 1e-6) * scale
+    b_k = b_k / tl.sqrt(tl.sum(b_k * b_k) + 1e-6)
+
+    offs = ((slot * H + i_h) * D + cd[:, None]) * D + cd[None, :]
+    smask = md[:, None] & md[None, :]
+    state = tl.load(pool + offs, mask=smask, other=0.0) * tl.exp(b_g)[:, None]
+    b_u = b_beta * (b_v - tl.sum(state * b_k[:, None], axis=0))
+    state += b_k[:, None] * b_u[None, :]
+    tl.store(pool + offs, state, mask=smask)
+    o = tl.sum(state * b_q[:, None], axis=0)
+
+    o = o * tl.rsqrt(tl.sum(o * o) / D + eps)
+    b_gate = tl.load(gate + head, mask=md, other=0.0).to(tl.float32)
+    out = o * tl.load(norm_w + cd, mask=md, other=0.0).to(tl.float32) * tl.sigmoid(b_gate)
+    tl.store(y + head, out.to(y.dtype.element_ty), mask=md)
+
+
+def kda_decode_step_triton(mixed: torch.Tensor, conv_pool: torch.Tensor,
+                           conv_weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor], f: torch.Tensor,
+                           dt_bias: torch.Tensor, a_log: torch.Tensor, b: torch.Tensor, gate: torch.Tensor,
+                           norm_weight: torch.Tensor, state_pool: torch.Tensor, state_indices: torch.Tensor,
+                           eps: float) -> torch.Tensor:
+    """Same contract as kimi_swarm.kernels.kda_reference.kda_decode_step_reference, in one launch."""
+    n, heads = b.shape
+    p = f.shape[-1]
+    d, width = p // heads, conv_weights[0].shape[-1]
+    if mixed.shape != (n, 3 * p) or conv_pool.shape[1:] != (3 * p, width - 1) or gate.shape != (n, p):
+        raise ValueError(f"kda_decode_step: mixed {tuple(mixed.shape)}, conv_pool {tuple(conv_pool.shape)} and "
+                         f"gate {tuple(gate.shape)} do not fit {heads} heads of {d} and a {width}-tap convolution")
+    if state_pool.dtype != torch.float32 or state_pool.shape[1:] != (heads, d, d) or not state_pool.is_contiguous():
+        raise ValueError(f"state_pool must be contiguous fp32 [slots, {heads}, {d}, {d}], got "
+                         f"{state_pool.dtype} {tuple(state_pool.shape)}")
+    if not conv_pool.is_contiguous():
+        raise ValueError("kda_decode_step: conv_pool must be contiguous")
+    y = _empty(n, p, device=mixed.device, dtype=mixed.dtype)
+    wq, wk, wv = (w.contiguous() for w in conv_weights)
+    _kda_decode_step_kernel[(n * heads,)](
+        mixed.contiguous(), conv_pool, wq, wk, wv, f.contiguous(), dt_bias.contiguous(), a_log.contiguous(),
+        b.contiguous(), gate.contiguous(), norm_weight.contiguous(), state_pool, state_indices.contiguous(), y, eps,
+        d ** -0.5, H=heads, D=d, W=width, BD=_block(d), BW=triton.next_power_of_2(width), num_warps=8)
+    return y

@@ -358,3 +358,28 @@ def test_fp8_linear_weight_only_matches_float64(rows):
     got = fp8_triton.fp8_linear_triton(x, weight, scale)
     want = fp8_reference.fp8_linear_reference(x.double(), weight, scale)
     assert got.dtype == torch.float32 and rel_err(got, want) <= FP32_TOL
+
+
+def test_kda_decode_step_matches_float64():
+    """Three sequences in scattered slots, 2 heads of 24 (not the tile size of 32 it is padded to), a 4-tap
+    convolution, strong and weak decays; the fused kernel updates both pools as the layer's own ops do."""
+    n, heads, d, width, slots_total = 3, 2, 24, 4, 6
+    p = heads * d
+    mixed, f, gate = torch.randn(n, 3 * p), torch.randn(n, p) * 3, torch.randn(n, p)
+    b, dt_bias, a_log = torch.randn(n, heads), torch.randn(p), torch.rand(1, 1, heads, 1) * 2
+    taps = tuple(torch.randn(p, 1, width) * 0.5 for _ in range(3))
+    norm_weight = torch.rand(d) + 0.5
+    conv_pool, state_pool = torch.randn(slots_total, 3 * p, width - 1), torch.randn(slots_total, heads, d, d)
+    slots = torch.tensor([4, 0, 2])
+    want_conv, want_state = conv_pool.double(), state_pool.double()
+    want = kda_reference.kda_decode_step_reference(
+        mixed.double(), want_conv, tuple(t.double() for t in taps), f.double(), dt_bias.double(), a_log.double(),
+        b.double(), gate.double(), norm_weight.double(), want_state, slots, 1e-5)
+    got = kda_triton.kda_decode_step_triton(mixed, conv_pool, taps, f, dt_bias, a_log, b, gate, norm_weight,
+                                            state_pool, slots, 1e-5)
+    assert got.dtype == torch.float32 and got.shape == (n, p)
+    assert rel_err(got, want) <= FP32_TOL
+    assert rel_err(state_pool, want_state) <= FP32_TOL
+    assert torch.allclose(conv_pool.double(), want_conv)  # a shift by one tap: exact
+    untouched = [1, 3, 5]
+    assert torch.equal(conv_pool[untouched].double(), want_conv[untouched])

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kimi_swarm.kernels import chunk_kda, gated_rms_norm, recurrent_kda
+from kimi_swarm.kernels import chunk_kda, gated_rms_norm, kda_decode_step
 
 from .config import KimiLinearConfig
 from .context import ForwardContext
@@ -45,26 +45,33 @@ class KimiDeltaAttention(nn.Module):
         full = torch.cat([window, mixed], dim=-1)
         conv_pool.index_copy_(0, slots, full[..., -(self.kernel - 1):].to(conv_pool.dtype))
         weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight], dim=0)
-        if x.shape[1] == 1:  # decode: one window times the taps, cheaper than a conv1d call
-            out = (full.to(weight.dtype) * weight[:, 0]).sum(-1, keepdim=True)
-        else:
-            out = F.conv1d(full.to(weight.dtype), weight, groups=weight.shape[0])
+        out = F.conv1d(full.to(weight.dtype), weight, groups=weight.shape[0])
         return F.silu(out).to(x.dtype).transpose(1, 2)
+
+    def _decode(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """One token per sequence: the projections, then everything up to o_proj in one kernel."""
+        n = x.shape[0]
+        recurrent_pool, conv_pool, slots = ctx.kda_state(self.kda_index)
+        mixed = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1).view(n, -1)
+        y = kda_decode_step(mixed, conv_pool, (self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight),
+                            self.f_b_proj(self.f_a_proj(x)).view(n, -1), self.dt_bias, self.A_log,
+                            self.b_proj(x).view(n, -1), self.g_b_proj(self.g_a_proj(x)).view(n, -1),
+                            self.o_norm.weight, recurrent_pool, slots, self.eps)
+        return self.o_proj(y.view(n, 1, -1))
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         n, t, _ = x.shape
+        if t == 1:
+            return self._decode(x, ctx)
         shape = (n, t, self.num_heads, self.head_dim)
         recurrent_pool, conv_pool, slots = ctx.kda_state(self.kda_index)
         q, k, v = (part.reshape(shape) for part in self._short_conv(x, conv_pool, slots).chunk(3, dim=-1))
         raw = self.f_b_proj(self.f_a_proj(x)).float() + self.dt_bias.float()
         g = -self.A_log.float().exp() * F.softplus(raw.view(shape), beta=1.0, threshold=20.0)
         beta = torch.sigmoid(self.b_proj(x).float())
-        if t == 1:
-            o = recurrent_kda(q, k, v, g, beta, recurrent_pool, slots, use_qk_l2norm=True)
-        else:
-            o, final = chunk_kda(q, k, v, g, beta, initial_state=recurrent_pool.index_select(0, slots),
-                                 output_final_state=True, use_qk_l2norm=True)
-            recurrent_pool.index_copy_(0, slots, final.to(recurrent_pool.dtype))
+        o, final = chunk_kda(q, k, v, g, beta, initial_state=recurrent_pool.index_select(0, slots),
+                             output_final_state=True, use_qk_l2norm=True)
+        recurrent_pool.index_copy_(0, slots, final.to(recurrent_pool.dtype))
         gate = self.g_b_proj(self.g_a_proj(x)).view(shape)
         y = gated_rms_norm(o, gate, self.o_norm.weight, self.eps)
         return self.o_proj(y.reshape(n, t, -1))
