@@ -15,7 +15,7 @@ from model_support import extend_then_generate, forks_prefilled_with_and_without
 from kimi_swarm.backend import Engine, SamplingParams
 from kimi_swarm.backend.model.moe import StackedExperts
 from kimi_swarm.backend.model.presets import preset_config, random_model
-from kimi_swarm.kernels import fp8_reference, fp8_triton, moe_reference, moe_triton
+from kimi_swarm.kernels import fp8_reference, fp8_triton, kda_reference, kda_triton, moe_reference, moe_triton
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is "
                                                                        "covered by test_engine.py)")
@@ -58,6 +58,32 @@ def test_fused_moe_on_the_48b_expert_shapes(fp8):
                                                  w2 if fp8 else w2.double(), ids, weights.double(), s13, s2)
         err = (got.double() - want).norm() / want.norm()
         assert err < 1e-2, f"{tokens} tokens: relative error {err:.2e}"
+
+
+def test_kda_decode_step_on_the_48b_head_shapes():
+    """32 heads of 128, bf16 inputs, fp32 states in scattered slots: the fused step against float64."""
+    torch.manual_seed(0)
+    n, heads, d, width = 8, 32, 128, 4
+    p = heads * d
+
+    def cuda(*shape, scale=1.0, dtype=torch.bfloat16):
+        return (torch.randn(*shape, device="cuda") * scale).to(dtype)
+
+    mixed, f, gate, b = cuda(n, 3 * p), cuda(n, p, scale=3.0), cuda(n, p), cuda(n, heads)
+    taps = tuple(cuda(p, 1, width, scale=0.5) for _ in range(3))
+    dt_bias, a_log = cuda(p, dtype=torch.float32), torch.rand(1, 1, heads, 1, device="cuda") * 2
+    norm_weight = cuda(d, scale=0.1) + 1
+    conv_pool, state_pool = cuda(20, 3 * p, width - 1), cuda(20, heads, d, d, scale=0.1, dtype=torch.float32)
+    slots = torch.tensor([3, 19, 0, 7, 8, 11, 2, 15], device="cuda")
+    want_conv, want_state = conv_pool.double(), state_pool.double()
+    want = kda_reference.kda_decode_step_reference(
+        mixed.double(), want_conv, tuple(t.double() for t in taps), f.double(), dt_bias.double(), a_log.double(),
+        b.double(), gate.double(), norm_weight.double(), want_state, slots, 1e-5)
+    got = kda_triton.kda_decode_step_triton(mixed, conv_pool, taps, f, dt_bias, a_log, b, gate, norm_weight,
+                                            state_pool, slots, 1e-5)
+    for name, a, w in (("output", got, want), ("state", state_pool, want_state), ("window", conv_pool, want_conv)):
+        err = (a.double() - w).norm() / w.norm()
+        assert err < 1e-2, f"{name}: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("rows,tolerance", [(4, 1e-2), (300, 5e-2)], ids=["weight-only", "fp8-tensor-cores"])
