@@ -15,14 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from kimi_swarm.backend import ENGINE_DTYPES, QUANTIZATIONS, ChatBackend, EngineBackend, OpenAIBackend, ReplayBackend
-from kimi_swarm.backend.model.default_model import default_model_path
 from kimi_swarm.tools import LIVE_SEARCH_PROVIDERS, MCPServer, Web, WebConfig, rank
 
+from .model_choice import LaunchError, checkpoint_path
 from .offline_web import OfflineWeb
-
-
-class LaunchError(Exception):
-    """A problem the person can fix (a missing checkpoint, a bad option); the message says what."""
 
 
 class WebMode(StrEnum):
@@ -94,20 +90,6 @@ def open_backend(model: str | None = None, base_urls: Sequence[str] = (), api_ke
             raise LaunchError(str(error)) from None
     path = checkpoint_path(model, not_a_directory="; to use a served model name, also pass --base-url")
     return _engine_backend(path, device, dtype, quantization)
-
-
-def checkpoint_path(model: str | None, *, not_a_directory: str = "") -> Path:
-    """The checkpoint directory `--model` names, or the embedded default model's when it names none;
-    `not_a_directory` ends the error for a path that is not a directory."""
-    if not model:
-        try:
-            return default_model_path()
-        except FileNotFoundError as error:
-            raise LaunchError(str(error)) from None
-    path = Path(model)
-    if not path.is_dir():
-        raise LaunchError(f"--model {model!r} is not a checkpoint directory{not_a_directory}")
-    return path
 
 
 def mcp_server(spec: str) -> MCPServer:

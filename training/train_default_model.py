@@ -40,6 +40,7 @@ from kimi_swarm.backend.model.config import KimiLinearConfig
 from kimi_swarm.backend.model.model import KimiLinearForCausalLM
 from kimi_swarm.backend.model.tokenizer import ByteTokenizer
 from kimi_swarm.backend.model.weights import load_model
+from kimi_swarm.kernels import chunk_kda as engine_chunk_kda
 from kimi_swarm.kernels.kda_reference import chunk_kda_reference
 
 PROCESS_START = time.time()  # the training budget counts from here, so data loading is inside it
@@ -533,14 +534,21 @@ def assistant_loss(model: KimiLinearForCausalLM, prefix: torch.Tensor, ids: torc
 def validation_loss(model: KimiLinearForCausalLM, prefixes: list[torch.Tensor], examples: list[Example],
                     device: torch.device) -> float:
     """Loss per assistant byte on held-out trajectories (names the model never saw): whether it copies
-    from its context rather than recalls training names. One trajectory at a time, in eval mode."""
+    from its context rather than recalls training names. One trajectory at a time, in eval mode without
+    gradients, through the engine's own KDA kernel: the training core's kernels autotune for every new length,
+    and held-out trajectories come in as many lengths as there are trajectories (on the GPU that took minutes)."""
     model.eval()
+    training_core, kda_layer.chunk_kda = kda_layer.chunk_kda, engine_chunk_kda
     total, count = 0.0, 0
-    for example in examples:
-        ids, mask = example.ids.long()[None].to(device), example.mask[None].to(device)
-        total += float(assistant_loss(model, prefixes[example.prefix].to(device), ids, mask, device, "sum"))
-        count += int(mask[:, 1:].sum())
-    model.train()
+    try:
+        with torch.no_grad():
+            for example in examples:
+                ids, mask = example.ids.long()[None].to(device), example.mask[None].to(device)
+                total += float(assistant_loss(model, prefixes[example.prefix].to(device), ids, mask, device, "sum"))
+                count += int(mask[:, 1:].sum())
+    finally:
+        kda_layer.chunk_kda = training_core
+        model.train()
     return total / max(count, 1)
 
 

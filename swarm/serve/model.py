@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kimi_swarm.backend import Engine
 
-from ..launch import LaunchError, checkpoint_path
+from ..model_choice import LaunchError, checkpoint_path
 from .generator import EngineGenerator
 
 LOOPBACK = "127.0.0.1"
