@@ -19,16 +19,18 @@ WEIGHT_ONLY_ROWS = 32
 """Rows up to which reading the FP8 weight into a bf16 GEMM beats quantising the activations for _scaled_mm."""
 
 
-def _weight_only(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+def weight_only_fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, *,
+                           block_n: int | None = None, block_k: int = 64) -> torch.Tensor:
+    """x [M, K] times the FP8 weight [N, K] read tile by tile into a GEMM in x's dtype: [M, N]."""
     m, (n, k) = x.shape[0], weight.shape
     blocks = triton.cdiv(m, BLOCK_M)
     rows = torch.arange(blocks * BLOCK_M, device=x.device)
     only_expert = torch.zeros(blocks, dtype=torch.int64, device=x.device)
     out = _empty(m, n, device=x.device, dtype=x.dtype)
-    bn = _block_n(n)
+    bn = block_n or _block_n(n)
     _expert_gemm_kernel[(blocks, triton.cdiv(n, bn))](
         x, weight, weight_scale, rows, only_expert, weight_scale, out, m, 1, n, k, A_ROWS_PER_PAIR=1, GATED=False,
-        HAS_SCALE=True, WEIGHTED=False, BM=BLOCK_M, BN=bn, BK=min(64, triton.next_power_of_2(k)),
+        HAS_SCALE=True, WEIGHTED=False, BM=BLOCK_M, BN=bn, BK=min(block_k, triton.next_power_of_2(k)),
         DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4, num_stages=3)
     return out
 
@@ -46,5 +48,5 @@ def fp8_linear_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch
         raise ValueError(f"fp8_linear: weight must be {FP8}, got {weight.dtype}")
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     many = flat.shape[0] > WEIGHT_ONLY_ROWS and x.dtype in (torch.bfloat16, torch.float16)
-    out = (_fp8_tensor_cores if many else _weight_only)(flat, weight, weight_scale)
+    out = (_fp8_tensor_cores if many else weight_only_fp8_linear)(flat, weight, weight_scale)
     return out.view(*x.shape[:-1], weight.shape[0])

@@ -100,7 +100,7 @@ def _block_n(n: int) -> int:
 def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, expert_ids: torch.Tensor,
                      weights: torch.Tensor, w13_scale: torch.Tensor | None = None,
                      w2_scale: torch.Tensor | None = None, *, block_k: int = 64, num_warps: int = 4,
-                     num_stages: int = 3, block_m: int | None = None) -> torch.Tensor:
+                     num_stages: int = 3, block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
     """Same contract as kimi_swarm.kernels.moe_reference.fused_moe_reference."""
     m, k = expert_ids.shape
     num_experts, two_i, hidden = w13.shape
@@ -120,13 +120,13 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, exper
     act = _empty(pairs, inter, device=x.device, dtype=x.dtype)
     scale13 = w13_scale if w13_scale is not None else w13
     scale2 = w2_scale if w2_scale is not None else w2
-    bn, bk = _block_n(inter), min(block_k, triton.next_power_of_2(hidden))
+    bn, bk = block_n or _block_n(inter), min(block_k, triton.next_power_of_2(hidden))
     _expert_gemm_kernel[(blocks, triton.cdiv(inter, bn))](
         x, w13, scale13, sorted_pairs, block_expert, weights, act, pairs, num_experts, inter, hidden,
         A_ROWS_PER_PAIR=k, GATED=True, HAS_SCALE=w13_scale is not None, WEIGHTED=False, BM=block_m, BN=bn, BK=bk,
         DOT_PREC=prec, num_warps=num_warps, num_stages=num_stages)
     partial = _empty(pairs, hidden, device=x.device, dtype=torch.float32)
-    bn, bk = _block_n(hidden), min(block_k, triton.next_power_of_2(inter))
+    bn, bk = block_n or _block_n(hidden), min(block_k, triton.next_power_of_2(inter))
     _expert_gemm_kernel[(blocks, triton.cdiv(hidden, bn))](
         act, w2, scale2, sorted_pairs, block_expert, weights.reshape(-1).contiguous(), partial, pairs, num_experts,
         hidden, inter, A_ROWS_PER_PAIR=1, GATED=False, HAS_SCALE=w2_scale is not None, WEIGHTED=True, BM=block_m,

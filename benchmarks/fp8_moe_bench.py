@@ -1,0 +1,107 @@
+"""Small-batch GEMMs of the 48B layer shapes on the GPU: bf16 cuBLAS against the FP8 weight-only Triton GEMM at
+several tile shapes, and the routed experts through the grouped GEMM against the fused kernel (bf16 and FP8).
+
+    python3 benchmarks/fp8_moe_bench.py
+
+Each variant is checked against float64 first (relative error), then timed by CUDA events (median of 50 calls)
+over 8 weight copies in turn, so no call finds its weights in L2. Bandwidth counts the weight bytes the call
+must read (for the experts: the distinct experts the batch reaches), as a share of a device-to-device copy
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from common import cuda_event_median_ms
+
+from kimi_swarm.backend.model.moe import StackedExperts
+from kimi_swarm.kernels import fp8_reference, fp8_triton, moe_reference, moe_triton
+
+COPIES, RUNS = 8, 50
+DENSE = {"q/k/v_proj": (4096, 2304), "o_proj": (2304, 4096), "mla q_proj": (6144, 2304)}
+TILES = [(64, 64), (32, 128), (16, 128), (16, 256)]
+
+
+def copy_bandwidth() -> float:
+    src = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / (cuda_event_median_ms(lambda: dst.copy_(src), 10) / 1e3)
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+def timed(calls: list) -> float:
+    """Median ms of one call, cycling through the calls (one per weight copy)."""
+    turn = iter(range(1 << 30))
+    return cuda_event_median_ms(lambda: calls[next(turn) % len(calls)](), RUNS)
+
+
+def dense_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
+    rows = []
+    for name, (n, k) in DENSE.items():
+        weights = [torch.randn(n, k, device="cuda") * k ** -0.5 for _ in range(COPIES)]
+        bf16 = [w.bfloat16() for w in weights]
+        fp8 = [fp8_reference.quantize_rows(w) for w in weights]
+        del weights
+        for m in (1, 8):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            want = F.linear(x.double(), bf16[0].double())
+            variants = {"bf16 cuBLAS": ([lambda w=w: F.linear(x, w) for w in bf16], 2 * n * k)}
+            for bn, bk in TILES:
+                variants[f"fp8 weight-only BN{bn} BK{bk}"] = (
+                    [lambda q=q, s=s, bn=bn, bk=bk: fp8_triton.weight_only_fp8_linear(x, q, s, block_n=bn, block_k=bk)
+                     for q, s in fp8], n * k)
+            for label, (calls, nbytes) in variants.items():
+                err = rel_err(calls[0](), want)
+                ms = timed(calls)
+                rows.append((f"{name} {n}x{k}, {m} rows", label, err, ms * 1e3, nbytes / (ms / 1e3) / bandwidth))
+    return rows
+
+
+def expert_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
+    rows = []
+    experts = StackedExperts(256, 2304, 1024).cuda()
+    for p in experts.parameters():
+        p.data.normal_(0, p.shape[-1] ** -0.5)
+    (q13, s13), (q2, s2) = fp8_reference.quantize_rows(experts.w13.data), fp8_reference.quantize_rows(experts.w2.data)
+    experts = experts.bfloat16().requires_grad_(False)
+    expert_bytes = 3 * 2304 * 1024 * 2
+    for m in (1, 8, 32, 100):
+        x = torch.randn(m, 2304, device="cuda", dtype=torch.bfloat16)
+        ids = torch.stack([torch.randperm(256, device="cuda")[:8] for _ in range(m)])
+        weights = torch.rand(m, 8, device="cuda")
+        reached = ids.unique().numel() * expert_bytes
+        want = moe_reference.fused_moe_reference(x.double(), experts.w13.double(), experts.w2.double(), ids,
+                                                 weights.double())
+        want8 = moe_reference.fused_moe_reference(x.double(), q13, q2, ids, weights.double(), s13, s2)
+        variants = {
+            "bf16 grouped GEMM": (lambda: experts._grouped(x, ids, weights), reached, want),
+            "bf16 fused": (lambda: moe_triton.fused_moe_triton(x, experts.w13, experts.w2, ids, weights), reached,
+                           want),
+            "fp8 fused": (lambda: moe_triton.fused_moe_triton(x, q13, q2, ids, weights, s13, s2), reached / 2, want8),
+            "fp8 fused BN32": (lambda: moe_triton.fused_moe_triton(x, q13, q2, ids, weights, s13, s2, block_n=32),
+                               reached / 2, want8),
+        }
+        for label, (call, nbytes, reference) in variants.items():
+            err = rel_err(call(), reference)
+            ms = timed([call])
+            rows.append((f"experts 256x(2304x1024) top-8, {m} tokens", label, err, ms * 1e3,
+                         nbytes / (ms / 1e3) / bandwidth))
+    return rows
+
+
+def main() -> None:
+    bandwidth = copy_bandwidth()
+    print(f"# {torch.cuda.get_device_name()}, copy {bandwidth / 1e12:.2f} TB/s, torch {torch.__version__}")
+    with torch.inference_mode():
+        rows = dense_rows(bandwidth) + expert_rows(bandwidth)
+    print("| shape | variant | rel. error vs float64 | µs (median) | share of copy bandwidth |\n|---|---|---|---|---|")
+    for shape, label, err, us, share in rows:
+        print(f"| {shape} | {label} | {err:.1e} | {us:.1f} | {share:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
