@@ -122,8 +122,9 @@ class Footprint:
 
 
 KERNEL_GROUPS = (("attention", ("flash", "fmha", "mla", "attend", "merge")),
-                 ("expert GEMMs", ("grouped", "Grouped", "GroupProblemShape")))
-"""GPU kernels by name: torch._grouped_mm runs CUTLASS kernels over a GroupProblemShape on Hopper."""
+                 ("expert GEMMs", ("grouped", "Grouped", "GroupProblemShape", "_expert_gemm_kernel")))
+"""GPU kernels by name: torch._grouped_mm runs CUTLASS kernels over a GroupProblemShape on Hopper; the fused
+small-batch and FP8 expert kernel is kernels/moe_triton.py's (its dense FP8 linear layers count there too)."""
 
 
 async def print_decode_profile(engine, agents, foot, steps: int = 4) -> list[tuple[str, str, str]]:
@@ -145,7 +146,7 @@ async def print_decode_profile(engine, agents, foot, steps: int = 4) -> list[tup
     return [(f"ours: decode {len(agents)} agents, GPU time per step by kind (profiled, {steps} steps)",
              ", ".join(f"{group} {ms:.1f} ms" for group, ms in spent.items()),
              f"expert GEMMs read {experts_read / 2**30:.2f} GiB a step: "
-             f"{experts_read / (spent['expert GEMMs'] / 1e3) / 1e12:.2f} TB/s")]
+             f"{experts_read / (max(spent['expert GEMMs'], 1e-9) / 1e3) / 1e12:.2f} TB/s")]
 
 
 def absorbed_because(prefixes, args) -> str:
