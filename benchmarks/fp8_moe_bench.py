@@ -49,7 +49,9 @@ def dense_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
         for m in (1, 8):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             want = F.linear(x.double(), bf16[0].double())
-            variants = {"bf16 cuBLAS": ([lambda w=w: F.linear(x, w) for w in bf16], 2 * n * k)}
+            variants = {"bf16 cuBLAS": ([lambda w=w: F.linear(x, w) for w in bf16], 2 * n * k),
+                        "fp8 weight-only, default tiles": (
+                            [lambda q=q, s=s: fp8_triton.weight_only_fp8_linear(x, q, s) for q, s in fp8], n * k)}
             for bn, bk in TILES:
                 variants[f"fp8 weight-only BN{bn} BK{bk}"] = (
                     [lambda q=q, s=s, bn=bn, bk=bk: fp8_triton.weight_only_fp8_linear(x, q, s, block_n=bn, block_k=bk)

@@ -9,6 +9,8 @@ rows' scales (vLLM's dynamic per-token FP8). Same contract as kernels/fp8_refere
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -19,6 +21,17 @@ WEIGHT_ONLY_ROWS = 32
 """Rows up to which reading the FP8 weight into a bf16 GEMM beats quantising the activations for _scaled_mm."""
 
 
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _filling_block_n(n: int, blocks: int, device: torch.device) -> int:
+    """The widest column tile that still gives every SM two programs: a few rows times a 2,304-column weight in
+    64-column tiles is 36 programs, too few to stream the weight at full bandwidth."""
+    return next((bn for bn in (64, 32) if blocks * triton.cdiv(n, bn) >= 2 * _sm_count(device)), 16)
+
+
 def weight_only_fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, *,
                            block_n: int | None = None, block_k: int = 64) -> torch.Tensor:
     """x [M, K] times the FP8 weight [N, K] read tile by tile into a GEMM in x's dtype: [M, N]."""
@@ -27,7 +40,7 @@ def weight_only_fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: 
     rows = torch.arange(blocks * BLOCK_M, device=x.device)
     only_expert = torch.zeros(blocks, dtype=torch.int64, device=x.device)
     out = _empty(m, n, device=x.device, dtype=x.dtype)
-    bn = block_n or _block_n(n)
+    bn = block_n or min(_block_n(n), _filling_block_n(n, blocks, x.device))
     _expert_gemm_kernel[(blocks, triton.cdiv(n, bn))](
         x, weight, weight_scale, rows, only_expert, weight_scale, out, m, 1, n, k, A_ROWS_PER_PAIR=1, GATED=False,
         HAS_SCALE=True, WEIGHTED=False, BM=BLOCK_M, BN=bn, BK=min(block_k, triton.next_power_of_2(k)),
