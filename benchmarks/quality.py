@@ -150,7 +150,8 @@ def write_section(results: Path, section: str) -> None:
 async def main_async(args: argparse.Namespace) -> list[FamilySummary]:
     model = Path(args.model) if args.model else default_model_path()
     options = {} if args.speculative_tokens is None else {"speculative_tokens": args.speculative_tokens}
-    backend = EngineBackend.from_pretrained(model, device=args.device, **options)
+    backend = EngineBackend.from_pretrained(model, device=args.device, dtype=args.dtype,
+                                            quantization=args.quantization, **options)
     rng = random.Random(args.seed)
     plan = task_plan(args)
     scores: dict[str, list[TaskScore]] = {}
@@ -216,6 +217,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=REPLY_TOKENS, help="completion tokens per model turn")
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on a GPU, float32 on the CPU")
+    parser.add_argument("--quantization", choices=["fp8"], default=None,
+                        help="FP8 weights, quantised while loading (compare against the same run without)")
     parser.add_argument("--speculative-tokens", type=int, default=None,
                         help="prompt-lookup draft length (0: off; default: the engine's, on for CPU)")
     parser.add_argument("--json", default=None, help="write every task's score and answer here")
