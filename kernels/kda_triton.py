@@ -386,12 +386,19 @@ def _kda_decode_kernel(q, k, v, g, beta, pool, slots, o, scale,
         b_k = b_k / tl.sqrt(tl.sum(b_k * b_k) + 1e-6)
     b_q = b_q * scale
     offs = ((slot * H + i_h) * K + ck[:, None]) * V + cv[None, :]
-    smask = mk[:, None] & mv[None, :]
+    o_row = _delta_rule_step(pool, offs, mk[:, None] & mv[None, :], b_q, b_k, b_v, b_g, b_beta)
+    tl.store(o + (i_n * H + i_h) * V + cv, o_row.to(o.dtype.element_ty), mask=mv)
+
+
+@triton.jit
+def _delta_rule_step(pool, offs, smask, b_q, b_k, b_v, b_g, b_beta):
+    """One token of the gated delta rule on a state tile in place: decay, correct towards v along k, read with
+    q (already scaled); returns the output row."""
     state = tl.load(pool + offs, mask=smask, other=0.0) * tl.exp(b_g)[:, None]
     b_u = b_beta * (b_v - tl.sum(state * b_k[:, None], axis=0))
     state += b_k[:, None] * b_u[None, :]
     tl.store(pool + offs, state, mask=smask)
-    tl.store(o + (i_n * H + i_h) * V + cv, tl.sum(state * b_q[:, None], axis=0).to(o.dtype.element_ty), mask=mv)
+    return tl.sum(state * b_q[:, None], axis=0)
 
 
 def _block(n: int) -> int:
@@ -589,12 +596,7 @@ def _kda_decode_step_kernel(mixed, conv_pool, wq, wk, wv, f, dt_bias, a_log, b, 
     b_k = b_k / tl.sqrt(tl.sum(b_k * b_k) + 1e-6)
 
     offs = ((slot * H + i_h) * D + cd[:, None]) * D + cd[None, :]
-    smask = md[:, None] & md[None, :]
-    state = tl.load(pool + offs, mask=smask, other=0.0) * tl.exp(b_g)[:, None]
-    b_u = b_beta * (b_v - tl.sum(state * b_k[:, None], axis=0))
-    state += b_k[:, None] * b_u[None, :]
-    tl.store(pool + offs, state, mask=smask)
-    o = tl.sum(state * b_q[:, None], axis=0)
+    o = _delta_rule_step(pool, offs, md[:, None] & md[None, :], b_q, b_k, b_v, b_g, b_beta)
 
     o = o * tl.rsqrt(tl.sum(o * o) / D + eps)
     b_gate = tl.load(gate + head, mask=md, other=0.0).to(tl.float32)

@@ -10,12 +10,13 @@ import asyncio
 
 import pytest
 import torch
+from kernel_support import kda_decode_step_float64
 from model_support import extend_then_generate, forks_prefilled_with_and_without_sharing
 
 from kimi_swarm.backend import Engine, SamplingParams
 from kimi_swarm.backend.model.moe import StackedExperts
 from kimi_swarm.backend.model.presets import preset_config, random_model
-from kimi_swarm.kernels import fp8_reference, fp8_triton, kda_reference, kda_triton, moe_reference, moe_triton
+from kimi_swarm.kernels import fp8_reference, fp8_triton, kda_triton, moe_reference, moe_triton
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is "
                                                                        "covered by test_engine.py)")
@@ -75,10 +76,8 @@ def test_kda_decode_step_on_the_48b_head_shapes():
     norm_weight = cuda(d, scale=0.1) + 1
     conv_pool, state_pool = cuda(20, 3 * p, width - 1), cuda(20, heads, d, d, scale=0.1, dtype=torch.float32)
     slots = torch.tensor([3, 19, 0, 7, 8, 11, 2, 15], device="cuda")
-    want_conv, want_state = conv_pool.double(), state_pool.double()
-    want = kda_reference.kda_decode_step_reference(
-        mixed.double(), want_conv, tuple(t.double() for t in taps), f.double(), dt_bias.double(), a_log.double(),
-        b.double(), gate.double(), norm_weight.double(), want_state, slots, 1e-5)
+    want, want_conv, want_state = kda_decode_step_float64(mixed, conv_pool, taps, f, dt_bias, a_log, b, gate,
+                                                          norm_weight, state_pool, slots)
     got = kda_triton.kda_decode_step_triton(mixed, conv_pool, taps, f, dt_bias, a_log, b, gate, norm_weight,
                                             state_pool, slots, 1e-5)
     for name, a, w in (("output", got, want), ("state", state_pool, want_state), ("window", conv_pool, want_conv)):

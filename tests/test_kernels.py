@@ -18,7 +18,7 @@ if torch.cuda.is_available():
                 "tests/test_gpu_engine.py", allow_module_level=True)
 pytest.importorskip("triton", reason="Triton is not installed; the GPU kernels cannot be checked")
 
-from kernel_support import float64, kda_inputs, rel_err  # noqa: E402
+from kernel_support import float64, kda_decode_step_float64, kda_inputs, rel_err  # noqa: E402
 
 from kimi_swarm import kernels  # noqa: E402  (tests/conftest.py has set TRITON_INTERPRET=1 before this first import)
 from kimi_swarm.kernels import (  # noqa: E402
@@ -371,10 +371,8 @@ def test_kda_decode_step_matches_float64():
     norm_weight = torch.rand(d) + 0.5
     conv_pool, state_pool = torch.randn(slots_total, 3 * p, width - 1), torch.randn(slots_total, heads, d, d)
     slots = torch.tensor([4, 0, 2])
-    want_conv, want_state = conv_pool.double(), state_pool.double()
-    want = kda_reference.kda_decode_step_reference(
-        mixed.double(), want_conv, tuple(t.double() for t in taps), f.double(), dt_bias.double(), a_log.double(),
-        b.double(), gate.double(), norm_weight.double(), want_state, slots, 1e-5)
+    want, want_conv, want_state = kda_decode_step_float64(mixed, conv_pool, taps, f, dt_bias, a_log, b, gate,
+                                                          norm_weight, state_pool, slots)
     got = kda_triton.kda_decode_step_triton(mixed, conv_pool, taps, f, dt_bias, a_log, b, gate, norm_weight,
                                             state_pool, slots, 1e-5)
     assert got.dtype == torch.float32 and got.shape == (n, p)
