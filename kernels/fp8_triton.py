@@ -9,21 +9,15 @@ rows' scales (vLLM's dynamic per-token FP8). Same contract as kernels/fp8_refere
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 
 from .fp8_reference import FP8, FP8_MAX
+from .mla_triton import _sm_count
 from .moe_triton import BLOCK_M, _block_n, _empty, _expert_gemm_kernel
 
 WEIGHT_ONLY_ROWS = 32
 """Rows up to which reading the FP8 weight into a bf16 GEMM beats quantising the activations for _scaled_mm."""
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def _filling_block_n(n: int, blocks: int, device: torch.device) -> int:
@@ -37,14 +31,12 @@ def weight_only_fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: 
     """x [M, K] times the FP8 weight [N, K] read tile by tile into a GEMM in x's dtype: [M, N]."""
     m, (n, k) = x.shape[0], weight.shape
     blocks = triton.cdiv(m, BLOCK_M)
-    rows = torch.arange(blocks * BLOCK_M, device=x.device)
-    only_expert = torch.zeros(blocks, dtype=torch.int64, device=x.device)
     out = _empty(m, n, device=x.device, dtype=x.dtype)
     bn = block_n or min(_block_n(n), _filling_block_n(n, blocks, x.device))
     _expert_gemm_kernel[(blocks, triton.cdiv(n, bn))](
-        x, weight, weight_scale, rows, only_expert, weight_scale, out, m, 1, n, k, A_ROWS_PER_PAIR=1, GATED=False,
-        HAS_SCALE=True, WEIGHTED=False, BM=BLOCK_M, BN=bn, BK=min(block_k, triton.next_power_of_2(k)),
-        DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4, num_stages=3)
+        x, weight, weight_scale, weight_scale, weight_scale, weight_scale, out, m, 1, n, k, A_ROWS_PER_PAIR=1,
+        GATED=False, HAS_SCALE=True, WEIGHTED=False, BM=BLOCK_M, BN=bn, BK=min(block_k, triton.next_power_of_2(k)),
+        DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", DENSE=True, num_warps=4, num_stages=3)
     return out
 
 

@@ -32,15 +32,20 @@ def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tenso
 def _expert_gemm_kernel(a, w, w_scale, sorted_pairs, block_expert, route_weight, out, pairs, num_experts,
                         N, K, A_ROWS_PER_PAIR: tl.constexpr, GATED: tl.constexpr, HAS_SCALE: tl.constexpr,
                         WEIGHTED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                        DOT_PREC: tl.constexpr):
+                        DOT_PREC: tl.constexpr, DENSE: tl.constexpr = False):
     """out[pair, n] for one block of pairs sorted by expert: GATED reads w as [E, 2N, K] (gate rows then up rows)
     and writes silu(gate) * up; otherwise w is [E, N, K] and the result is times the pair's routing weight when
-    WEIGHTED. a's row of a pair is pair // A_ROWS_PER_PAIR (the token for w13, the pair itself for w2)."""
+    WEIGHTED. a's row of a pair is pair // A_ROWS_PER_PAIR (the token for w13, the pair itself for w2). DENSE: one
+    expert and rows in order, a plain linear layer over `pairs` rows (sorted_pairs and block_expert unread)."""
     block = tl.program_id(0)
-    expert = tl.load(block_expert + block).to(tl.int64)
-    if expert >= num_experts:
-        return
-    rows = tl.load(sorted_pairs + block * BM + tl.arange(0, BM))
+    if DENSE:
+        expert = 0
+        rows = block * BM + tl.arange(0, BM)
+    else:
+        expert = tl.load(block_expert + block).to(tl.int64)
+        if expert >= num_experts:
+            return
+        rows = tl.load(sorted_pairs + block * BM + tl.arange(0, BM))
     valid = rows < pairs
     a_rows = (rows // A_ROWS_PER_PAIR).to(tl.int64)
     cols = tl.program_id(1) * BN + tl.arange(0, BN)
