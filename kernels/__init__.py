@@ -38,11 +38,11 @@ def _triton_path(name: str, *xs: torch.Tensor, weights: tuple[torch.Tensor, ...]
     return _triton_module(name)
 
 
-def _kda_path(q: torch.Tensor, v: torch.Tensor) -> ModuleType | None:
+def _kda_path(x: torch.Tensor, head_dim: int, weights: tuple[torch.Tensor, ...] = ()) -> ModuleType | None:
     """The Triton KDA module for these inputs, or None for the reference: also for head dims the kernels do not
     take (kda_triton.MAX_HEAD_DIM), so every head dim the dispatcher accepts is computed correctly."""
-    fast = _triton_path("kda_triton", q)
-    return fast if fast is not None and max(q.shape[-1], v.shape[-1]) <= fast.MAX_HEAD_DIM else None
+    fast = _triton_path("kda_triton", x, weights=weights)
+    return fast if fast is not None and head_dim <= fast.MAX_HEAD_DIM else None
 
 
 def chunk_kda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
@@ -50,7 +50,7 @@ def chunk_kda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
               cu_seqlens: torch.Tensor | None = None,
               use_qk_l2norm: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """KDA over whole sequences (prefill): returns (o [B,T,H,V] in q's dtype, final state [N,H,K,V] fp32)."""
-    fast = _kda_path(q, v)
+    fast = _kda_path(q, max(q.shape[-1], v.shape[-1]))
     impl = fast.chunk_kda_triton if fast else kda_reference.chunk_kda_reference
     return impl(q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                 cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm)
@@ -60,7 +60,7 @@ def recurrent_kda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
                   state_pool: torch.Tensor, state_indices: torch.Tensor, *, scale: float | None = None,
                   use_qk_l2norm: bool = False) -> torch.Tensor:
     """One token per sequence; updates state_pool[state_indices] in place and returns o [N,1,H,V]."""
-    fast = _kda_path(q, v)
+    fast = _kda_path(q, max(q.shape[-1], v.shape[-1]))
     impl = fast.recurrent_kda_triton if fast else kda_reference.recurrent_kda_reference
     return impl(q, k, v, g, beta, state_pool, state_indices, scale=scale, use_qk_l2norm=use_qk_l2norm)
 
@@ -73,8 +73,7 @@ def kda_decode_step(mixed: torch.Tensor, conv_pool: torch.Tensor,
     """A KDA layer's decode step from its input projections to the gated norm (short convolution, gates,
     recurrent step, norm), one token per sequence: [N, H * D]. Updates both pools' rows in place; one launch on
     the GPU."""
-    fast = _triton_path("kda_triton", mixed, weights=(*conv_weights, dt_bias, a_log, norm_weight))
-    fast = fast if fast is not None and f.shape[-1] // b.shape[-1] <= fast.MAX_HEAD_DIM else None
+    fast = _kda_path(mixed, f.shape[-1] // b.shape[-1], weights=(*conv_weights, dt_bias, a_log, norm_weight))
     impl = fast.kda_decode_step_triton if fast else kda_reference.kda_decode_step_reference
     return impl(mixed, conv_pool, conv_weights, f, dt_bias, a_log, b, gate, norm_weight, state_pool, state_indices,
                 eps)
