@@ -206,6 +206,23 @@ def recurrent_kda_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g
     return out[:, None].to(in_dtype)
 
 
+def shift_conv_window(conv_pool: torch.Tensor, state_indices: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+    """[cached window ; new inputs] per channel for the short convolution (mixed [N, C, T]); the last W-1 inputs
+    are stored back into conv_pool [slots, C, W-1] in place."""
+    full = torch.cat([conv_pool.index_select(0, state_indices).to(mixed.dtype), mixed], dim=-1)
+    conv_pool.index_copy_(0, state_indices, full[..., -conv_pool.shape[-1]:].to(conv_pool.dtype))
+    return full
+
+
+def kda_gates(f: torch.Tensor, b: torch.Tensor, dt_bias: torch.Tensor, a_log: torch.Tensor,
+              shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decay g = -exp(A_log) * softplus(f + dt_bias), fp32 [N, T, H, D] (`shape`), and beta = sigmoid(b), fp32
+    [N, T, H], from the layer's f and b projections."""
+    raw = f.float() + dt_bias.float()
+    g = -a_log.float().exp() * F.softplus(raw.view(shape), beta=1.0, threshold=20.0)
+    return g, torch.sigmoid(b.float()).view(shape[:-1])
+
+
 def kda_decode_step_reference(mixed: torch.Tensor, conv_pool: torch.Tensor,
                               conv_weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor], f: torch.Tensor,
                               dt_bias: torch.Tensor, a_log: torch.Tensor, b: torch.Tensor, gate: torch.Tensor,
@@ -222,14 +239,10 @@ def kda_decode_step_reference(mixed: torch.Tensor, conv_pool: torch.Tensor,
     """
     n, heads = mixed.shape[0], b.shape[-1]
     d = f.shape[-1] // heads
-    column = mixed[:, :, None]
-    full = torch.cat([conv_pool.index_select(0, state_indices).to(column.dtype), column], dim=-1)
-    conv_pool.index_copy_(0, state_indices, full[..., 1:].to(conv_pool.dtype))
+    full = shift_conv_window(conv_pool, state_indices, mixed[:, :, None])
     weight = torch.cat(conv_weights, dim=0)[:, 0]
     conv = F.silu((full.to(weight.dtype) * weight).sum(-1)).to(mixed.dtype)
     q, k, v = (part.reshape(n, 1, heads, d) for part in conv.chunk(3, dim=-1))
-    raw = f.float() + dt_bias.float()
-    g = -a_log.float().exp() * F.softplus(raw.view(n, 1, heads, d), beta=1.0, threshold=20.0)
-    beta = torch.sigmoid(b.float()).view(n, 1, heads)
+    g, beta = kda_gates(f, b, dt_bias, a_log, (n, 1, heads, d))
     o = recurrent_kda_reference(q, k, v, g, beta, state_pool, state_indices, use_qk_l2norm=True)
     return gated_rms_norm_reference(o, gate.view(n, 1, heads, d), norm_weight, eps).reshape(n, heads * d)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kimi_swarm.kernels import chunk_kda, gated_rms_norm, kda_decode_step
+from kimi_swarm.kernels.kda_reference import kda_gates, shift_conv_window
 
 from .config import KimiLinearConfig
 from .context import ForwardContext
@@ -18,7 +19,7 @@ class KimiDeltaAttention(nn.Module):
         self.kda_index = kda_index
         self.num_heads = h = config.kda_heads
         self.head_dim = d = config.kda_head_dim
-        self.kernel = w = config.conv_size
+        w = config.conv_size
         self.eps = config.rms_norm_eps
         p, hidden = h * d, config.hidden_size
         self.q_proj = nn.Linear(hidden, p, bias=False)
@@ -40,20 +41,24 @@ class KimiDeltaAttention(nn.Module):
 
     def _short_conv(self, x: torch.Tensor, conv_pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Causal depthwise conv over [cached window ; new tokens]; stores the new pre-conv window."""
-        mixed = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1).transpose(1, 2)
-        window = conv_pool.index_select(0, slots).to(mixed.dtype)
-        full = torch.cat([window, mixed], dim=-1)
-        conv_pool.index_copy_(0, slots, full[..., -(self.kernel - 1):].to(conv_pool.dtype))
-        weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight], dim=0)
+        full = shift_conv_window(conv_pool, slots, self._qkv(x).transpose(1, 2))
+        weight = torch.cat(self._taps(), dim=0)
         out = F.conv1d(full.to(weight.dtype), weight, groups=weight.shape[0])
         return F.silu(out).to(x.dtype).transpose(1, 2)
+
+    def _taps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The q, k and v short convolutions' [P, 1, W] taps."""
+        return self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """The q, k and v projections side by side, before the short convolution."""
+        return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
 
     def _decode(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """One token per sequence: the projections, then everything up to o_proj in one kernel."""
         n = x.shape[0]
         recurrent_pool, conv_pool, slots = ctx.kda_state(self.kda_index)
-        mixed = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1).view(n, -1)
-        y = kda_decode_step(mixed, conv_pool, (self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight),
+        y = kda_decode_step(self._qkv(x).view(n, -1), conv_pool, self._taps(),
                             self.f_b_proj(self.f_a_proj(x)).view(n, -1), self.dt_bias, self.A_log,
                             self.b_proj(x).view(n, -1), self.g_b_proj(self.g_a_proj(x)).view(n, -1),
                             self.o_norm.weight, recurrent_pool, slots, self.eps)
@@ -66,9 +71,7 @@ class KimiDeltaAttention(nn.Module):
         shape = (n, t, self.num_heads, self.head_dim)
         recurrent_pool, conv_pool, slots = ctx.kda_state(self.kda_index)
         q, k, v = (part.reshape(shape) for part in self._short_conv(x, conv_pool, slots).chunk(3, dim=-1))
-        raw = self.f_b_proj(self.f_a_proj(x)).float() + self.dt_bias.float()
-        g = -self.A_log.float().exp() * F.softplus(raw.view(shape), beta=1.0, threshold=20.0)
-        beta = torch.sigmoid(self.b_proj(x).float())
+        g, beta = kda_gates(self.f_b_proj(self.f_a_proj(x)), self.b_proj(x), self.dt_bias, self.A_log, shape)
         o, final = chunk_kda(q, k, v, g, beta, initial_state=recurrent_pool.index_select(0, slots),
                              output_final_state=True, use_qk_l2norm=True)
         recurrent_pool.index_copy_(0, slots, final.to(recurrent_pool.dtype))
