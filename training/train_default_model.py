@@ -144,17 +144,25 @@ def recomputed(kda_core):
     return run
 
 
+FLA_QKV_DTYPE = torch.bfloat16
+"""The dtype of q, k and v in fla's KDA kernels when training on the GPU (bf16 autocast)."""
+
+
 def fla_kda_core():
     """fla-core's Triton chunk_kda (fused forward and backward kernels), under our core's contract.
 
     The Python-loop core is launch-bound on the GPU; fla's kernels are not. Dev-only dependency.
     The batch goes in as one packed row with cu_seqlens: some of fla's kernels autotune per batch
     size, and batches here come in dozens of sizes (the first run spent 5 minutes re-tuning).
+    q, k and v go in as bf16 (FLA_QKV_DTYPE) whatever the layer hands over: Triton autotunes again for
+    every new set of argument dtypes, and each tuning of fla's KDA kernels costs minutes of compiles, so
+    training runs in exactly the dtypes that core_mismatch checked (and tuned) at start-up.
     """
     from fla.ops.kda import chunk_kda as fla_chunk_kda
 
     def run(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
             use_qk_l2norm=False, **_unused):
+        q, k, v = (x.to(FLA_QKV_DTYPE) for x in (q, k, v))
         b, t = q.shape[:2]
         cu_seqlens = torch.arange(0, b * t + 1, t, device=q.device, dtype=torch.long)
         o, final = fla_chunk_kda(*(x.flatten(0, 1)[None] for x in (q, k, v, g, beta)), scale=scale,
@@ -167,11 +175,12 @@ def fla_kda_core():
 def core_mismatch(core, device: torch.device, seed: int = 0) -> str | None:
     """How `core` differs from chunk_kda_reference in outputs and gradients (None if it agrees to 5e-2).
 
-    Inputs mimic the layer under autocast: bf16 q/k/v on the GPU, fp32 gates, beta and initial state.
+    Inputs are what the fla core runs on in training: bf16 q/k/v on the GPU (FLA_QKV_DTYPE), fp32 gates, beta
+    and initial state.
     """
     gen = torch.Generator().manual_seed(seed)
     b, t, h, d = 2, 150, 4, 64
-    low = torch.bfloat16 if device.type == "cuda" else torch.float32
+    low = FLA_QKV_DTYPE if device.type == "cuda" else torch.float32
     inputs = [torch.randn(b, t, h, d, generator=gen).to(low) for _ in range(3)]
     inputs += [-torch.rand(b, t, h, d, generator=gen) * 2, torch.rand(b, t, h, generator=gen),
                torch.randn(b, h, d, d, generator=gen)]
