@@ -4,6 +4,7 @@ accounting, admission control, streaming. Greedy results must not depend on batc
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 
 import pytest
@@ -225,6 +226,29 @@ async def test_admission_control_waits_for_memory(checkpoint):
 
         outs = await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(6))), timeout=60)
         assert len(outs) == 6 and peak <= 6
+        await assert_released(engine)
+    finally:
+        engine.shutdown()
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_a_cpu_budget_of_gigabytes_costs_memory_only_as_sessions_use_it(checkpoint):
+    before = resident_bytes()
+    engine = Engine.from_pretrained(checkpoint, max_sessions=64, memory=4 << 30, page_size=PAGE)
+    try:
+        assert engine.stats()["num_pages"] * CacheLayout.for_config(engine.config, torch.float32, PAGE).page_bytes \
+            > 3 << 30
+        assert resident_bytes() - before < 256 << 20
+        assert all(float(pool[-1].abs().sum()) == 0.0 for pool in (*engine.cache.latent, *engine.cache.recurrent))
+        session = await engine.session(list(range(1, 3 * PAGE)))
+        out = await session.generate(SamplingParams(max_tokens=4, stop_token_ids=[]))
+        assert len(out.token_ids) == 4
+        session.close()
         await assert_released(engine)
     finally:
         engine.shutdown()

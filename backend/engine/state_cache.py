@@ -12,6 +12,8 @@ read and write them, and nothing else does.
 
 from __future__ import annotations
 
+import math
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,17 @@ import torch
 
 from ..model.config import KimiLinearConfig
 from .errors import CacheCapacityError
+
+
+def zeroed_pool(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A pool of zeros. On the CPU it comes from an anonymous memory map, which the OS fills with zeros page by page
+    when first touched: a budget of gigabytes costs neither start-up time nor resident memory until sessions use it
+    (torch.zeros writes every page up front, which took most of the main job's start-up)."""
+    count = math.prod(shape)
+    if device.type != "cpu" or count == 0:
+        return torch.zeros(shape, device=device, dtype=dtype)
+    memory = mmap.mmap(-1, count * torch.empty((), dtype=dtype).element_size())
+    return torch.frombuffer(memory, dtype=dtype, count=count).view(shape)
 
 
 @dataclass(frozen=True)
@@ -50,11 +63,11 @@ class StateCache:
         self.num_pages = num_pages
         self.max_sessions = max_sessions
         self.scratch_slot, self.scratch_page = max_sessions, num_pages
-        self.recurrent = [torch.zeros(max_sessions + 1, h, d, d, device=device, dtype=torch.float32)
+        self.recurrent = [zeroed_pool(max_sessions + 1, h, d, d, device=device, dtype=torch.float32)
                           for _ in range(n_kda)]
-        self.conv = [torch.zeros(max_sessions + 1, 3 * h * d, config.conv_size - 1, device=device, dtype=dtype)
+        self.conv = [zeroed_pool(max_sessions + 1, 3 * h * d, config.conv_size - 1, device=device, dtype=dtype)
                      for _ in range(n_kda)]
-        self.latent = [torch.zeros(num_pages + 1, page_size, config.latent_dim, device=device, dtype=dtype)
+        self.latent = [zeroed_pool(num_pages + 1, page_size, config.latent_dim, device=device, dtype=dtype)
                        for _ in range(n_mla)]
         self.free_slots = list(range(max_sessions - 1, -1, -1))
         self.free_pages = list(range(num_pages - 1, -1, -1))
