@@ -127,26 +127,36 @@ KERNEL_GROUPS = (("attention", ("flash", "fmha", "mla", "attend", "merge")),
 small-batch and FP8 expert kernel is kernels/moe_triton.py's (its dense FP8 linear layers count there too)."""
 
 
-async def print_decode_profile(engine, agents, foot, steps: int = 4) -> list[tuple[str, str, str]]:
+async def print_decode_profile(engine, agents, foot, label: str, steps: int = 4) -> list[tuple[str, str, str]]:
     """GPU kernels of a few decode steps of every agent, by total GPU time, and rows for the results table: GPU
-    time a step spends in attention, in the grouped expert GEMMs (with their share of copy bandwidth: the
-    experts' bytes over their time), and in everything else."""
+    time a step spends in attention, in the expert GEMMs (with their share of copy bandwidth: the experts' bytes
+    over their time), and in everything else; kernels a step and how much of the step's wall time the GPU is busy
+    (far below the step time: the step waits on the host, so fusing kernels would not help)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     engine.runner.shared_prefix_attention = True
+    engine.decode_steps.clear()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         await asyncio.gather(*(a.generate(SamplingParams(max_tokens=steps, stop_token_ids=[])) for a in agents))
+    step_ms = statistics.median(t for b, t in engine.decode_steps if b == len(agents)) * 1e3
     events = prof.key_averages()
+    print(f"{label}:", flush=True)
     print(events.table(sort_by="self_device_time_total", row_limit=25), flush=True)
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
     spent = {"attention": 0.0, "expert GEMMs": 0.0, "other": 0.0}
-    for event in events:
+    for event in kernels:
         group = next((g for g, marks in KERNEL_GROUPS if any(m in event.key for m in marks)), "other")
         spent[group] += event.self_device_time_total / 1e3 / steps
+    busy = sum(spent.values())
     experts_read = foot.experts_read(len(agents))
-    return [(f"ours: decode {len(agents)} agents, GPU time per step by kind (profiled, {steps} steps)",
-             ", ".join(f"{group} {ms:.1f} ms" for group, ms in spent.items()),
+    return [(f"ours: {label}, GPU time per step by kind (profiled, {steps} steps)",
+             ", ".join(f"{group} {ms:.2f} ms" for group, ms in spent.items()),
              f"expert GEMMs read {experts_read / 2**30:.2f} GiB a step: "
-             f"{experts_read / (max(spent['expert GEMMs'], 1e-9) / 1e3) / 1e12:.2f} TB/s")]
+             f"{experts_read / (max(spent['expert GEMMs'], 1e-9) / 1e3) / 1e12:.2f} TB/s"),
+            (f"ours: {label}, kernels and GPU busy per step (profiled)",
+             f"{sum(e.count for e in kernels) / steps:.0f} kernels, GPU busy {busy:.2f} ms",
+             f"of a {step_ms:.2f} ms step under the profiler ({busy / step_ms:.0%})")]
 
 
 def absorbed_because(prefixes, args) -> str:
@@ -316,8 +326,8 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
                      f"floor {floor_s * 1e3:.1f} ms/step -> {p50 / (floor_s * 1e3):.2f}x floor"))
     engine.runner.shared_prefix_attention, prefixes.enabled = True, True
 
-    if args.profile:
-        rows.extend(await print_decode_profile(engine, agents, foot))
+    if args.profile and device.type == "cuda":
+        rows.extend(await print_decode_profile(engine, agents, foot, f"decode {len(agents)} agents"))
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
     stats = engine.stats()
     states = stats["used_slots"] * layout.slot_bytes
@@ -349,6 +359,9 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
                      f"floor {floor:.2f} ms -> {step / floor:.1f}x"))
         figures.setdefault("decode1", step)
     engine.runner.graphs = graphs
+    if args.profile and device.type == "cuda":
+        rows.extend(await print_decode_profile(engine, [single], foot, f"decode batch 1 after "
+                                               f"{args.single_context // 1024}K, CUDA graphs"))
     few = single.fork(args.few_agents)
     engine.decode_steps.clear()
     await asyncio.gather(*(a.generate(SamplingParams(max_tokens=64, stop_token_ids=[])) for a in few))
@@ -416,7 +429,8 @@ async def main() -> None:
     parser.add_argument("--chunk", type=int, default=16384, help="prefill chunk (tokens per forward)")
     parser.add_argument("--transformers", action="store_true", help="also run transformers' model (fla kernels)")
     parser.add_argument("--single-context", type=int, default=8192, help="context before the batch-1 decode")
-    parser.add_argument("--profile", action="store_true", help="print the GPU kernels of a few decode steps")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the GPU kernels of a few decode steps (100 agents and batch 1; GPU only)")
     parser.add_argument("--preset", default="48b", choices=sorted(PRESETS),
                         help="model preset of kimi_swarm.backend.model.presets (small: a smoke run)")
     parser.add_argument("--device", default="cuda")
