@@ -3,14 +3,15 @@
 A few rows (decode) are bound by reading the weight: the expert GEMM kernel of kernels/moe_triton.py, run as one
 expert, reads the FP8 tiles, converts them in registers and multiplies in the activations' dtype, so the weight
 costs half its bf16 bytes and the activations are not quantised at all. Many rows (prefill) are bound by the
-multiplies: the activations are quantised per row on the fly and torch._scaled_mm runs the FP8 GEMM with both
-rows' scales (vLLM's dynamic per-token FP8). Same contract as kernels/fp8_reference.py.
+multiplies: the activations are quantised per row on the fly, one launch for all rows (vLLM's dynamic per-token
+FP8), and torch._scaled_mm runs the FP8 GEMM with both sides' scales. Same contract as kernels/fp8_reference.py.
 """
 
 from __future__ import annotations
 
 import torch
 import triton
+import triton.language as tl
 
 from .fp8_reference import FP8, FP8_MAX
 from .mla_triton import _sm_count
@@ -40,10 +41,37 @@ def weight_only_fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: 
     return out
 
 
+@triton.jit
+def _quantize_rows_kernel(x, xq, scale, cols, BK: tl.constexpr, FP8_LIMIT: tl.constexpr):
+    """One program a row: its largest magnitude over FP8_LIMIT is its scale, then the row over that scale, in FP8."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BK)
+    amax = tl.zeros([BK], dtype=tl.float32)
+    for start in range(0, cols, BK):
+        v = tl.load(x + row * cols + start + offs, mask=start + offs < cols, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(v))
+    s = tl.maximum(tl.max(amax, axis=0), 1e-12) / FP8_LIMIT
+    tl.store(scale + row, s)
+    for start in range(0, cols, BK):
+        v = tl.load(x + row * cols + start + offs, mask=start + offs < cols, other=0.0).to(tl.float32)
+        q = tl.minimum(tl.maximum(v / s, -FP8_LIMIT), FP8_LIMIT)
+        tl.store(xq + row * cols + start + offs, q.to(xq.dtype.element_ty), mask=start + offs < cols)
+
+
+def quantize_rows_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as kimi_swarm.kernels.fp8_reference.quantize_rows for contiguous x [M, K], in one launch (the
+    same maths as a chain of PyTorch ops costs eight launches before every FP8 GEMM of a decode step)."""
+    rows, cols = x.shape
+    xq = _empty(rows, cols, device=x.device, dtype=FP8)
+    scale = _empty(rows, device=x.device, dtype=torch.float32)
+    block = min(triton.next_power_of_2(cols), 4096)
+    _quantize_rows_kernel[(rows,)](x, xq, scale, cols, BK=block, FP8_LIMIT=FP8_MAX, num_warps=4 if block <= 1024 else 8)
+    return xq, scale
+
+
 def _fp8_tensor_cores(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
-    x_scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
-    xq = (x.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=weight_scale[None, :].float(),
+    xq, x_scale = quantize_rows_triton(x)
+    return torch._scaled_mm(xq, weight.t(), scale_a=x_scale[:, None], scale_b=weight_scale[None, :].float(),
                             out_dtype=x.dtype)
 
 

@@ -97,6 +97,17 @@ def test_fp8_linear_on_cuda(rows, tolerance):
     assert got.dtype == torch.bfloat16 and err < tolerance, f"relative error {err:.2e}"
 
 
+def test_fp8_row_quantisation_on_cuda_equals_torch():
+    """The one-launch activation quantisation rounds as PyTorch's own cast does, bit for bit (4096 columns: one
+    block; 5000: two)."""
+    for cols in (4096, 5000):
+        magnitudes = torch.logspace(-3, 3, 300, device="cuda")[:, None]
+        x = (torch.randn(300, cols, device="cuda") * magnitudes).to(torch.bfloat16)
+        got, got_scale = fp8_triton.quantize_rows_triton(x)
+        want, want_scale = fp8_reference.quantize_rows(x)
+        assert torch.equal(got_scale, want_scale) and torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
 async def test_fp8_forks_equal_fresh_sessions_on_cuda():
     """An FP8 model (float32 activations, so that the comparison is exact) forks and batches like any other."""
     config = preset_config("small")

@@ -360,6 +360,25 @@ def test_fp8_linear_weight_only_matches_float64(rows):
     assert got.dtype == torch.float32 and rel_err(got, want) <= FP32_TOL
 
 
+@pytest.mark.parametrize("cols", [48, 5000], ids=["one-block", "two-blocks"])
+def test_fp8_row_quantisation_equals_the_reference(cols):
+    """Rows of FP8 values times powers of two, each row holding FP8's largest value once: the row's scale is its
+    power of two and the quantised row is exact, so the test checks the kernel's passes, masks and scales without
+    the interpreter's FP8 rounding, which differs from the GPU's (it rounds 127.6 to 64). The GPU's own rounding
+    is checked by tests/test_gpu_engine.py's FP8 GEMMs."""
+    grid = torch.arange(256, dtype=torch.uint8).view(fp8_reference.FP8).float()
+    grid = grid[grid.isfinite()]
+    steps = torch.tensor([1.0, 2.0**-10, 2.0**6, 0.5, 1.0])
+    q = grid[torch.randint(len(grid), (5, cols))]
+    q[:, cols // 2] = fp8_reference.FP8_MAX * torch.tensor([1, -1, 1, -1, 1])
+    x = q * steps[:, None]
+    x[4] = 0.0
+    got, got_scale = fp8_triton.quantize_rows_triton(x)
+    want, want_scale = fp8_reference.quantize_rows(x)
+    assert torch.equal(got_scale, want_scale) and torch.equal(got_scale[:4], steps[:4])
+    assert torch.equal(got.float(), want.float()) and torch.equal(got[:4].float(), q[:4])
+
+
 def test_kda_decode_step_matches_float64():
     """Three sequences in scattered slots, 2 heads of 24 (not the tile size of 32 it is padded to), a 4-tap
     convolution, strong and weak decays; the fused kernel updates both pools as the layer's own ops do."""
