@@ -122,6 +122,15 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, expert_ids: 
     return impl(x, w13, w2, expert_ids, weights, w13_scale, w2_scale)
 
 
+def route(logits: torch.Tensor, bias: torch.Tensor, top_k: int, renormalize: bool,
+          scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A MoE router's choice from its logits [M, E]: (expert ids [M, top_k], weights [M, top_k]), chosen on sigmoid
+    score plus bias, weighted by the score (renormalised when asked) times scaling; one launch on the GPU."""
+    fast = _triton_path("moe_triton", logits, weights=(bias,)) if logits.dtype == torch.float32 else None
+    impl = fast.route_triton if fast else moe_reference.route_reference
+    return impl(logits, bias, top_k, renormalize, scaling)
+
+
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
     """x [..., in] times an FP8 weight [out, in] with per-row scales [out] -> [..., out] in x's dtype."""
     fast = _triton_path("fp8_triton", x)
@@ -143,5 +152,5 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     return impl(x, gate, weight, eps)
 
 
-__all__ = ["chunk_kda", "recurrent_kda", "kda_decode_step", "fused_moe", "fp8_linear", "mla_decode", "mla_decode_from",
-           "mla_decode_shared", "mla_prefill", "rms_norm", "gated_rms_norm"]
+__all__ = ["chunk_kda", "recurrent_kda", "kda_decode_step", "fused_moe", "route", "fp8_linear", "mla_decode",
+           "mla_decode_from", "mla_decode_shared", "mla_prefill", "rms_norm", "gated_rms_norm"]

@@ -1,4 +1,5 @@
-"""The routed experts of a MoE layer in plain PyTorch: the CPU path, and the oracle of the fused Triton kernel.
+"""The routing and the routed experts of a MoE layer in plain PyTorch: the CPU path, and the oracle of the fused
+Triton kernels.
 
 Weights are stacked per expert: w13 [E, 2I, H] holds each expert's gate (w1) and up (w3) projections one above
 the other, w2 [E, H, I] its down projection. FP8 weights carry one fp32 scale per output row (w13_scale [E, 2I],
@@ -43,3 +44,16 @@ def fused_moe_reference(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, ex
         y = (F.silu(gate) * up) @ expert_weight(w2, w2_scale, expert, x.dtype).T
         out.index_add_(0, tokens, y.to(acc) * flat_weights[rows, None])
     return out
+
+
+def route_reference(logits: torch.Tensor, bias: torch.Tensor, top_k: int, renormalize: bool,
+                    scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid routing with a selection bias (one expert group, as Kimi Linear's router): logits [M, E] ->
+    (expert ids [M, top_k] int64, weights [M, top_k] in logits' dtype). Experts are chosen on sigmoid score plus
+    bias and weighted by the unbiased score, renormalised to sum to one when asked, times scaling."""
+    scores = torch.sigmoid(logits)
+    ids = torch.topk(scores + bias.to(scores.dtype), top_k, dim=-1, sorted=False).indices
+    weights = scores.gather(1, ids)
+    if renormalize:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return ids, weights * scaling

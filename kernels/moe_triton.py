@@ -7,7 +7,8 @@ moe_align_block_size, in a few tensor ops without a host sync, so it runs inside
 one block, so one expert, and one tile of output columns. The first kernel computes silu(gate) * up from w13 for
 its rows, the second the down projection times the routing weight; the k partial rows of each token are summed
 last. FP8 weights (float8_e4m3fn with a scale per output row) are converted tile by tile in registers and the
-scales applied to the accumulators: weight-only FP8, half the bytes of bf16. Same maths as
+scales applied to the accumulators: weight-only FP8, half the bytes of bf16. The routing before them (sigmoid,
+selection bias, top-k, renormalisation, scaling: a dozen small PyTorch ops) is one launch too. Same maths as
 kernels/moe_reference.py.
 """
 
@@ -137,3 +138,45 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, exper
         hidden, inter, A_ROWS_PER_PAIR=1, GATED=False, HAS_SCALE=w2_scale is not None, WEIGHTED=True, BM=block_m,
         BN=bn, BK=bk, DOT_PREC=prec, num_warps=num_warps, num_stages=num_stages)
     return partial.view(m, k, hidden).sum(dim=1)
+
+
+@triton.jit
+def _route_kernel(logits, bias, ids, weights, num_experts, scaling, TOP_K: tl.constexpr, BK: tl.constexpr,
+                  BE: tl.constexpr, RENORMALIZE: tl.constexpr):
+    """One program a token: its TOP_K experts by score plus bias, taken one by one (the first index of the
+    largest), and their unbiased scores as weights."""
+    row = tl.program_id(0).to(tl.int64)
+    experts = tl.arange(0, BE)
+    valid = experts < num_experts
+    scores = tl.sigmoid(tl.load(logits + row * num_experts + experts, mask=valid, other=0.0).to(tl.float32))
+    ranked = tl.where(valid, scores + tl.load(bias + experts, mask=valid, other=0.0).to(tl.float32), float("-inf"))
+    slots = tl.arange(0, BK)
+    chosen = tl.zeros([BK], dtype=tl.int64)
+    chosen_scores = tl.zeros([BK], dtype=tl.float32)
+    for i in tl.static_range(TOP_K):
+        best = tl.max(ranked, axis=0)
+        index = tl.minimum(tl.min(tl.where(ranked == best, experts, BE), axis=0), num_experts - 1)
+        chosen = tl.where(slots == i, index.to(tl.int64), chosen)
+        chosen_scores = tl.where(slots == i, tl.sum(tl.where(experts == index, scores, 0.0), axis=0), chosen_scores)
+        ranked = tl.where(experts == index, float("-inf"), ranked)
+    if RENORMALIZE:
+        chosen_scores = chosen_scores / (tl.sum(chosen_scores, axis=0) + 1e-20)
+    tl.store(ids + row * TOP_K + slots, chosen, mask=slots < TOP_K)
+    tl.store(weights + row * TOP_K + slots, chosen_scores * scaling, mask=slots < TOP_K)
+
+
+def route_triton(logits: torch.Tensor, bias: torch.Tensor, top_k: int, renormalize: bool,
+                 scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as kimi_swarm.kernels.moe_reference.route_reference for fp32 logits, in one launch."""
+    m, num_experts = logits.shape
+    if logits.dtype != torch.float32:
+        raise ValueError(f"route: logits must be float32, got {logits.dtype}")
+    if not 0 < top_k <= num_experts:
+        raise ValueError(f"route: top_k must be in [1, {num_experts}], got {top_k}")
+    ids = _empty(m, top_k, device=logits.device, dtype=torch.int64)
+    weights = _empty(m, top_k, device=logits.device, dtype=torch.float32)
+    if m:
+        _route_kernel[(m,)](logits.contiguous(), bias.contiguous(), ids, weights, num_experts, float(scaling),
+                            TOP_K=top_k, BK=triton.next_power_of_2(top_k), BE=triton.next_power_of_2(num_experts),
+                            RENORMALIZE=renormalize)
+    return ids, weights

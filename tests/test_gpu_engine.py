@@ -97,6 +97,18 @@ def test_fp8_linear_on_cuda(rows, tolerance):
     assert got.dtype == torch.bfloat16 and err < tolerance, f"relative error {err:.2e}"
 
 
+def test_route_on_cuda_chooses_the_references_experts():
+    """The one-launch router on the 48B shapes (256 experts, top 8) at decode and prefill token counts."""
+    for rows in (1, 100, 4096):
+        logits, bias = torch.randn(rows, 256, device="cuda") * 3, torch.randn(256, device="cuda") * 0.5
+        got_ids, got_weights = moe_triton.route_triton(logits, bias, 8, True, 2.446)
+        want_ids, want_weights = moe_reference.route_reference(logits, bias, 8, True, 2.446)
+        got_order, want_order = got_ids.argsort(dim=-1), want_ids.argsort(dim=-1)
+        assert torch.equal(got_ids.gather(1, got_order), want_ids.gather(1, want_order))
+        err = (got_weights.gather(1, got_order) - want_weights.gather(1, want_order)).abs().max()
+        assert err < 1e-5, f"{rows} rows: weights differ by {err:.2e}"
+
+
 def test_fp8_row_quantisation_on_cuda_equals_torch():
     """The one-launch activation quantisation rounds as PyTorch's own cast does, bit for bit (4096 columns: one
     block; 5000: two)."""

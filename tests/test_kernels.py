@@ -38,7 +38,7 @@ FP32_TOL = 1e-4
 
 
 def poisoned_empty(*shape, device, dtype):
-    return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.full(shape, float("nan") if dtype.is_floating_point else -1, device=device, dtype=dtype)
 
 
 @pytest.fixture(autouse=True)
@@ -377,6 +377,18 @@ def test_fp8_row_quantisation_equals_the_reference(cols):
     want, want_scale = fp8_reference.quantize_rows(x)
     assert torch.equal(got_scale, want_scale) and torch.equal(got_scale[:4], steps[:4])
     assert torch.equal(got.float(), want.float()) and torch.equal(got[:4].float(), q[:4])
+
+
+@pytest.mark.parametrize("rows,experts,top_k,renormalize", [(7, 256, 8, True), (5, 8, 2, True), (3, 12, 3, False)],
+                         ids=["48b", "default-model", "ragged-unnormalised"])
+def test_route_matches_the_reference(rows, experts, top_k, renormalize):
+    logits, bias = torch.randn(rows, experts) * 3, torch.randn(experts) * 0.5
+    got_ids, got_weights = moe_triton.route_triton(logits, bias, top_k, renormalize, 2.446)
+    want_ids, want_weights = moe_reference.route_reference(logits, bias, top_k, renormalize, 2.446)
+    got_order, want_order = got_ids.argsort(dim=-1), want_ids.argsort(dim=-1)
+    assert torch.equal(got_ids.gather(1, got_order), want_ids.gather(1, want_order))
+    assert rel_err(got_weights.gather(1, got_order), want_weights.gather(1, want_order)) <= FP32_TOL
+    assert got_ids.dtype == torch.int64 and got_weights.dtype == torch.float32
 
 
 def test_kda_decode_step_matches_float64():

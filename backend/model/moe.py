@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kimi_swarm.kernels import fused_moe
+from kimi_swarm.kernels import fused_moe, route
 
 from .config import KimiLinearConfig
 
@@ -99,12 +99,8 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Select on sigmoid score + bias; weight by the unbiased score (vLLM/transformers, spec §5.4)."""
-        scores = torch.sigmoid(x.float() @ self.weight.float().T)
-        ids = torch.topk(scores + self.e_score_correction_bias.float(), self.top_k, dim=-1, sorted=False).indices
-        weights = scores.gather(1, ids)
-        if self.renormalize:
-            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-        return ids, weights * self.scaling
+        logits = x.float() @ self.weight.float().T
+        return route(logits, self.e_score_correction_bias, self.top_k, self.renormalize, self.scaling)
 
 
 class SparseMoE(nn.Module):
