@@ -24,13 +24,14 @@ from .errors import CacheCapacityError
 
 
 def zeroed_pool(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A pool of zeros. On the CPU it comes from an anonymous memory map, which the OS fills with zeros page by page
-    when first touched: a budget of gigabytes costs neither start-up time nor resident memory until sessions use it
+    """A pool of zeros. On the CPU it comes from a private anonymous memory map (as malloc's large blocks do, so a
+    forked child gets a copy-on-write view, never shared writes), which the OS fills with zeros page by page when
+    first touched: a budget of gigabytes costs neither start-up time nor resident memory until sessions use it
     (torch.zeros writes every page up front, which took most of the main job's start-up)."""
     count = math.prod(shape)
     if device.type != "cpu" or count == 0:
         return torch.zeros(shape, device=device, dtype=dtype)
-    memory = mmap.mmap(-1, count * torch.empty((), dtype=dtype).element_size())
+    memory = mmap.mmap(-1, count * torch.empty((), dtype=dtype).element_size(), flags=mmap.MAP_PRIVATE)
     return torch.frombuffer(memory, dtype=dtype, count=count).view(shape)
 
 
