@@ -102,6 +102,13 @@ def expert_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
             "fp8 fused BN32": (lambda ids: moe_triton.fused_moe_triton(x, q13, q2, ids, weights, s13, s2,
                                                                       block_n=32), reached / 2, want8),
         }
+        if m <= moe_triton.PAIRWISE_TOKENS:  # "fused" ran pairwise GEMVs: the sorted blocks beside them
+            variants["bf16 fused, sorted blocks"] = (
+                lambda ids: moe_triton.fused_moe_triton(x, experts.w13, experts.w2, ids, weights, pairwise=False),
+                reached, want)
+            variants["fp8 fused, sorted blocks"] = (
+                lambda ids: moe_triton.fused_moe_triton(x, q13, q2, ids, weights, s13, s2, pairwise=False),
+                reached / 2, want8)
         for label, (call, nbytes, reference) in variants.items():
             err = rel_err(call(ids), reference)
             ms = timed([lambda r=r, call=call: call(r) for r in routings])

@@ -7,7 +7,8 @@ moe_align_block_size, in a few tensor ops without a host sync, so it runs inside
 one block, so one expert, and one tile of output columns. The first kernel computes silu(gate) * up from w13 for
 its rows, the second the down projection times the routing weight; the k partial rows of each token are summed
 last. FP8 weights (float8_e4m3fn with a scale per output row) are converted tile by tile in registers and the
-scales applied to the accumulators: weight-only FP8, half the bytes of bf16. The routing before them (sigmoid,
+scales applied to the accumulators: weight-only FP8, half the bytes of bf16. Up to PAIRWISE_TOKENS tokens
+(batch-1 decode, a few agents) the pairs are not sorted at all: each runs as a GEMV. The routing before them (sigmoid,
 selection bias, top-k, renormalisation, scaling: a dozen small PyTorch ops) is one launch too. Same maths as
 kernels/moe_reference.py.
 """
@@ -22,6 +23,12 @@ BLOCK_M = 16
 """Rows (token, expert pairs) of one program for a few tokens: the smallest tile tl.dot takes."""
 LARGE_BLOCK_M = 64
 """Rows of one program once the average expert has that many pairs (FP8 prefill, where this kernel runs too)."""
+PAIRWISE_TOKENS = 8
+"""Tokens up to which each (token, expert) pair runs as its own GEMV: no alignment pass (a dozen small launches
+of sorting and counting per MoE layer), at the price of reading an expert once per token that chose it, which
+few tokens seldom share."""
+PAIR_BLOCK_N, PAIR_BLOCK_K = 16, 256
+"""A pairwise program's output columns and the K slice it reads at a time (16 rows of 512 bytes in bf16)."""
 
 
 def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -77,6 +84,43 @@ def _expert_gemm_kernel(a, w, w_scale, sorted_pairs, block_expert, route_weight,
     tl.store(out_ptrs, acc.to(out.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
 
 
+@triton.jit
+def _pair_gemv_kernel(a, w, w_scale, expert_ids, route_weight, out, N, K, A_ROWS_PER_PAIR: tl.constexpr,
+                      GATED: tl.constexpr, HAS_SCALE: tl.constexpr, WEIGHTED: tl.constexpr, BN: tl.constexpr,
+                      BK: tl.constexpr):
+    """out[pair, n] for one (token, expert) pair and one tile of BN output columns, as _expert_gemm_kernel computes
+    it for a block of pairs (same weights layout, gating, scales and routing weight), with the pair's expert read
+    from expert_ids [pairs] instead of a sorted block."""
+    pair = tl.program_id(0).to(tl.int64)
+    expert = tl.load(expert_ids + pair).to(tl.int64)
+    a_row = pair // A_ROWS_PER_PAIR
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    col_ok = cols < N
+    w_rows = 2 * N if GATED else N
+    w_base = w + expert * w_rows * K
+    acc = tl.zeros((BN,), dtype=tl.float32)
+    acc_up = tl.zeros((BN,), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_ok = ks < K
+        b_a = tl.load(a + a_row * K + ks, mask=k_ok, other=0.0).to(tl.float32)
+        w_mask = col_ok[:, None] & k_ok[None, :]
+        b_w = tl.load(w_base + cols[:, None].to(tl.int64) * K + ks[None, :], mask=w_mask, other=0.0)
+        acc += tl.sum(b_w.to(tl.float32) * b_a[None, :], axis=1)
+        if GATED:
+            b_u = tl.load(w_base + (N + cols[:, None]).to(tl.int64) * K + ks[None, :], mask=w_mask, other=0.0)
+            acc_up += tl.sum(b_u.to(tl.float32) * b_a[None, :], axis=1)
+    if HAS_SCALE:
+        acc *= tl.load(w_scale + expert * w_rows + cols, mask=col_ok, other=0.0)
+        if GATED:
+            acc_up *= tl.load(w_scale + expert * w_rows + N + cols, mask=col_ok, other=0.0)
+    if GATED:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    if WEIGHTED:
+        acc *= tl.load(route_weight + pair).to(tl.float32)
+    tl.store(out + pair * N + cols, acc.to(out.dtype.element_ty), mask=col_ok)
+
+
 def align_block_size(expert_ids: torch.Tensor, num_experts: int,
                      block_m: int = BLOCK_M) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted_pairs, block_expert): pair indices (row-major over expert_ids [M, k]) grouped by expert, each group
@@ -106,8 +150,10 @@ def _block_n(n: int) -> int:
 def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, expert_ids: torch.Tensor,
                      weights: torch.Tensor, w13_scale: torch.Tensor | None = None,
                      w2_scale: torch.Tensor | None = None, *, block_k: int = 64, num_warps: int = 4,
-                     num_stages: int = 3, block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
-    """Same contract as kimi_swarm.kernels.moe_reference.fused_moe_reference."""
+                     num_stages: int = 3, block_m: int | None = None, block_n: int | None = None,
+                     pairwise: bool | None = None) -> torch.Tensor:
+    """Same contract as kimi_swarm.kernels.moe_reference.fused_moe_reference. pairwise (default: up to
+    PAIRWISE_TOKENS tokens) runs each (token, expert) pair as a GEMV instead of blocks of pairs sorted by expert."""
     m, k = expert_ids.shape
     num_experts, two_i, hidden = w13.shape
     inter = two_i // 2
@@ -117,6 +163,10 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, exper
     if (w13_scale is None) != (w2_scale is None):
         raise ValueError("fused_moe: FP8 weights need both w13_scale and w2_scale")
     pairs = m * k
+    if pairwise is None:
+        pairwise = m <= PAIRWISE_TOKENS and block_m is None
+    if pairwise:
+        return _fused_moe_pairwise(x.contiguous(), w13, w2, expert_ids, weights, w13_scale, w2_scale)
     if block_m is None:
         block_m = LARGE_BLOCK_M if pairs >= LARGE_BLOCK_M * num_experts else BLOCK_M
     sorted_pairs, block_expert = align_block_size(expert_ids, num_experts, block_m)
@@ -137,6 +187,27 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, exper
         act, w2, scale2, sorted_pairs, block_expert, weights.reshape(-1).contiguous(), partial, pairs, num_experts,
         hidden, inter, A_ROWS_PER_PAIR=1, GATED=False, HAS_SCALE=w2_scale is not None, WEIGHTED=True, BM=block_m,
         BN=bn, BK=bk, DOT_PREC=prec, num_warps=num_warps, num_stages=num_stages)
+    return partial.view(m, k, hidden).sum(dim=1)
+
+
+def _fused_moe_pairwise(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, expert_ids: torch.Tensor,
+                        weights: torch.Tensor, w13_scale: torch.Tensor | None,
+                        w2_scale: torch.Tensor | None) -> torch.Tensor:
+    """fused_moe_triton for a few tokens: two GEMV launches over every (token, expert) pair, then the sum per token."""
+    m, k = expert_ids.shape
+    num_experts, two_i, hidden = w13.shape
+    inter, pairs = two_i // 2, m * k
+    flat_ids = expert_ids.reshape(-1).contiguous()
+    act = _empty(pairs, inter, device=x.device, dtype=x.dtype)
+    _pair_gemv_kernel[(pairs, triton.cdiv(inter, PAIR_BLOCK_N))](
+        x, w13, w13_scale if w13_scale is not None else w13, flat_ids, weights, act, inter, hidden,
+        A_ROWS_PER_PAIR=k, GATED=True, HAS_SCALE=w13_scale is not None, WEIGHTED=False, BN=PAIR_BLOCK_N,
+        BK=min(PAIR_BLOCK_K, triton.next_power_of_2(hidden)), num_warps=4)
+    partial = _empty(pairs, hidden, device=x.device, dtype=torch.float32)
+    _pair_gemv_kernel[(pairs, triton.cdiv(hidden, PAIR_BLOCK_N))](
+        act, w2, w2_scale if w2_scale is not None else w2, flat_ids, weights.reshape(-1).contiguous(), partial,
+        hidden, inter, A_ROWS_PER_PAIR=1, GATED=False, HAS_SCALE=w2_scale is not None, WEIGHTED=True,
+        BN=PAIR_BLOCK_N, BK=min(PAIR_BLOCK_K, triton.next_power_of_2(inter)), num_warps=4)
     return partial.view(m, k, hidden).sum(dim=1)
 
 

@@ -42,7 +42,7 @@ def test_grouped_expert_gemms_match_per_expert_loop():
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16-weights", "fp8-weights"])
 def test_fused_moe_on_the_48b_expert_shapes(fp8):
     """256 experts of 2304 x 1024, top 8, in bf16: the fused kernel against float64 on the same weights, for
-    the token counts it serves (FP8 experts take it at every count)."""
+    the token counts it serves (FP8 experts take it at every count), pairwise GEMVs and sorted blocks."""
     torch.manual_seed(0)
     w13 = torch.randn(256, 2048, 2304, device="cuda") * 2304 ** -0.5
     w2 = torch.randn(256, 2304, 1024, device="cuda") * 1024 ** -0.5
@@ -50,11 +50,11 @@ def test_fused_moe_on_the_48b_expert_shapes(fp8):
         (w13, s13), (w2, s2) = fp8_reference.quantize_rows(w13), fp8_reference.quantize_rows(w2)
     else:
         w13, w2, s13, s2 = w13.bfloat16(), w2.bfloat16(), None, None
-    for tokens in (1, 8, 32, 300):
+    for tokens, pairwise in ((1, None), (1, False), (8, None), (8, False), (32, None), (300, None)):
         x = torch.randn(tokens, 2304, device="cuda", dtype=torch.bfloat16)
         ids = torch.stack([torch.randperm(256, device="cuda")[:8] for _ in range(tokens)])
         weights = torch.rand(tokens, 8, device="cuda")
-        got = moe_triton.fused_moe_triton(x, w13, w2, ids, weights, s13, s2)
+        got = moe_triton.fused_moe_triton(x, w13, w2, ids, weights, s13, s2, pairwise=pairwise)
         want = moe_reference.fused_moe_reference(x.double(), w13 if fp8 else w13.double(),
                                                  w2 if fp8 else w2.double(), ids, weights.double(), s13, s2)
         err = (got.double() - want).norm() / want.norm()

@@ -323,18 +323,21 @@ def _experts(num_experts, hidden, inter, *, fp8):
 
 
 @pytest.mark.parametrize("fp8", [False, True], ids=["fp32-weights", "fp8-weights"])
-@pytest.mark.parametrize("m,k,num_experts,block_m", [(1, 2, 8, None), (5, 3, 8, None), (40, 2, 4, None),
-                                                     (40, 2, 4, 64)],
-                         ids=["one-token", "few-tokens", "experts-over-one-block", "large-blocks"])
-def test_fused_moe_matches_float64(m, k, num_experts, block_m, fp8):
+@pytest.mark.parametrize("m,k,num_experts,block_m,pairwise", [
+    (1, 2, 8, None, False), (5, 3, 8, None, False), (40, 2, 4, None, False), (40, 2, 4, 64, False),
+    (1, 2, 8, None, None), (5, 3, 8, None, None), (40, 2, 4, None, True)],
+    ids=["one-token", "few-tokens", "experts-over-one-block", "large-blocks", "one-token-pairwise",
+         "few-tokens-pairwise", "many-tokens-pairwise"])
+def test_fused_moe_matches_float64(m, k, num_experts, block_m, pairwise, fp8):
     """Hidden and intermediate sizes that are not tile multiples; 40 tokens over 4 experts put more than one
-    block of pairs on an expert, and padded rows in the last block of each."""
+    block of pairs on an expert, and padded rows in the last block of each. A few tokens take the pairwise
+    GEMVs by default (pairwise None); the sorted blocks are forced for them too."""
     hidden, inter = 48, 40
     w13, w2, s13, s2 = _experts(num_experts, hidden, inter, fp8=fp8)
     x = torch.randn(m, hidden)
     ids = torch.stack([torch.randperm(num_experts)[:k] for _ in range(m)])
     weights = torch.rand(m, k)
-    got = moe_triton.fused_moe_triton(x, w13, w2, ids, weights, s13, s2, block_m=block_m)
+    got = moe_triton.fused_moe_triton(x, w13, w2, ids, weights, s13, s2, block_m=block_m, pairwise=pairwise)
     want = moe_reference.fused_moe_reference(x.double(), w13 if fp8 else w13.double(), w2 if fp8 else w2.double(),
                                              ids, weights.double(), s13, s2)
     assert got.dtype == torch.float32 and got.shape == (m, hidden)
