@@ -122,9 +122,22 @@ class Footprint:
 
 
 KERNEL_GROUPS = (("attention", ("flash", "fmha", "mla", "attend", "merge")),
-                 ("expert GEMMs", ("grouped", "Grouped", "GroupProblemShape", "_expert_gemm_kernel")))
-"""GPU kernels by name: torch._grouped_mm runs CUTLASS kernels over a GroupProblemShape on Hopper; the fused
-small-batch and FP8 expert kernel is kernels/moe_triton.py's (its dense FP8 linear layers count there too)."""
+                 ("expert GEMMs", ("grouped", "Grouped", "GroupProblemShape", "_expert_gemm_kernel",
+                                   "_pair_gemv_kernel")),
+                 ("KDA", ("kda", "delta_rule")),
+                 ("dense GEMMs", ("gemm", "xmma", "nvjet", "cutlass", "scaled_mm", "cublas")),
+                 ("norms", ("norm",)),
+                 ("routing", ("_route_kernel", "topk", "sort", "radix", "scan", "searchsorted")),
+                 ("FP8 quantisation", ("_quantize_rows",)),
+                 ("copies and elementwise", ("elementwise", "vectorized", "reduce", "copy", "fill", "index",
+                                             "scatter", "gather", "cat", "Memcpy", "Memset")))
+"""GPU kernels by name, first match wins: torch._grouped_mm runs CUTLASS kernels over a GroupProblemShape on
+Hopper; the fused small-batch and FP8 expert kernels are kernels/moe_triton.py's (FP8 dense linear layers of a few
+rows run the expert GEMM kernel too, so they count there); whatever matches none is "other"."""
+
+
+def kernel_group(name: str) -> str:
+    return next((group for group, marks in KERNEL_GROUPS if any(m in name for m in marks)), "other")
 
 
 async def print_decode_profile(engine, agents, foot, label: str, steps: int = 4) -> list[tuple[str, str, str]]:
@@ -144,14 +157,16 @@ async def print_decode_profile(engine, agents, foot, label: str, steps: int = 4)
     print(f"{label}:", flush=True)
     print(events.table(sort_by="self_device_time_total", row_limit=25), flush=True)
     kernels = [e for e in events if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
-    spent = {"attention": 0.0, "expert GEMMs": 0.0, "other": 0.0}
+    spent = {group: 0.0 for group, _ in (*KERNEL_GROUPS, ("other", ()))}
+    launches = dict.fromkeys(spent, 0)
     for event in kernels:
-        group = next((g for g, marks in KERNEL_GROUPS if any(m in event.key for m in marks)), "other")
+        group = kernel_group(event.key)
         spent[group] += event.self_device_time_total / 1e3 / steps
+        launches[group] += event.count
     busy = sum(spent.values())
     experts_read = foot.experts_read(len(agents))
-    return [(f"ours: {label}, GPU time per step by kind (profiled, {steps} steps)",
-             ", ".join(f"{group} {ms:.2f} ms" for group, ms in spent.items()),
+    return [(f"ours: {label}, GPU time per step by kind (profiled, {steps} steps; kernels a step)",
+             ", ".join(f"{group} {ms:.2f} ms ({launches[group] / steps:.0f})" for group, ms in spent.items() if ms),
              f"expert GEMMs read {experts_read / 2**30:.2f} GiB a step: "
              f"{experts_read / (max(spent['expert GEMMs'], 1e-9) / 1e3) / 1e12:.2f} TB/s"),
             (f"ours: {label}, kernels and GPU busy per step (profiled)",
