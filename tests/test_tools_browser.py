@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -186,3 +188,27 @@ async def test_missing_chromium_is_reported(site, tmp_path):
     async with Web(config) as web:
         with pytest.raises(ToolError, match="does not exist"):
             await web.browse(site.url("/js"))
+
+
+def test_without_playwright_the_tools_load_and_browse_names_the_extra(site):
+    """Playwright is the optional `browser` extra: without it search and fetch work, and browse says what to
+    install (a subprocess where importing playwright fails)."""
+    probe = f"""
+import asyncio, sys
+sys.modules["playwright"] = None
+from kimi_swarm.launch import offline_web_tools
+from kimi_swarm.tools import ToolError, Web, WebConfig
+
+async def main():
+    async with Web(WebConfig(allowed_hosts=["{site.host}"], browser_executable=sys.executable)) as web:
+        assert "Ushant" not in (await web.fetch("{site.url('/js')}")).text
+        try:
+            await web.browse("{site.url('/js')}")
+        except ToolError as error:
+            print(error)
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "playwright package is not installed (pip install 'kimi-swarm[browser]')" in done.stdout

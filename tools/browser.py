@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from types import ModuleType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-from playwright.async_api import Browser, Page, Playwright, async_playwright
-from playwright.async_api import Error as PlaywrightError
-from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from .addresses import HostPolicy
 from .config import WebConfig
@@ -23,7 +21,23 @@ from .extract import html_to_text
 from .models import BrowseAction
 from .proxy import REFUSAL_HEADER, GuardProxy
 
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page, Playwright
+
 _MAX_WAIT_MS = 10_000
+
+
+def playwright_api() -> ModuleType:
+    """playwright.async_api, imported at the first browse: Playwright is the optional `browser` extra, and the
+    other tools work without it."""
+    try:
+        from playwright import async_api
+    except ImportError:
+        raise ToolError(
+            "The browser is not available: the playwright package is not installed "
+            "(pip install 'kimi-swarm[browser]'). Use fetch instead."
+        ) from None
+    return async_api
 
 
 class BrowsedPage:
@@ -56,9 +70,10 @@ class BrowserPool:
                     f"The browser is not available: {executable} does not exist (install Debian's chromium). "
                     "Use fetch instead."
                 )
+            api = playwright_api()
             proxy_url = await self._proxy.start()
             if self._playwright is None:
-                self._playwright = await async_playwright().start()
+                self._playwright = await api.async_playwright().start()
             self._browser = await self._playwright.chromium.launch(
                 executable_path=str(executable),
                 headless=True,
@@ -73,6 +88,7 @@ class BrowserPool:
         step_timeout_s = self._config.browser_timeout_s
         async with self._slots:
             browser = await self._ensure_browser()
+            api = playwright_api()
             context = await browser.new_context(
                 user_agent=self._config.user_agent, service_workers="block", accept_downloads=False
             )
@@ -82,12 +98,12 @@ class BrowserPool:
                 page.set_default_timeout(step_timeout_s * 1000)
                 async with asyncio.timeout(step_timeout_s * (1 + len(actions)) + 1):
                     return await self._run(page, url, actions)
-            except (TimeoutError, PlaywrightTimeoutError):
+            except (TimeoutError, api.TimeoutError):
                 raise ToolError(
                     f"Browsing {url} took longer than {step_timeout_s:g} s and was stopped; the site is slow "
                     "or unreachable. Try again later or use another source."
                 ) from None
-            except PlaywrightError as exc:
+            except api.Error as exc:
                 reason = exc.message.splitlines()[0]
                 if "ERR_TUNNEL_CONNECTION_FAILED" in reason or "ERR_PROXY" in reason:
                     reason += " (the page or one of its redirects leads to a host the web tools refuse or cannot reach)"
@@ -150,7 +166,7 @@ class BrowserPool:
             await page.screenshot(path=str(path), full_page=True)
             screenshots.append(str(path))
             return f"screenshot saved to {path}"
-        except PlaywrightError as exc:
+        except playwright_api().Error as exc:
             raise ToolError(f"The {action.action} action failed: {exc.message.splitlines()[0]}") from None
 
     async def aclose(self) -> None:
