@@ -138,6 +138,14 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     return impl(x, weight, weight_scale)
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (float8_e4m3fn [M, K], fp32 scales [M]): each row over its largest magnitude times FP8's
+    largest value; one launch on the GPU."""
+    fast = _triton_path("fp8_triton", x)
+    impl = fast.quantize_rows_triton if fast else fp8_reference.quantize_rows
+    return impl(x)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim (HF KimiRMSNorm): in x's dtype, then times weight with torch promotion."""
     fast = _triton_path("norm_triton", x, weight)
@@ -152,5 +160,5 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     return impl(x, gate, weight, eps)
 
 
-__all__ = ["chunk_kda", "recurrent_kda", "kda_decode_step", "fused_moe", "route", "fp8_linear", "mla_decode",
-           "mla_decode_from", "mla_decode_shared", "mla_prefill", "rms_norm", "gated_rms_norm"]
+__all__ = ["chunk_kda", "recurrent_kda", "kda_decode_step", "fused_moe", "route", "fp8_linear", "quantize_rows",
+           "mla_decode", "mla_decode_from", "mla_decode_shared", "mla_prefill", "rms_norm", "gated_rms_norm"]

@@ -61,6 +61,7 @@ def _quantize_rows_kernel(x, xq, scale, cols, BK: tl.constexpr, FP8_LIMIT: tl.co
 def quantize_rows_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as kimi_swarm.kernels.fp8_reference.quantize_rows for contiguous x [M, K], in one launch (the
     same maths as a chain of PyTorch ops costs eight launches before every FP8 GEMM of a decode step)."""
+    x = x.contiguous()
     rows, cols = x.shape
     xq = _empty(rows, cols, device=x.device, dtype=FP8)
     scale = _empty(rows, device=x.device, dtype=torch.float32)

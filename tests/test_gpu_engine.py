@@ -97,6 +97,27 @@ def test_fp8_linear_on_cuda(rows, tolerance):
     assert got.dtype == torch.bfloat16 and err < tolerance, f"relative error {err:.2e}"
 
 
+def test_fp8_experts_over_many_tokens_take_the_fp8_grouped_gemm():
+    """Past FUSED_MOE_TOKENS, FP8 experts on Hopper run torch._scaled_grouped_mm with the activations quantised
+    per row: against float64 on the same FP8 weights (the activation rounding is the tolerance)."""
+    torch.manual_seed(0)
+    experts = StackedExperts(256, 2304, 1024).cuda()
+    for weight in (experts.w13, experts.w2):
+        weight.data.normal_(0, weight.shape[-1] ** -0.5)
+    (q13, s13), (q2, s2) = fp8_reference.quantize_rows(experts.w13.data), fp8_reference.quantize_rows(experts.w2.data)
+    experts.w13, experts.w2 = torch.nn.Parameter(q13, requires_grad=False), torch.nn.Parameter(q2, requires_grad=False)
+    experts.w13_scale, experts.w2_scale = (torch.nn.Parameter(s, requires_grad=False) for s in (s13, s2))
+    tokens = 300
+    x = torch.randn(tokens, 2304, device="cuda", dtype=torch.bfloat16)
+    ids = torch.stack([torch.randperm(256, device="cuda")[:8] for _ in range(tokens)])
+    weights = torch.rand(tokens, 8, device="cuda")
+    assert experts._grouped_pays(x) == (torch.cuda.get_device_capability() == (9, 0))
+    got = experts(x, ids, weights)
+    want = moe_reference.fused_moe_reference(x.double(), q13, q2, ids, weights.double(), s13, s2)
+    err = (got.double() - want).norm() / want.norm()
+    assert err < 5e-2, f"relative error {err:.2e}"
+
+
 def test_route_on_cuda_chooses_the_references_experts():
     """The one-launch router on the 48B shapes (256 experts, top 8) at decode and prefill token counts."""
     for rows in (1, 100, 4096):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from kimi_swarm.backend.model.moe import StackedExperts
+from kimi_swarm.backend.model.moe import StackedExperts, expert_gemm
 from kimi_swarm.kernels.moe_reference import fused_moe_reference
 
 
@@ -41,3 +41,15 @@ def test_dense_form_only_where_it_pays():
     larger = StackedExperts(16, 512, 256)
     assert larger._dense_pays(torch.randn(8, 512), routed(8, 16, 4)[0])
     assert not larger._dense_pays(torch.randn(16, 512), routed(16, 16, 4)[0])  # past DENSE_EXPERT_WORK: loop
+
+
+def test_fp8_grouped_gemm_arguments_pass_torchs_own_checks():
+    """torch._scaled_grouped_mm runs on Hopper only (tests/test_gpu_engine.py checks its numbers there); its meta
+    function checks what we hand it everywhere: FP8 row-major activations with one scale a row, FP8 weights
+    column-major per expert with one scale per output row, int32 group ends."""
+    experts, n, k, rows = 4, 64, 32, 40
+    a = torch.empty(rows, k, device="meta", dtype=torch.bfloat16)
+    w = torch.empty(experts, n, k, device="meta", dtype=torch.float8_e4m3fn)
+    w_scale = torch.empty(experts, n, device="meta")
+    out = expert_gemm(a, w, w_scale, torch.empty(experts, dtype=torch.int32, device="meta"))
+    assert out.shape == (rows, n) and out.dtype == torch.bfloat16

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kimi_swarm.kernels import fused_moe, route
+from kimi_swarm.kernels import fused_moe, quantize_rows, route
 
 from .config import KimiLinearConfig
 
@@ -26,7 +28,24 @@ DENSE_EXPERT_WORK = 1 << 24
 """Multiply-adds per projection up to which running all experts densely beats looping over the chosen ones."""
 FUSED_MOE_TOKENS = 32
 """Tokens up to which the fused kernel (each chosen expert's weights read once, two launches) beats the grouped
-GEMM on the GPU; FP8 experts always take the fused kernel."""
+GEMM on the GPU. FP8 experts take the FP8 grouped GEMM beyond it where the GPU has one (Hopper), else the fused
+kernel at every count."""
+
+
+@functools.cache
+def fp8_grouped_gemm_runs(device: torch.device) -> bool:
+    """Whether torch._scaled_grouped_mm (FP8 grouped GEMM with row-wise scales) runs on this GPU: Hopper only."""
+    return hasattr(torch, "_scaled_grouped_mm") and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def expert_gemm(a: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor | None,
+                offsets: torch.Tensor) -> torch.Tensor:
+    """Rows of a [P, K], grouped by expert (offsets: where each expert's rows end), times their expert's w
+    [E, N, K]: one grouped GEMM, bf16, or FP8 with a's rows quantised on the fly and both sides' row scales."""
+    if w_scale is None:
+        return torch._grouped_mm(a, w.transpose(1, 2), offs=offsets)
+    aq, a_scale = quantize_rows(a)
+    return torch._scaled_grouped_mm(aq, w.transpose(1, 2), a_scale, w_scale, offs=offsets, out_dtype=a.dtype)
 
 
 class StackedExperts(nn.Module):
@@ -50,8 +69,9 @@ class StackedExperts(nn.Module):
         return fused_moe(x, self.w13, self.w2, expert_ids, weights, self.w13_scale, self.w2_scale)
 
     def _grouped_pays(self, x: torch.Tensor) -> bool:
-        return (x.is_cuda and x.dtype == torch.bfloat16 and self.w13_scale is None
-                and x.shape[0] > FUSED_MOE_TOKENS and hasattr(torch, "_grouped_mm"))
+        if not (x.is_cuda and x.dtype == torch.bfloat16 and x.shape[0] > FUSED_MOE_TOKENS):
+            return False
+        return hasattr(torch, "_grouped_mm") if self.w13_scale is None else fp8_grouped_gemm_runs(x.device)
 
     def _dense_pays(self, x: torch.Tensor, expert_ids: torch.Tensor) -> bool:
         """Small experts, a few tokens routed to most of them, on CPU: a per-expert loop costs more in dispatch
@@ -73,7 +93,8 @@ class StackedExperts(nn.Module):
         return torch.einsum("emd,me->md", y.float(), routing)
 
     def _grouped(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Grouped GEMMs for all experts, gate and up in one: no host sync, two GEMM launches."""
+        """Grouped GEMMs for all experts, gate and up in one: no host sync, two GEMM launches (FP8 experts: two
+        activation quantisations too)."""
         m, k = expert_ids.shape
         flat_ids = expert_ids.reshape(-1)
         order = flat_ids.argsort(stable=True)
@@ -82,8 +103,8 @@ class StackedExperts(nn.Module):
         counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=torch.int32))  # bincount syncs on CUDA
         offsets = counts.cumsum(0, dtype=torch.int32)
         h = x.index_select(0, token_of)
-        gate, up = torch._grouped_mm(h, self.w13.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
-        y = torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(1, 2), offs=offsets)
+        gate, up = expert_gemm(h, self.w13, self.w13_scale, offsets).chunk(2, dim=-1)
+        y = expert_gemm(F.silu(gate) * up, self.w2, self.w2_scale, offsets)
         y = y.float() * weights.reshape(-1)[order, None]
         return torch.zeros(m, x.shape[-1], dtype=torch.float32, device=x.device).index_add_(0, token_of, y)
 
