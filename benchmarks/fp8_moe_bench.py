@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from common import cuda_event_median_ms
 
-from kimi_swarm.backend.model.moe import StackedExperts
+from kimi_swarm.backend.model.moe import FUSED_MOE_TOKENS, StackedExperts, fp8_grouped_gemm_runs
 from kimi_swarm.kernels import fp8_reference, fp8_triton, moe_reference, moe_triton
 
 COPIES, RUNS = 8, 50
@@ -83,6 +83,10 @@ def expert_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
         p.data.normal_(0, p.shape[-1] ** -0.5)
     (q13, s13), (q2, s2) = fp8_reference.quantize_rows(experts.w13.data), fp8_reference.quantize_rows(experts.w2.data)
     experts = experts.bfloat16().requires_grad_(False)
+    with torch.device("meta"):
+        fp8_experts = StackedExperts(256, 2304, 1024)
+    fp8_experts.w13, fp8_experts.w2 = (torch.nn.Parameter(q, requires_grad=False) for q in (q13, q2))
+    fp8_experts.w13_scale, fp8_experts.w2_scale = (torch.nn.Parameter(s, requires_grad=False) for s in (s13, s2))
     expert_bytes = 3 * 2304 * 1024 * 2
     for m in (1, 8, 32, 100):
         x = torch.randn(m, 2304, device="cuda", dtype=torch.bfloat16)
@@ -102,6 +106,8 @@ def expert_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
             "fp8 fused BN32": (lambda ids: moe_triton.fused_moe_triton(x, q13, q2, ids, weights, s13, s2,
                                                                       block_n=32), reached / 2, want8),
         }
+        if m > FUSED_MOE_TOKENS and fp8_grouped_gemm_runs(x.device):
+            variants["fp8 grouped GEMM"] = (lambda ids: fp8_experts._grouped(x, ids, weights), reached / 2, want8)
         if m <= moe_triton.PAIRWISE_TOKENS:  # "fused" ran pairwise GEMVs: the sorted blocks beside them
             variants["bf16 fused, sorted blocks"] = (
                 lambda ids: moe_triton.fused_moe_triton(x, experts.w13, experts.w2, ids, weights, pairwise=False),
