@@ -164,7 +164,7 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, exper
         raise ValueError("fused_moe: FP8 weights need both w13_scale and w2_scale")
     pairs = m * k
     if pairwise is None:
-        pairwise = m <= PAIRWISE_TOKENS and block_m is None
+        pairwise = 0 < m <= PAIRWISE_TOKENS and block_m is None
     if pairwise:
         return _fused_moe_pairwise(x.contiguous(), w13, w2, expert_ids, weights, w13_scale, w2_scale)
     if block_m is None:
@@ -195,7 +195,7 @@ def _fused_moe_pairwise(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, ex
                         w2_scale: torch.Tensor | None) -> torch.Tensor:
     """fused_moe_triton for a few tokens: two GEMV launches over every (token, expert) pair, then the sum per token."""
     m, k = expert_ids.shape
-    num_experts, two_i, hidden = w13.shape
+    _, two_i, hidden = w13.shape
     inter, pairs = two_i // 2, m * k
     flat_ids = expert_ids.reshape(-1).contiguous()
     act = _empty(pairs, inter, device=x.device, dtype=x.dtype)
