@@ -66,7 +66,9 @@ def quantize_rows_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xq = _empty(rows, cols, device=x.device, dtype=FP8)
     scale = _empty(rows, device=x.device, dtype=torch.float32)
     block = min(triton.next_power_of_2(cols), 4096)
-    _quantize_rows_kernel[(rows,)](x, xq, scale, cols, BK=block, FP8_LIMIT=FP8_MAX, num_warps=4 if block <= 1024 else 8)
+    if rows:
+        _quantize_rows_kernel[(rows,)](x, xq, scale, cols, BK=block, FP8_LIMIT=FP8_MAX,
+                                       num_warps=4 if block <= 1024 else 8)
     return xq, scale
 
 
