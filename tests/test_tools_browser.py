@@ -190,7 +190,7 @@ async def test_missing_chromium_is_reported(site, tmp_path):
             await web.browse(site.url("/js"))
 
 
-def test_without_playwright_the_tools_load_and_browse_names_the_extra(site):
+async def test_without_playwright_the_tools_load_and_browse_names_the_extra(site):
     """Playwright is the optional `browser` extra: without it search and fetch work, and browse says what to
     install (a subprocess where importing playwright fails)."""
     probe = f"""
@@ -209,6 +209,7 @@ async def main():
 
 asyncio.run(main())
 """
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", probe], capture_output=True, text=True,
+                                   timeout=60)
     assert done.returncode == 0, done.stderr
     assert "playwright package is not installed (pip install 'kimi-swarm[browser]')" in done.stdout
