@@ -140,12 +140,33 @@ def kernel_group(name: str) -> str:
     return next((group for group, marks in KERNEL_GROUPS if any(m in name for m in marks)), "other")
 
 
-async def print_decode_profile(engine, agents, foot, label: str, steps: int = 4) -> list[tuple[str, str, str]]:
-    """GPU kernels of a few decode steps of every agent, by total GPU time, and rows for the results table: GPU
-    time a step spends in attention, in the expert GEMMs (with their share of copy bandwidth: the experts' bytes
-    over their time), and in everything else; kernels a step and how much of the step's wall time the GPU is busy
-    (far below the step time: the step waits on the host, so fusing kernels would not help)."""
+def gpu_time_by_kind(prof, label: str, per: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Print a profile's kernels by GPU time; return GPU ms and kernels by kind (KERNEL_GROUPS), per `per`
+    repetitions of the profiled work."""
     from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    print(f"{label}:", flush=True)
+    print(events.table(sort_by="self_device_time_total", row_limit=25), flush=True)
+    spent = {group: 0.0 for group, _ in (*KERNEL_GROUPS, ("other", ()))}
+    launches = dict.fromkeys(spent, 0.0)
+    for event in events:
+        if event.device_type == DeviceType.CUDA and event.self_device_time_total > 0:
+            group = kernel_group(event.key)
+            spent[group] += event.self_device_time_total / 1e3 / per
+            launches[group] += event.count / per
+    return spent, launches
+
+
+def by_kind(spent: dict[str, float], launches: dict[str, float]) -> str:
+    return ", ".join(f"{group} {ms:.2f} ms ({launches[group]:.0f})" for group, ms in spent.items() if ms)
+
+
+async def print_decode_profile(engine, agents, foot, label: str, steps: int = 4) -> list[tuple[str, str, str]]:
+    """GPU kernels of a few decode steps of every agent, and rows for the results table: GPU time a step spends
+    by kind of kernel (the expert GEMMs with their share of copy bandwidth: the experts' bytes over their time);
+    kernels a step and how much of the step's wall time the GPU is busy (far below the step time: the step waits
+    on the host, so fusing kernels would not help)."""
     from torch.profiler import ProfilerActivity, profile
 
     engine.runner.shared_prefix_attention = True
@@ -153,25 +174,36 @@ async def print_decode_profile(engine, agents, foot, label: str, steps: int = 4)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         await asyncio.gather(*(a.generate(SamplingParams(max_tokens=steps, stop_token_ids=[])) for a in agents))
     step_ms = statistics.median(t for b, t in engine.decode_steps if b == len(agents)) * 1e3
-    events = prof.key_averages()
-    print(f"{label}:", flush=True)
-    print(events.table(sort_by="self_device_time_total", row_limit=25), flush=True)
-    kernels = [e for e in events if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
-    spent = {group: 0.0 for group, _ in (*KERNEL_GROUPS, ("other", ()))}
-    launches = dict.fromkeys(spent, 0)
-    for event in kernels:
-        group = kernel_group(event.key)
-        spent[group] += event.self_device_time_total / 1e3 / steps
-        launches[group] += event.count
+    spent, launches = gpu_time_by_kind(prof, label, steps)
     busy = sum(spent.values())
     experts_read = foot.experts_read(len(agents))
     return [(f"ours: {label}, GPU time per step by kind (profiled, {steps} steps; kernels a step)",
-             ", ".join(f"{group} {ms:.2f} ms ({launches[group] / steps:.0f})" for group, ms in spent.items() if ms),
+             by_kind(spent, launches),
              f"expert GEMMs read {experts_read / 2**30:.2f} GiB a step: "
              f"{experts_read / (max(spent['expert GEMMs'], 1e-9) / 1e3) / 1e12:.2f} TB/s"),
             (f"ours: {label}, kernels and GPU busy per step (profiled)",
-             f"{sum(e.count for e in kernels) / steps:.0f} kernels, GPU busy {busy:.2f} ms",
+             f"{sum(launches.values()):.0f} kernels, GPU busy {busy:.2f} ms",
              f"of a {step_ms:.2f} ms step under the profiler ({busy / step_ms:.0%})")]
+
+
+async def print_prefill_profile(engine, tokens: int, vocab: int) -> list[tuple[str, str, str]]:
+    """GPU kernels of one prefill of `tokens` tokens (a session opened and closed), by kind, and how much of its
+    wall time the GPU is busy: where the prefill's time goes, beside transformers' in the same run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    warm = await engine.session(ids(tokens, vocab, 11))
+    warm.close()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        session = await engine.session(ids(tokens, vocab, 12))
+        sync(engine.model.device)
+    wall_ms = (time.perf_counter() - start) * 1e3
+    session.close()
+    spent, launches = gpu_time_by_kind(prof, f"prefill {tokens} tokens", 1)
+    busy = sum(spent.values())
+    return [(f"ours: prefill {tokens // 1024}K, GPU time by kind (profiled; kernels)", by_kind(spent, launches),
+             f"{sum(launches.values()):.0f} kernels, GPU busy {busy:.1f} ms of {wall_ms:.1f} ms under the profiler "
+             f"({busy / wall_ms:.0%})")]
 
 
 def absorbed_because(prefixes, args) -> str:
@@ -360,6 +392,8 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
     await engine.drain()
 
     figures = {"prefill": prefill_s}
+    if args.profile and device.type == "cuda":
+        rows.extend(await print_prefill_profile(engine, args.single_context, vocab))
     single = await engine.session(ids(args.single_context, vocab, 7))
     floor = foot.decode_bytes(1, layout, args.single_context, 0, True) / floors["copy"] * 1e3
     graphs = engine.runner.graphs
