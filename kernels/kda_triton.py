@@ -382,12 +382,18 @@ def _kda_decode_kernel(q, k, v, g, beta, pool, slots, o, scale,
     b_v = tl.load(v + (i_n * H + i_h) * V + cv, mask=mv, other=0.0).to(tl.float32)
     b_beta = tl.load(beta + i_n * H + i_h).to(tl.float32)
     if L2NORM:
-        b_q = b_q / tl.sqrt(tl.sum(b_q * b_q) + 1e-6)
-        b_k = b_k / tl.sqrt(tl.sum(b_k * b_k) + 1e-6)
+        b_q = _l2norm(b_q)
+        b_k = _l2norm(b_k)
     b_q = b_q * scale
     offs = ((slot * H + i_h) * K + ck[:, None]) * V + cv[None, :]
     o_row = _delta_rule_step(pool, offs, mk[:, None] & mv[None, :], b_q, b_k, b_v, b_g, b_beta)
     tl.store(o + (i_n * H + i_h) * V + cv, o_row.to(o.dtype.element_ty), mask=mv)
+
+
+@triton.jit
+def _l2norm(x):
+    """One token's q or k over its l2 norm, eps inside the root (kda_reference.l2norm)."""
+    return x / tl.sqrt(tl.sum(x * x) + 1e-6)
 
 
 @triton.jit
@@ -592,8 +598,8 @@ def _kda_decode_step_kernel(mixed, conv_pool, wq, wk, wv, f, dt_bias, a_log, b, 
     softplus = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
     b_g = -tl.exp(tl.load(a_log + i_h).to(tl.float32)) * softplus
     b_beta = tl.sigmoid(tl.load(b + i_n * H + i_h).to(tl.float32))
-    b_q = b_q / tl.sqrt(tl.sum(b_q * b_q) + 1e-6) * scale
-    b_k = b_k / tl.sqrt(tl.sum(b_k * b_k) + 1e-6)
+    b_q = _l2norm(b_q) * scale
+    b_k = _l2norm(b_k)
 
     offs = ((slot * H + i_h) * D + cd[:, None]) * D + cd[None, :]
     o = _delta_rule_step(pool, offs, md[:, None] & md[None, :], b_q, b_k, b_v, b_g, b_beta)

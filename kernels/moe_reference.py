@@ -12,12 +12,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .fp8_reference import dequantize_rows
+
 
 def expert_weight(w: torch.Tensor, scale: torch.Tensor | None, expert: int, dtype: torch.dtype) -> torch.Tensor:
     """Expert `expert`'s rows of w in dtype, dequantised by its per-row scales when w is FP8."""
     if scale is None:
         return w[expert]
-    return (w[expert].to(torch.float32) * scale[expert, :, None]).to(dtype)
+    return dequantize_rows(w[expert], scale[expert], dtype)
 
 
 def fused_moe_reference(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, expert_ids: torch.Tensor,

@@ -37,6 +37,20 @@ def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tenso
 
 
 @triton.jit
+def _scaled_and_gated(acc, acc_up, w_scale, expert, w_rows, N, cols, col_ok, GATED: tl.constexpr,
+                      HAS_SCALE: tl.constexpr):
+    """The accumulators of output columns `cols` (last axis) times their FP8 row scales when HAS_SCALE, then
+    silu(gate) * up when GATED (acc the gate rows, acc_up the up rows N below them)."""
+    if HAS_SCALE:
+        acc *= tl.load(w_scale + expert * w_rows + cols, mask=col_ok, other=0.0)
+        if GATED:
+            acc_up *= tl.load(w_scale + expert * w_rows + N + cols, mask=col_ok, other=0.0)
+    if GATED:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    return acc
+
+
+@triton.jit
 def _expert_gemm_kernel(a, w, w_scale, sorted_pairs, block_expert, route_weight, out, pairs, num_experts,
                         N, K, A_ROWS_PER_PAIR: tl.constexpr, GATED: tl.constexpr, HAS_SCALE: tl.constexpr,
                         WEIGHTED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -72,12 +86,7 @@ def _expert_gemm_kernel(a, w, w_scale, sorted_pairs, block_expert, route_weight,
         if GATED:
             b_u = tl.load(w_base + (N + cols[None, :]).to(tl.int64) * K + ks[:, None], mask=w_mask, other=0.0)
             acc_up = tl.dot(b_a, b_u.to(b_a.dtype), acc_up, input_precision=DOT_PREC)
-    if HAS_SCALE:
-        acc *= tl.load(w_scale + expert * w_rows + cols, mask=col_ok, other=0.0)[None, :]
-        if GATED:
-            acc_up *= tl.load(w_scale + expert * w_rows + N + cols, mask=col_ok, other=0.0)[None, :]
-    if GATED:
-        acc = acc * tl.sigmoid(acc) * acc_up
+    acc = _scaled_and_gated(acc, acc_up, w_scale, expert, w_rows, N, cols, col_ok, GATED, HAS_SCALE)
     if WEIGHTED:
         acc *= tl.load(route_weight + rows, mask=valid, other=0.0).to(tl.float32)[:, None]
     out_ptrs = out + rows[:, None].to(tl.int64) * N + cols[None, :]
@@ -110,12 +119,7 @@ def _pair_gemv_kernel(a, w, w_scale, expert_ids, route_weight, out, N, K, A_ROWS
         if GATED:
             b_u = tl.load(w_base + (N + cols[:, None]).to(tl.int64) * K + ks[None, :], mask=w_mask, other=0.0)
             acc_up += tl.sum(b_u.to(tl.float32) * b_a[None, :], axis=1)
-    if HAS_SCALE:
-        acc *= tl.load(w_scale + expert * w_rows + cols, mask=col_ok, other=0.0)
-        if GATED:
-            acc_up *= tl.load(w_scale + expert * w_rows + N + cols, mask=col_ok, other=0.0)
-    if GATED:
-        acc = acc * tl.sigmoid(acc) * acc_up
+    acc = _scaled_and_gated(acc, acc_up, w_scale, expert, w_rows, N, cols, col_ok, GATED, HAS_SCALE)
     if WEIGHTED:
         acc *= tl.load(route_weight + pair).to(tl.float32)
     tl.store(out + pair * N + cols, acc.to(out.dtype.element_ty), mask=col_ok)
