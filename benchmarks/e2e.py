@@ -25,7 +25,7 @@ import time
 import torch
 from common import sync
 
-from kimi_swarm.backend import Engine, SamplingParams
+from kimi_swarm.backend import QUANTIZATIONS, Engine, SamplingParams
 from kimi_swarm.backend.engine.decode_graphs import CAPTURE_AFTER
 from kimi_swarm.backend.engine.state_cache import CacheLayout
 from kimi_swarm.backend.model.fp8 import quantize_fp8_
@@ -268,6 +268,7 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
     """Our engine's phases as result rows; returns the figures compared with transformers (prefill s, batch-1
     decode ms/token with CUDA graphs where they run)."""
     model = build_model(args, device, config, rows)
+    profiling = args.profile and device.type == "cuda"  # the profiles read GPU kernels
     foot = Footprint(model, config)
     layout = CacheLayout.for_config(config, torch.bfloat16, PAGE)
     sessions = args.agents + 2
@@ -373,7 +374,7 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
                      f"floor {floor_s * 1e3:.1f} ms/step -> {p50 / (floor_s * 1e3):.2f}x floor"))
     engine.runner.shared_prefix_attention, prefixes.enabled = True, True
 
-    if args.profile and device.type == "cuda":
+    if profiling:
         rows.extend(await print_decode_profile(engine, agents, foot, f"decode {len(agents)} agents"))
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
     stats = engine.stats()
@@ -392,7 +393,7 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
     await engine.drain()
 
     figures = {"prefill": prefill_s}
-    if args.profile and device.type == "cuda":
+    if profiling:
         rows.extend(await print_prefill_profile(engine, args.single_context, vocab))
     single = await engine.session(ids(args.single_context, vocab, 7))
     floor = foot.decode_bytes(1, layout, args.single_context, 0, True) / floors["copy"] * 1e3
@@ -408,7 +409,7 @@ async def ours(args, device, config, rows, floors) -> dict[str, float]:
                      f"floor {floor:.2f} ms -> {step / floor:.1f}x"))
         figures.setdefault("decode1", step)
     engine.runner.graphs = graphs
-    if args.profile and device.type == "cuda":
+    if profiling:
         rows.extend(await print_decode_profile(engine, [single], foot, f"decode batch 1 after "
                                                f"{args.single_context // 1024}K, CUDA graphs"))
     few = single.fork(args.few_agents)
@@ -479,11 +480,12 @@ async def main() -> None:
     parser.add_argument("--transformers", action="store_true", help="also run transformers' model (fla kernels)")
     parser.add_argument("--single-context", type=int, default=8192, help="context before the batch-1 decode")
     parser.add_argument("--profile", action="store_true",
-                        help="print the GPU kernels of a few decode steps (100 agents and batch 1; GPU only)")
+                        help="print the GPU kernels of a few decode steps (all agents, batch 1) and of one prefill "
+                             "(GPU only)")
     parser.add_argument("--preset", default="48b", choices=sorted(PRESETS),
                         help="model preset of kimi_swarm.backend.model.presets (small: a smoke run)")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quantization", choices=["fp8"], default=None,
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                         help="FP8 weights (the same random weights as bf16, quantised per row)")
     parser.add_argument("--logits-tokens", type=int, default=1024, help="tokens of the FP8-vs-bf16 logits check")
     parser.add_argument("--few-agents", type=int, default=8, help="agents of the small-batch decode row")

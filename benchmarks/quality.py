@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from kimi_swarm.backend import QUANTIZATIONS
 from kimi_swarm.backend.chat.conversation import ReplyOptions
 from kimi_swarm.backend.chat.engine_backend import EngineBackend
 from kimi_swarm.backend.model.default_model import default_model_path
@@ -218,7 +219,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on a GPU, float32 on the CPU")
-    parser.add_argument("--quantization", choices=["fp8"], default=None,
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
                         help="FP8 weights, quantised while loading (compare against the same run without)")
     parser.add_argument("--speculative-tokens", type=int, default=None,
                         help="prompt-lookup draft length (0: off; default: the engine's, on for CPU)")

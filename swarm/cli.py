@@ -70,6 +70,11 @@ EXIT_CODES_HELP = (
 
 DEFAULT_LIMITS = Limits()
 
+QuantizationOption = Annotated[Quantization, typer.Option(
+    help="fp8: quantise the checkpoint's linear and expert weights to FP8 while loading (half the GPU memory of "
+         "bf16; Ada/Hopper GPUs; on a CPU the weights are dequantised per call).")]
+"""--quantization of `swarm run` and `swarm serve`, which load a checkpoint the same way."""
+
 
 def _about(limit: str) -> str:
     """A limit's option help: its description in `Limits`, the one place limits are declared."""
@@ -103,10 +108,7 @@ def run(
         help="What the in-process engine computes in: auto is bfloat16 on a GPU, float32 on the CPU. bfloat16 "
              "halves the weights' memory; on a CPU it pays only with bf16 instructions (AVX512-BF16, AMX).")
     ] = EngineDtype.auto,
-    quantization: Annotated[Quantization, typer.Option(
-        help="fp8: quantise the checkpoint's linear and expert weights to FP8 while loading (half the GPU memory "
-             "of bf16; Ada/Hopper GPUs; on a CPU the weights are dequantised per call).")
-    ] = Quantization.none,
+    quantization: QuantizationOption = Quantization.none,
     max_agents: Annotated[int, typer.Option(min=1, help=_about("max_agents"))] = DEFAULT_LIMITS.max_agents,
     max_tool_calls: Annotated[int, typer.Option(min=0, help=_about("max_tool_calls"))] = DEFAULT_LIMITS.max_tool_calls,
     max_agent_steps: Annotated[int, typer.Option(
@@ -254,10 +256,7 @@ def serve_command(
         metavar="DEVICE", help="Where the engine runs: auto (a GPU if present), cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[EngineDtype, typer.Option(
         help="What the engine computes in: auto is bfloat16 on a GPU, float32 on the CPU.")] = EngineDtype.auto,
-    quantization: Annotated[Quantization, typer.Option(
-        help="fp8: quantise the checkpoint's linear and expert weights to FP8 while loading (half the GPU memory "
-             "of bf16; Ada/Hopper GPUs; on a CPU the weights are dequantised per call).")
-    ] = Quantization.none,
+    quantization: QuantizationOption = Quantization.none,
     host: Annotated[str, typer.Option(
         help="Address to listen on. Only loopback by default; 0.0.0.0 opens the server to the network.")
     ] = LOOPBACK,
