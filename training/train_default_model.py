@@ -39,7 +39,7 @@ from kimi_swarm.backend.model import kda_layer
 from kimi_swarm.backend.model.config import KimiLinearConfig
 from kimi_swarm.backend.model.model import KimiLinearForCausalLM
 from kimi_swarm.backend.model.tokenizer import ByteTokenizer
-from kimi_swarm.backend.model.weights import load_model
+from kimi_swarm.backend.model.weights import KEEP_FP32, load_model
 from kimi_swarm.kernels import chunk_kda as engine_chunk_kda
 from kimi_swarm.kernels.kda_reference import chunk_kda_reference
 
@@ -482,7 +482,7 @@ def official_state_dict(model: KimiLinearForCausalLM) -> dict[str, torch.Tensor]
     out = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
-        keep_fp32 = name.endswith(("A_log", "dt_bias", "e_score_correction_bias"))
+        keep_fp32 = name.endswith(KEEP_FP32)
         tensor = tensor.float() if keep_fp32 else tensor.to(torch.bfloat16)
         if ".block_sparse_moe.experts." in name:
             prefix, which = name.rsplit(".", 1)
@@ -544,17 +544,16 @@ def validation_loss(model: KimiLinearForCausalLM, prefixes: list[torch.Tensor], 
                     device: torch.device) -> float:
     """Loss per assistant byte on held-out trajectories (names the model never saw): whether it copies
     from its context rather than recalls training names. One trajectory at a time, in eval mode without
-    gradients, through the engine's own KDA kernel: the training core's kernels autotune for every new length,
-    and held-out trajectories come in as many lengths as there are trajectories (on the GPU that took minutes)."""
+    gradients, through the engine's own KDA kernel, which has no autotuning: fla's kernels tune at their first
+    call for each new key and set of argument dtypes, minutes of compiles on the GPU."""
     model.eval()
     training_core, kda_layer.chunk_kda = kda_layer.chunk_kda, engine_chunk_kda
     total, count = 0.0, 0
     try:
-        with torch.no_grad():
-            for example in examples:
-                ids, mask = example.ids.long()[None].to(device), example.mask[None].to(device)
-                total += float(assistant_loss(model, prefixes[example.prefix].to(device), ids, mask, device, "sum"))
-                count += int(mask[:, 1:].sum())
+        for example in examples:
+            ids, mask = example.ids.long()[None].to(device), example.mask[None].to(device)
+            total += float(assistant_loss(model, prefixes[example.prefix].to(device), ids, mask, device, "sum"))
+            count += int(mask[:, 1:].sum())
     finally:
         kda_layer.chunk_kda = training_core
         model.train()

@@ -59,16 +59,12 @@ def _quantizable(name: str, module: nn.Module) -> bool:
 def _quantized_param(weight: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
     """(FP8 weight, scales) for a weight: empty on the meta device, else quantised row by row, one expert (or
     one weight) at a time so the full-precision copy is never held twice."""
-    if weight.is_meta:
-        q = torch.empty(weight.shape, dtype=FP8, device="meta")
-        scale = torch.empty(weight.shape[:-1], dtype=torch.float32, device="meta")
-    elif weight.dim() == 3:
-        q = torch.empty(weight.shape, dtype=FP8, device=weight.device)
-        scale = torch.empty(weight.shape[:-1], dtype=torch.float32, device=weight.device)
-        for expert in range(weight.shape[0]):
-            q[expert], scale[expert] = quantize_rows(weight[expert])
-    else:
-        q, scale = quantize_rows(weight)
+    q = torch.empty(weight.shape, dtype=FP8, device=weight.device)
+    scale = torch.empty(weight.shape[:-1], dtype=torch.float32, device=weight.device)
+    if not weight.is_meta:
+        for matrix, q_rows, row_scales in zip(weight.reshape(-1, *weight.shape[-2:]), q.view(-1, *q.shape[-2:]),
+                                              scale.view(-1, scale.shape[-1]), strict=True):
+            q_rows[:], row_scales[:] = quantize_rows(matrix)
     return nn.Parameter(q, requires_grad=False), nn.Parameter(scale, requires_grad=False)
 
 
