@@ -13,12 +13,14 @@ batch reaches), as a share of a device-to-device copy measured in the same run.
 
 from __future__ import annotations
 
+import copy
 import statistics
 
 import torch
 import torch.nn.functional as F
 from common import cuda_event_median_ms
 
+from kimi_swarm.backend.model.fp8 import quantize_experts_
 from kimi_swarm.backend.model.moe import FUSED_MOE_TOKENS, StackedExperts, fp8_grouped_gemm_runs
 from kimi_swarm.kernels import fp8_reference, fp8_triton, moe_reference, moe_triton
 
@@ -78,15 +80,13 @@ def dense_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
 
 def expert_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
     rows = []
-    experts = StackedExperts(256, 2304, 1024).cuda()
+    experts = StackedExperts(256, 2304, 1024).cuda().requires_grad_(False)
     for p in experts.parameters():
         p.data.normal_(0, p.shape[-1] ** -0.5)
-    (q13, s13), (q2, s2) = fp8_reference.quantize_rows(experts.w13.data), fp8_reference.quantize_rows(experts.w2.data)
-    experts = experts.bfloat16().requires_grad_(False)
-    with torch.device("meta"):
-        fp8_experts = StackedExperts(256, 2304, 1024)
-    fp8_experts.w13, fp8_experts.w2 = (torch.nn.Parameter(q, requires_grad=False) for q in (q13, q2))
-    fp8_experts.w13_scale, fp8_experts.w2_scale = (torch.nn.Parameter(s, requires_grad=False) for s in (s13, s2))
+    fp8_experts = copy.deepcopy(experts)
+    quantize_experts_(fp8_experts)
+    q13, s13, q2, s2 = fp8_experts.w13, fp8_experts.w13_scale, fp8_experts.w2, fp8_experts.w2_scale
+    experts = experts.bfloat16()
     expert_bytes = 3 * 2304 * 1024 * 2
     for m in (1, 8, 32, 100):
         x = torch.randn(m, 2304, device="cuda", dtype=torch.bfloat16)

@@ -14,6 +14,7 @@ from kernel_support import kda_decode_step_float64
 from model_support import extend_then_generate, forks_prefilled_with_and_without_sharing
 
 from kimi_swarm.backend import Engine, SamplingParams
+from kimi_swarm.backend.model.fp8 import quantize_experts_
 from kimi_swarm.backend.model.moe import StackedExperts
 from kimi_swarm.backend.model.presets import preset_config, random_model
 from kimi_swarm.kernels import fp8_reference, fp8_triton, kda_triton, moe_reference, moe_triton
@@ -104,9 +105,8 @@ def test_fp8_experts_over_many_tokens_take_the_fp8_grouped_gemm():
     experts = StackedExperts(256, 2304, 1024).cuda()
     for weight in (experts.w13, experts.w2):
         weight.data.normal_(0, weight.shape[-1] ** -0.5)
-    (q13, s13), (q2, s2) = fp8_reference.quantize_rows(experts.w13.data), fp8_reference.quantize_rows(experts.w2.data)
-    experts.w13, experts.w2 = torch.nn.Parameter(q13, requires_grad=False), torch.nn.Parameter(q2, requires_grad=False)
-    experts.w13_scale, experts.w2_scale = (torch.nn.Parameter(s, requires_grad=False) for s in (s13, s2))
+    quantize_experts_(experts)
+    q13, s13, q2, s2 = experts.w13, experts.w13_scale, experts.w2, experts.w2_scale
     tokens = 300
     x = torch.randn(tokens, 2304, device="cuda", dtype=torch.bfloat16)
     ids = torch.stack([torch.randperm(256, device="cuda")[:8] for _ in range(tokens)])

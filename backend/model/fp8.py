@@ -69,6 +69,15 @@ def _quantized_param(weight: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
 
 
 @torch.no_grad()
+def quantize_experts_(experts: StackedExperts) -> None:
+    """Turn stacked experts to FP8 in place: w13 and w2 quantised one expert at a time, with their scales."""
+    for weight in ("w13", "w2"):
+        q, scale = _quantized_param(getattr(experts, weight))
+        setattr(experts, weight, q)
+        setattr(experts, f"{weight}_scale", scale)
+
+
+@torch.no_grad()
 def quantize_fp8_(model: nn.Module) -> list[str]:
     """Turn the model's quantizable layers to FP8 in place and return their names. On the meta device (before
     loading) this only sets the dtypes and adds the scales; on real weights it quantises them."""
@@ -78,10 +87,7 @@ def quantize_fp8_(model: nn.Module) -> list[str]:
         if not _quantizable(name, module):
             continue
         if isinstance(module, StackedExperts):
-            for weight in ("w13", "w2"):
-                q, scale = _quantized_param(getattr(module, weight))
-                setattr(module, weight, q)
-                setattr(module, f"{weight}_scale", scale)
+            quantize_experts_(module)
         else:
             with torch.device("meta"):
                 fp8 = Fp8Linear(module.in_features, module.out_features)
