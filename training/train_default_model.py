@@ -145,7 +145,7 @@ def recomputed(kda_core):
 
 
 FLA_QKV_DTYPE = torch.bfloat16
-"""The dtype of q, k and v in fla's KDA kernels when training on the GPU (bf16 autocast)."""
+"""The dtype of q, k and v in fla's KDA kernels when training on the GPU (bf16 autocast); gates and beta go in fp32."""
 
 
 def fla_kda_core():
@@ -154,15 +154,16 @@ def fla_kda_core():
     The Python-loop core is launch-bound on the GPU; fla's kernels are not. Dev-only dependency.
     The batch goes in as one packed row with cu_seqlens: some of fla's kernels autotune per batch
     size, and batches here come in dozens of sizes (the first run spent 5 minutes re-tuning).
-    q, k and v go in as bf16 (FLA_QKV_DTYPE) whatever the layer hands over: Triton autotunes again for
-    every new set of argument dtypes, and each tuning of fla's KDA kernels costs minutes of compiles, so
-    training runs in exactly the dtypes that core_mismatch checked (and tuned) at start-up.
+    q, k and v go in as bf16 (FLA_QKV_DTYPE), g and beta as fp32, whatever the layer hands over: Triton
+    autotunes again for every new set of argument dtypes, and each tuning of fla's KDA kernels costs minutes of
+    compiles, so training runs in exactly the dtypes that core_mismatch checked (and tuned) at start-up.
     """
     from fla.ops.kda import chunk_kda as fla_chunk_kda
 
     def run(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
             use_qk_l2norm=False, **_unused):
         q, k, v = (x.to(FLA_QKV_DTYPE) for x in (q, k, v))
+        g, beta = g.float(), beta.float()
         b, t = q.shape[:2]
         cu_seqlens = torch.arange(0, b * t + 1, t, device=q.device, dtype=torch.long)
         o, final = fla_chunk_kda(*(x.flatten(0, 1)[None] for x in (q, k, v, g, beta)), scale=scale,
