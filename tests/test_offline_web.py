@@ -185,3 +185,18 @@ def test_teachers_comparison_ranks_the_findings_and_names_the_first(site):
         assert lines[0] == f"Answer: {task.answer}. {task.winner().finding(BASE)}"
         assert lines[1:] == [lk.finding(BASE) for lk in task.waves[0]]
         assert grade(task, task.final_answer(BASE), BASE).correct == 1
+
+
+def test_teachers_yes_no_rank_call_asks_about_the_first_entity_and_its_last_line_is_the_answer(site):
+    """A yes/no question ranks like a comparison and asks about its first entity: the result's last line says
+    the task's own Yes or No, which the answer copies."""
+    _, manifest = site
+    answers = set()
+    for seed in range(12):
+        task = sample_task(manifest, "yes_no", "heldout", random.Random(seed))
+        arguments = task.rank_arguments()
+        assert arguments["ask"] == task.waves[0][0].entity
+        assert rank(**arguments).splitlines()[-1] == f"Is {arguments['ask']} first? {task.answer}."
+        assert task.final_answer(BASE).startswith(f"Answer: {task.answer}. ")
+        answers.add(task.answer)
+    assert answers == {"Yes", "No"}

@@ -39,13 +39,25 @@ def test_rank_keeps_input_order_among_ties_and_says_so():
     assert ranked[1:] == ["1. X: 1,200 m (tied with Z)", "2. Z: 1200 m (tied with X)", "3. Y: 900 m"]
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"only": "5"}, "at least two"),
-    ({"a": "5", "b": "unknown"}, "values['b']: no number in 'unknown'"),
+@pytest.mark.parametrize("ask, order, answer", [("Oslo", "largest", "Yes"), ("Oslo", "smallest", "No"),
+                                                 ("Bergen", "fewest", "Yes"), ("Bergen", "most", "No")])
+def test_rank_answers_a_yes_no_question_about_one_name(ask, order, answer):
+    ranked = rank({"Oslo": "709,037", "Bergen": "291,940"}, order, ask=ask).splitlines()
+    assert ranked[-1] == f"Is {ask} first? {answer}." and len(ranked) == 4
+
+
+def test_rank_says_no_when_the_asked_name_only_ties_for_first():
+    assert rank({"X": "1,200 m", "Z": "1200 m"}, ask="X").splitlines()[-1] == "Is X first? No."
+
+
+@pytest.mark.parametrize("values, ask, message", [
+    ({"only": "5"}, None, "at least two"),
+    ({"a": "5", "b": "unknown"}, None, "values['b']: no number in 'unknown'"),
+    ({"a": "5", "b": "6"}, "c", "ask: 'c' is not one of the names in values"),
 ])
-def test_rank_names_the_bad_input(values, message):
+def test_rank_names_the_bad_input(values, ask, message):
     with pytest.raises(ToolError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        rank(values)
+        rank(values, ask=ask)
 
 
 def test_rank_tool_spec_and_validation():

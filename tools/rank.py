@@ -34,16 +34,20 @@ DESCENDING = ("largest", "highest", "most", "latest")
 an agent can pass the superlative of the question it answers ("the fewest employees", "founded most recently")."""
 
 
-def rank(values: dict[str, str], order: Order = "largest") -> str:
+def rank(values: dict[str, str], order: Order = "largest", ask: str | None = None) -> str:
     """Orders named values by their numbers; use it to find the largest or smallest of several values.
 
     Args:
         values: Each name with its value as found, e.g. {"Oslo": "709,037", "Bergen": "291,940"}.
         order: Which comes first, in the question's own word: largest, highest, most or latest (the largest
             number first), smallest, lowest, fewest, least or earliest (the smallest first).
+        ask: For a yes/no question ("Is Oslo larger than Bergen?"), the name it asks about (Oslo); the last
+            line then answers it: Yes if that name alone comes first, else No.
     """
     if len(values) < 2:
         raise ToolError("values needs at least two names to rank")
+    if ask is not None and ask not in values:
+        raise ToolError(f"ask: {ask!r} is not one of the names in values")
     numbers: dict[str, Decimal] = {}
     for name, value in values.items():
         try:
@@ -57,5 +61,9 @@ def rank(values: dict[str, str], order: Order = "largest") -> str:
         ties = [other for other in ordered if other != name and numbers[other] == numbers[name]]
         tied = f" (tied with {', '.join(ties)})" if ties else ""
         lines.append(f"{place}. {name}: {values[name]}{tied}")
+    if ask is not None:
+        alone_first = all(numbers[ask] > numbers[other] if descending else numbers[ask] < numbers[other]
+                          for other in values if other != ask)
+        lines.append(f"Is {ask} first? {'Yes' if alone_first else 'No'}.")
     return "\n".join(lines)
 

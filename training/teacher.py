@@ -69,9 +69,12 @@ class Teacher:
         if self.task.family in ("compare", "yes_no"):
             if not calls_named(messages, rank.__name__):
                 return self._call(messages, rank.__name__, self.task.rank_arguments())
+            lines = messages[-1].content.splitlines()
             first = f"1. {self.task.winner().entity}: {self.task.winner().value}"
-            if first not in messages[-1].content.splitlines():
+            if first not in lines:
                 raise TeacherError(f"the rank result does not start with {first!r}: {messages[-1].content!r}")
+            if self.task.family == "yes_no" and not lines[-1].endswith(f"? {self.task.answer}."):
+                raise TeacherError(f"the rank result does not answer {self.task.answer}: {messages[-1].content!r}")
         return Reply(content=self.task.final_answer(self.base_url), finish_reason="stop")
 
     def _subagent_turn(self, messages: list[Message], start: int) -> Reply:

@@ -201,8 +201,12 @@ class ResearchTask(BaseModel):
 
     def rank_arguments(self) -> dict[str, object]:
         """A comparison's `rank` call (kimi_swarm.tools.rank): the direction as the plan turn stated it, then each
-        entity's value as its sub-agent found it."""
-        return {"order": self.order(), "values": {lk.entity: lk.value for lk in self.waves[0]}}
+        entity's value as its sub-agent found it; a yes/no question's also asks about its first entity, so the
+        answer's Yes or No is a copy of the result's last line, not a judgement of the model's."""
+        arguments: dict[str, object] = {"order": self.order(), "values": {lk.entity: lk.value for lk in self.waves[0]}}
+        if self.family == "yes_no":
+            arguments["ask"] = self.waves[0][0].entity
+        return arguments
 
     def winner(self) -> Lookup:
         """The compared entity that the answer names; of a yes/no question, the first entity if yes, else the
