@@ -65,16 +65,12 @@ def dense_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             want = F.linear(x.double(), bf16[0].double())
             variants = {"bf16 cuBLAS": ([lambda w=w: F.linear(x, w) for w in bf16], 2 * n * k),
-                        "fp8 weight-only pairwise": (
-                            [lambda q=q, s=s: fp8_triton.weight_only_fp8_linear(x, q, s, pairwise=True)
-                             for q, s in fp8], n * k),
-                        "fp8 weight-only blocked, default tiles": (
-                            [lambda q=q, s=s: fp8_triton.weight_only_fp8_linear(x, q, s, pairwise=False)
-                             for q, s in fp8], n * k)}
+                        "fp8 weight-only, default tiles": (
+                            [lambda q=q, s=s: fp8_triton.weight_only_fp8_linear(x, q, s) for q, s in fp8], n * k)}
             for bn, bk in TILES:
                 variants[f"fp8 weight-only BN{bn} BK{bk}"] = (
-                    [lambda q=q, s=s, bn=bn, bk=bk: fp8_triton.weight_only_fp8_linear(
-                        x, q, s, block_n=bn, block_k=bk, pairwise=False) for q, s in fp8], n * k)
+                    [lambda q=q, s=s, bn=bn, bk=bk: fp8_triton.weight_only_fp8_linear(x, q, s, block_n=bn, block_k=bk)
+                     for q, s in fp8], n * k)
             for label, (calls, nbytes) in variants.items():
                 err = rel_err(calls[0](), want)
                 ms = timed(calls)

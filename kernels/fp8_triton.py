@@ -1,12 +1,10 @@
 """FP8 linear layers on the GPU: weight-only for a few rows, FP8 tensor cores for many.
 
-A few rows (decode) are bound by reading the weight: kernels/moe_triton.py's kernels, run as one expert, read the
-FP8 tiles, convert them in registers and multiply in the activations' dtype, so the weight costs half its bf16 bytes
-and the activations are not quantised at all. Up to PAIRWISE_TOKENS rows each row is a GEMV (the pairwise kernel:
-narrow column tiles, enough programs to stream the weight); up to WEIGHT_ONLY_ROWS, the blocked GEMM. Many rows
-(prefill) are bound by the multiplies: the activations are quantised per row on the fly, one launch for all rows
-(vLLM's dynamic per-token FP8), and torch._scaled_mm runs the FP8 GEMM with both sides' scales. Same contract as
-kernels/fp8_reference.py.
+A few rows (decode) are bound by reading the weight: the expert GEMM kernel of kernels/moe_triton.py, run as one
+expert, reads the FP8 tiles, converts them in registers and multiplies in the activations' dtype, so the weight
+costs half its bf16 bytes and the activations are not quantised at all. Many rows (prefill) are bound by the
+multiplies: the activations are quantised per row on the fly, one launch for all rows (vLLM's dynamic per-token
+FP8), and torch._scaled_mm runs the FP8 GEMM with both sides' scales. Same contract as kernels/fp8_reference.py.
 """
 
 from __future__ import annotations
@@ -17,16 +15,7 @@ import triton.language as tl
 
 from .fp8_reference import FP8, FP8_MAX
 from .mla_triton import _sm_count
-from .moe_triton import (
-    BLOCK_M,
-    PAIR_BLOCK_K,
-    PAIR_BLOCK_N,
-    PAIRWISE_TOKENS,
-    _block_n,
-    _empty,
-    _expert_gemm_kernel,
-    _pair_gemv_kernel,
-)
+from .moe_triton import BLOCK_M, _block_n, _empty, _expert_gemm_kernel
 
 WEIGHT_ONLY_ROWS = 32
 """Rows up to which reading the FP8 weight into a bf16 GEMM beats quantising the activations for _scaled_mm."""
@@ -34,29 +23,17 @@ WEIGHT_ONLY_ROWS = 32
 
 def _filling_block_n(n: int, blocks: int, device: torch.device) -> int:
     """The widest column tile that still gives every SM a program: a few rows times a 2,304-column weight in
-    64-column tiles is 36 programs, too few to stream the weight at full bandwidth (on the H100, 32-column tiles
-    of a 6,144-column weight, 192 programs, beat 16-column ones: benchmarks/RESULTS.md)."""
+    64-column tiles is 36 programs, too few to stream the weight at full bandwidth (on the H100 the 6,144-column
+    weight in 32-column tiles, 192 programs, beat 16-column ones: benchmarks/RESULTS.md)."""
     return next((bn for bn in (64, 32) if blocks * triton.cdiv(n, bn) >= _sm_count(device)), 16)
 
 
 def weight_only_fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, *,
-                           block_n: int | None = None, block_k: int = 128,
-                           pairwise: bool | None = None) -> torch.Tensor:
-    """x [M, K] times the FP8 weight [N, K] read tile by tile into a GEMM in x's dtype: [M, N]. pairwise (default:
-    M <= PAIRWISE_TOKENS) runs each row as a GEMV; block_n and block_k are the blocked GEMM's tiles."""
+                           block_n: int | None = None, block_k: int = 128) -> torch.Tensor:
+    """x [M, K] times the FP8 weight [N, K] read tile by tile into a GEMM in x's dtype: [M, N]."""
     m, (n, k) = x.shape[0], weight.shape
-    out = _empty(m, n, device=x.device, dtype=x.dtype)
-    if m == 0:
-        return out
-    if pairwise is None:
-        pairwise = m <= PAIRWISE_TOKENS
-    if pairwise:
-        _pair_gemv_kernel[(m, triton.cdiv(n, PAIR_BLOCK_N))](
-            x, weight, weight_scale, weight_scale, weight_scale, out, n, k, A_ROWS_PER_PAIR=1, GATED=False,
-            HAS_SCALE=True, WEIGHTED=False, BN=PAIR_BLOCK_N, BK=min(PAIR_BLOCK_K, triton.next_power_of_2(k)),
-            ONE_EXPERT=True, num_warps=4)
-        return out
     blocks = triton.cdiv(m, BLOCK_M)
+    out = _empty(m, n, device=x.device, dtype=x.dtype)
     bn = block_n or min(_block_n(n), _filling_block_n(n, blocks, x.device))
     _expert_gemm_kernel[(blocks, triton.cdiv(n, bn))](
         x, weight, weight_scale, weight_scale, weight_scale, weight_scale, out, m, 1, n, k, A_ROWS_PER_PAIR=1,

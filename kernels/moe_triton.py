@@ -96,17 +96,12 @@ def _expert_gemm_kernel(a, w, w_scale, sorted_pairs, block_expert, route_weight,
 @triton.jit
 def _pair_gemv_kernel(a, w, w_scale, expert_ids, route_weight, out, N, K, A_ROWS_PER_PAIR: tl.constexpr,
                       GATED: tl.constexpr, HAS_SCALE: tl.constexpr, WEIGHTED: tl.constexpr, BN: tl.constexpr,
-                      BK: tl.constexpr, ONE_EXPERT: tl.constexpr = False):
+                      BK: tl.constexpr):
     """out[pair, n] for one (token, expert) pair and one tile of BN output columns, as _expert_gemm_kernel computes
     it for a block of pairs (same weights layout, gating, scales and routing weight), with the pair's expert read
-    from expert_ids [pairs] instead of a sorted block; with ONE_EXPERT, every pair is a row times w (a dense layer).
-    Programs of one column tile are neighbours in the launch order, so a tile read for one row serves the others
-    from L2."""
+    from expert_ids [pairs] instead of a sorted block."""
     pair = tl.program_id(0).to(tl.int64)
-    if ONE_EXPERT:
-        expert = 0
-    else:
-        expert = tl.load(expert_ids + pair).to(tl.int64)
+    expert = tl.load(expert_ids + pair).to(tl.int64)
     a_row = pair // A_ROWS_PER_PAIR
     cols = tl.program_id(1) * BN + tl.arange(0, BN)
     col_ok = cols < N
