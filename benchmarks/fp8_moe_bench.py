@@ -1,5 +1,6 @@
 """Small-batch GEMMs of the 48B layer shapes on the GPU: bf16 cuBLAS against the FP8 weight-only Triton GEMM at
-several tile shapes, and the routed experts through the grouped GEMM against the fused kernel (bf16 and FP8).
+several tile shapes and against FP8 tensor cores (rows quantised, torch._scaled_mm), and the routed experts
+through the grouped GEMM against the fused kernel (bf16 and FP8).
 
     python3 benchmarks/fp8_moe_bench.py
 
@@ -66,7 +67,9 @@ def dense_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
             want = F.linear(x.double(), bf16[0].double())
             variants = {"bf16 cuBLAS": ([lambda w=w: F.linear(x, w) for w in bf16], 2 * n * k),
                         "fp8 weight-only, default tiles": (
-                            [lambda q=q, s=s: fp8_triton.weight_only_fp8_linear(x, q, s) for q, s in fp8], n * k)}
+                            [lambda q=q, s=s: fp8_triton.weight_only_fp8_linear(x, q, s) for q, s in fp8], n * k),
+                        "fp8 tensor cores, rows quantised": (
+                            [lambda q=q, s=s: fp8_triton._fp8_tensor_cores(x, q, s) for q, s in fp8], n * k)}
             for bn, bk in TILES:
                 variants[f"fp8 weight-only BN{bn} BK{bk}"] = (
                     [lambda q=q, s=s, bn=bn, bk=bk: fp8_triton.weight_only_fp8_linear(x, q, s, block_n=bn, block_k=bk)
