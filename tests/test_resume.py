@@ -266,7 +266,9 @@ def test_b_a_trace_of_another_task_tool_set_model_or_limits_is_refused_naming_th
     assert finished.exit_code == 1 and "the run finished (done); only a run that crashed" in finished.stderr
 
 
-README_TASK = "Compare the 2024 revenue of the five largest European airlines."
+TWO_HOP_TASK = "In which year was the mayor of Quun born?"
+"""A task of the default model's over the embedded offline web whose second sub-agent starts after the first
+finishes: a crash at the second one's first tool outcome leaves a sub-agent done and one mid-way."""
 
 
 @tool
@@ -292,9 +294,9 @@ def _logged(name: str, invoke: Callable, log: Path) -> Callable:
     return logged
 
 
-def crashing_readme_run() -> None:
-    """In a child process: the README's run on the default model, over the offline web at argv's address, killed
-    (SIGKILL, by itself) at the first tool outcome of a sub-agent after another sub-agent finished done."""
+def crashing_two_hop_run() -> None:
+    """In a child process: TWO_HOP_TASK with the README's tools on the default model, over the offline web at argv's
+    address, killed (SIGKILL, by itself) at the first tool outcome after a sub-agent finished done."""
     trace, log, site_dir, base_url, host_port = sys.argv[1:6]
     site = SimpleNamespace(site_dir=Path(site_dir), base_url=base_url, host_port=host_port)
 
@@ -310,20 +312,20 @@ def crashing_readme_run() -> None:
             swarm = Swarm(backend, readme_tools(web, Path(log)), max_agents=100, max_tool_calls=1500,
                           deadline=600, trace_path=trace)
             swarm.add_listener(crash_there)
-            await swarm.run(README_TASK)
+            await swarm.run(TWO_HOP_TASK)
 
     asyncio.run(main())
 
 
 @pytest.mark.slow
-async def test_c_the_default_model_resumed_after_a_crash_answers_the_readme_task_as_an_uninterrupted_run(tmp_path):
+async def test_c_the_default_model_resumed_after_a_crash_answers_as_an_uninterrupted_run(tmp_path):
     backend = EngineBackend.from_pretrained(default_model_path())
     trace, crashed_log, resumed_log, reference_log = (tmp_path / name for name in (
         "trace.jsonl", "crashed.txt", "resumed.txt", "reference.txt"))
     try:
         with OfflineWeb.start() as site:
             child = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", "import test_resume; test_resume.crashing_readme_run()", str(trace),
+                sys.executable, "-c", "import test_resume; test_resume.crashing_two_hop_run()", str(trace),
                 str(crashed_log), str(site.site_dir), site.base_url, site.host_port, cwd=REPO,
                 env={**os.environ, "PYTHONPATH": HELPERS}, stderr=subprocess.PIPE)
             _, stderr = await asyncio.wait_for(child.communicate(), timeout=280)
@@ -338,7 +340,7 @@ async def test_c_the_default_model_resumed_after_a_crash_answers_the_readme_task
                 limits = dict(max_agents=100, max_tool_calls=1500, deadline=600)
                 tools = {t.name: t for t in readme_tools(web, resumed_log)}
                 resumed = await Swarm(backend, list(tools.values()), **limits).resume(trace)
-                reference = await Swarm(backend, readme_tools(web, reference_log), **limits).run(README_TASK)
+                reference = await Swarm(backend, readme_tools(web, reference_log), **limits).run(TWO_HOP_TASK)
     finally:
         await backend.aclose()
 
