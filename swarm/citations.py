@@ -1,5 +1,8 @@
 """Citations: URLs cited in square brackets, kept only when a tool result of the run came from them.
 
+A cited URL that no tool result came from is unsupported: the model wrote a source it never read, and the run
+says so rather than passing it on as a citation.
+
 Every tool result is filed under the URLs it mentions. A cited URL becomes a Citation with the
 answer's sentence that cites it and the passage of that tool result sharing the most words with it.
 """
@@ -59,6 +62,11 @@ def extract_citations(answer: str, evidence: EvidenceStore) -> list[Citation]:
         if texts:
             citations.append(Citation(url=url, claim=claim, evidence=_best_passage(claim, texts)))
     return citations
+
+
+def unsupported_urls(answer: str, evidence: EvidenceStore) -> list[str]:
+    """The URLs the answer cites in square brackets that no tool result of the run came from, in order."""
+    return [url for url, _ in cited_urls(answer) if not evidence.texts_for(url)]
 
 
 def _sentences(text: str) -> list[str]:

@@ -449,6 +449,9 @@ def _print_result(result: RunResult, console: Console, json_output: bool, out: P
         if result.citations:
             sys.stdout.write("\nSources:\n" + "".join(f"  [{n}] {c.url}\n" for n, c in
                                                       enumerate(result.citations, start=1)))
+        if result.unsupported_citations:
+            sys.stdout.write("\nCited but never read by this run (not a source):\n"
+                             + "".join(f"  {url}\n" for url in result.unsupported_citations))
     usage = result.usage
     state = f"partial ({result.stop_reason})" if result.partial else "complete"
     console.print(f"{state}: {usage.agents} agents, {usage.tool_calls}/{max_tool_calls} tool calls, "

@@ -26,7 +26,7 @@ from kimi_swarm.tools import MCPServer, MCPServerError
 from . import prompts
 from .agent import SpawnReply, run_agent
 from .budget import Limits
-from .citations import extract_citations
+from .citations import extract_citations, unsupported_urls
 from .events import AgentFinished, AgentStarted, Event, RunFinished, RunResumed, RunStarted
 from .function_tools import Tool, as_tool, mcp_tool
 from .result import COMPLETE_STATUSES, AgentRecord, RunResult, Usage
@@ -329,7 +329,8 @@ def _result(state: RunState) -> RunResult:
     return RunResult(
         task=state.task, answer=answer, status=orchestrator.status,
         partial=orchestrator.status != "done" or bool(incomplete), stop_reason=stop_reason,
-        citations=extract_citations(answer, state.evidence), orchestrator=orchestrator,
+        citations=extract_citations(answer, state.evidence),
+        unsupported_citations=unsupported_urls(answer, state.evidence), orchestrator=orchestrator,
         agents=list(state.agents), usage=usage,
     )
 

@@ -21,6 +21,9 @@ class RunResult(BaseModel):
     partial: bool
     stop_reason: str | None = None
     citations: list[Citation] = Field(default_factory=list)
+    unsupported_citations: list[str] = Field(
+        default_factory=list, description="URLs the answer cites in square brackets that no tool result of the run "
+                                          "came from: sources the model never read")
     orchestrator: AgentRecord
     agents: list[AgentRecord] = Field(default_factory=list)
     usage: Usage

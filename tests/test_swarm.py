@@ -318,7 +318,9 @@ async def test_stream_yields_typed_events_and_the_result():
     assert [c.url for c in stream.result.citations] == ["http://facts.test/alpha"]
     citation = stream.result.citations[0]
     assert citation.claim == "Alpha holds." and "Fact about alpha" in citation.evidence
-    assert json.loads(stream.result.summary_json())["usage"]["tool_calls"] == 1
+    assert stream.result.unsupported_citations == ["http://unseen.test"]
+    summary = json.loads(stream.result.summary_json())
+    assert summary["usage"]["tool_calls"] == 1 and summary["unsupported_citations"] == ["http://unseen.test"]
 
 
 async def test_sub_agents_cannot_spawn_and_orchestrator_spawn_arguments_are_checked():

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from kimi_swarm import Tool, as_tool, tool
-from kimi_swarm.citations import EvidenceStore, cited_urls, extract_citations
+from kimi_swarm.citations import EvidenceStore, cited_urls, extract_citations, unsupported_urls
 from kimi_swarm.function_tools import ToolArgumentsError, parse_docstring, render_output
 
 
@@ -153,3 +153,4 @@ def test_citations_keep_only_urls_seen_in_tool_results_with_the_best_passage():
     assert citations[0].evidence == (
         "The Danube flows through ten countries, more than any river. Source: https://rivers.test/danube/")
     assert citations[1].evidence == "Page text without its address."
+    assert unsupported_urls(answer, evidence) == ["https://made-up.test/x"]
