@@ -49,7 +49,7 @@ from .launch import (
     resolve_web_mode,
 )
 from .orchestrator import Swarm
-from .report import markdown_report
+from .report import UNSUPPORTED_TITLE, markdown_report
 from .report_html import render_report
 from .result import RunResult
 from .resume import ResumeError, read_identity
@@ -450,7 +450,7 @@ def _print_result(result: RunResult, console: Console, json_output: bool, out: P
             sys.stdout.write("\nSources:\n" + "".join(f"  [{n}] {c.url}\n" for n, c in
                                                       enumerate(result.citations, start=1)))
         if result.unsupported_citations:
-            sys.stdout.write("\nCited but never read by this run (not a source):\n"
+            sys.stdout.write(f"\n{UNSUPPORTED_TITLE}:\n"
                              + "".join(f"  {url}\n" for url in result.unsupported_citations))
     usage = result.usage
     state = f"partial ({result.stop_reason})" if result.partial else "complete"

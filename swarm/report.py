@@ -10,6 +10,10 @@ def _cell(text: str, limit: int = 120) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+UNSUPPORTED_TITLE = "Cited but never read by this run (not a source)"
+"""The heading over the URLs an answer cites that no tool result of the run came from."""
+
+
 def markdown_report(result: RunResult) -> str:
     lines = [f"# {_cell(result.task, 200)}", ""]
     if result.partial:
@@ -21,6 +25,8 @@ def markdown_report(result: RunResult) -> str:
             lines.append(f"   > {' '.join(citation.evidence.split())}")
     else:
         lines.append("No cited URL was seen in a tool result of this run.")
+    if result.unsupported_citations:
+        lines += ["", f"## {UNSUPPORTED_TITLE}", ""] + [f"- <{url}>" for url in result.unsupported_citations]
     lines += ["", "## Agents", "", "| # | wave | task | status | steps | tool calls |", "|---|---|---|---|---|---|"]
     for agent in result.agents:
         lines.append(f"| {agent.id} | {agent.wave} | {_cell(agent.task)} | {agent.status} | {agent.steps} "

@@ -78,13 +78,16 @@ def test_run_prints_json_and_writes_trace_and_report(tmp_path):
     assert "agent 1 started" in result.stderr and "2/1500 tool calls" in result.stderr
 
 
-def test_plain_output_lists_sources_and_says_which_cited_urls_no_tool_read():
+def test_plain_output_and_report_say_which_cited_urls_no_tool_read(tmp_path):
     answer = "Alpha holds [http://facts.test/alpha]. Gamma too [http://invented.test/gamma]."
     with FakeOpenAI(swarm_script([["alpha"]], answering_subagent, answer=answer)) as server:
-        result = cli(server)
+        result = cli(server, "--out", str(tmp_path / "r.md"))
     assert result.exit_code == 0, result.output
     sources, unread = result.stdout.split("\nSources:\n")[1].split("\nCited but never read by this run (not a source):\n")
     assert sources.split() == ["[1]", "http://facts.test/alpha"] and unread.split() == ["http://invented.test/gamma"]
+    report = (tmp_path / "r.md").read_text().split("## Cited but never read by this run (not a source)\n")
+    assert "<http://facts.test/alpha>" in report[0] and report[1].split("\n## ")[0].split() == [
+        "-", "<http://invented.test/gamma>"]
 
 
 def test_a_cut_short_run_exits_3_and_bad_options_are_named():
