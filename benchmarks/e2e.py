@@ -136,6 +136,10 @@ Hopper; the fused small-batch and FP8 expert kernels are kernels/moe_triton.py's
 rows run the expert GEMM kernel too, so they count there); whatever matches none is "other"."""
 
 
+UNNAMED_GROUPS = ("other", "copies and elementwise")
+"""Groups whose kernels are printed one by one with their full names: the table cuts names short."""
+
+
 def kernel_group(name: str) -> str:
     return next((group for group, marks in KERNEL_GROUPS if any(m in name for m in marks)), "other")
 
@@ -155,6 +159,9 @@ def gpu_time_by_kind(prof, label: str, per: int) -> tuple[dict[str, float], dict
             group = kernel_group(event.key)
             spent[group] += event.self_device_time_total / 1e3 / per
             launches[group] += event.count / per
+            if group in UNNAMED_GROUPS:
+                print(f"  {group}: {event.self_device_time_total / 1e3 / per:8.3f} ms {event.count / per:5.0f}x "
+                      f"{event.key[:150]}", flush=True)
     return spent, launches
 
 
