@@ -79,6 +79,17 @@ def kda_decode_step(mixed: torch.Tensor, conv_pool: torch.Tensor,
                 eps)
 
 
+def short_conv(mixed: torch.Tensor, conv_pool: torch.Tensor, state_indices: torch.Tensor,
+               taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A KDA layer's q, k and v short convolutions over T new tokens a sequence: mixed [N, T, 3P] (the three
+    projections side by side) -> silu of the causal depthwise convolutions after each sequence's cached window,
+    (q, k, v) [N, T, P]; the windows in conv_pool [slots, 3P, W-1] move on in place."""
+    fast = _triton_path("kda_triton", mixed, weights=taps)
+    impl = fast.short_conv_triton if fast else kda_reference.short_conv_reference
+    return impl(mixed, conv_pool, state_indices, taps)
+
+
 def mla_decode(q_latent: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """One query token per sequence over its paged latent cache: returns [N, H, R]."""
@@ -122,6 +133,23 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, expert_ids: 
     return impl(x, w13, w2, expert_ids, weights, w13_scale, w2_scale)
 
 
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's activation: x [..., 2I] (gate then up) -> silu(gate) * up [..., I] in x's dtype; one launch on
+    the GPU."""
+    fast = _triton_path("moe_triton", x)
+    impl = fast.silu_and_mul_triton if fast else moe_reference.silu_and_mul_reference
+    return impl(x)
+
+
+def moe_combine(y: torch.Tensor, order: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The routed experts' outputs summed per token: y [M * k, H] holds pair order[i]'s output in row i (pairs
+    sorted by expert; pair = token * k + choice), weights [M, k] -> fp32 [M, H] (fp64 for fp64 y), each token's
+    k rows times their routing weights."""
+    fast = _triton_path("moe_triton", y)
+    impl = fast.moe_combine_triton if fast else moe_reference.moe_combine_reference
+    return impl(y, order, weights)
+
+
 def route(logits: torch.Tensor, bias: torch.Tensor, top_k: int, renormalize: bool,
           scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A MoE router's choice from its logits [M, E]: (expert ids [M, top_k], weights [M, top_k]), chosen on sigmoid
@@ -160,5 +188,6 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     return impl(x, gate, weight, eps)
 
 
-__all__ = ["chunk_kda", "recurrent_kda", "kda_decode_step", "fused_moe", "route", "fp8_linear", "quantize_rows",
-           "mla_decode", "mla_decode_from", "mla_decode_shared", "mla_prefill", "rms_norm", "gated_rms_norm"]
+__all__ = ["chunk_kda", "recurrent_kda", "kda_decode_step", "short_conv", "fused_moe", "route", "silu_and_mul",
+           "moe_combine", "fp8_linear", "quantize_rows", "mla_decode", "mla_decode_from", "mla_decode_shared",
+           "mla_prefill", "rms_norm", "gated_rms_norm"]

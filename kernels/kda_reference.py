@@ -214,6 +214,18 @@ def shift_conv_window(conv_pool: torch.Tensor, state_indices: torch.Tensor, mixe
     return full
 
 
+def short_conv_reference(mixed: torch.Tensor, conv_pool: torch.Tensor, state_indices: torch.Tensor,
+                         taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The q, k and v short convolutions of a prefill: mixed [N, T, 3P] (the three projections side by side; the
+    last dim unit-stride) after each sequence's cached window, causal and depthwise with taps [P, 1, W] each, then
+    silu: (q, k, v) [N, T, P] in mixed's dtype. The last W-1 inputs go back into conv_pool [slots, 3P, W-1]."""
+    full = shift_conv_window(conv_pool, state_indices, mixed.transpose(1, 2))
+    weight = torch.cat(taps, dim=0)
+    out = F.silu(F.conv1d(full.to(weight.dtype), weight, groups=weight.shape[0])).to(mixed.dtype)
+    return out.transpose(1, 2).chunk(3, dim=-1)
+
+
 def kda_gates(f: torch.Tensor, b: torch.Tensor, dt_bias: torch.Tensor, a_log: torch.Tensor,
               shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The decay g = -exp(A_log) * softplus(f + dt_bias), fp32 [N, T, H, D] (`shape`), and beta = sigmoid(b), fp32

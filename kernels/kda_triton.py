@@ -541,8 +541,8 @@ def recurrent_kda_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: t
 
 
 @triton.jit
-def _short_conv_head(mixed, conv_pool, taps, i_n, slot, chan0, tap0, P3, D: tl.constexpr, W: tl.constexpr,
-                     BD: tl.constexpr, BW: tl.constexpr):
+def _short_conv_head(mixed, mixed_stride, conv_pool, taps, i_n, slot, chan0, tap0, P3, D: tl.constexpr,
+                     W: tl.constexpr, BD: tl.constexpr, BW: tl.constexpr):
     """silu of the short convolution over [window ; new input] for D channels from chan0; returns the new window
     (to store once every read of the old one is done) and the output, both fp32."""
     cd = tl.arange(0, BD)
@@ -550,7 +550,7 @@ def _short_conv_head(mixed, conv_pool, taps, i_n, slot, chan0, tap0, P3, D: tl.c
     md = cd < D
     chan = chan0 + cd
     rows = (slot * P3 + chan[:, None]) * (W - 1)
-    new = tl.load(mixed + i_n * P3 + chan, mask=md, other=0.0).to(tl.float32)
+    new = tl.load(mixed + i_n * mixed_stride + chan, mask=md, other=0.0).to(tl.float32)
     old = tl.load(conv_pool + rows + cw[None, :], mask=md[:, None] & (cw[None, :] < W - 1), other=0.0)
     full = tl.where(cw[None, :] == W - 1, new[:, None], old.to(tl.float32))
     ahead = tl.load(conv_pool + rows + cw[None, :] + 1, mask=md[:, None] & (cw[None, :] < W - 2), other=0.0)
@@ -572,19 +572,23 @@ def _store_window(conv_pool, window, slot, chan0, P3, D: tl.constexpr, W: tl.con
 
 
 @triton.jit
-def _kda_decode_step_kernel(mixed, conv_pool, wq, wk, wv, f, dt_bias, a_log, b, gate, norm_w, pool, slots, y, eps,
-                            scale, H: tl.constexpr, D: tl.constexpr, W: tl.constexpr, BD: tl.constexpr,
-                            BW: tl.constexpr):
+def _kda_decode_step_kernel(mixed, mixed_stride, conv_pool, wq, wk, wv, f, dt_bias, a_log, b, b_stride, gate,
+                            norm_w, pool, slots, y, eps, scale, H: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
+                            BD: tl.constexpr, BW: tl.constexpr):
     """One program per (sequence, head): short convolution of q, k, v with its window update, the decay and
-    beta gates, the recurrent step on the head's [D, D] state, and the gated RMSNorm of the output."""
+    beta gates, the recurrent step on the head's [D, D] state, and the gated RMSNorm of the output. mixed and b
+    may be column slices of a wider projection (their row strides)."""
     i_nh = tl.program_id(0)
     i_n = i_nh // H
     i_h = i_nh % H
     P = H * D
     slot = tl.load(slots + i_n).to(tl.int64)
-    win_q, b_q = _short_conv_head(mixed, conv_pool, wq, i_n, slot, i_h * D, i_h * D, 3 * P, D, W, BD, BW)
-    win_k, b_k = _short_conv_head(mixed, conv_pool, wk, i_n, slot, P + i_h * D, i_h * D, 3 * P, D, W, BD, BW)
-    win_v, b_v = _short_conv_head(mixed, conv_pool, wv, i_n, slot, 2 * P + i_h * D, i_h * D, 3 * P, D, W, BD, BW)
+    win_q, b_q = _short_conv_head(mixed, mixed_stride, conv_pool, wq, i_n, slot, i_h * D, i_h * D, 3 * P, D, W,
+                                  BD, BW)
+    win_k, b_k = _short_conv_head(mixed, mixed_stride, conv_pool, wk, i_n, slot, P + i_h * D, i_h * D, 3 * P, D,
+                                  W, BD, BW)
+    win_v, b_v = _short_conv_head(mixed, mixed_stride, conv_pool, wv, i_n, slot, 2 * P + i_h * D, i_h * D, 3 * P,
+                                  D, W, BD, BW)
     tl.debug_barrier()  # every thread has read the old windows before any overwrites them
     _store_window(conv_pool, win_q, slot, i_h * D, 3 * P, D, W, BD, BW)
     _store_window(conv_pool, win_k, slot, P + i_h * D, 3 * P, D, W, BD, BW)
@@ -597,7 +601,7 @@ def _kda_decode_step_kernel(mixed, conv_pool, wq, wk, wv, f, dt_bias, a_log, b, 
                                                                             other=0.0).to(tl.float32)
     softplus = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
     b_g = -tl.exp(tl.load(a_log + i_h).to(tl.float32)) * softplus
-    b_beta = tl.sigmoid(tl.load(b + i_n * H + i_h).to(tl.float32))
+    b_beta = tl.sigmoid(tl.load(b + i_n * b_stride + i_h).to(tl.float32))
     b_q = _l2norm(b_q) * scale
     b_k = _l2norm(b_k)
 
@@ -629,8 +633,86 @@ def kda_decode_step_triton(mixed: torch.Tensor, conv_pool: torch.Tensor,
         raise ValueError("kda_decode_step: conv_pool must be contiguous")
     y = _empty(n, p, device=mixed.device, dtype=mixed.dtype)
     wq, wk, wv = (w.contiguous() for w in conv_weights)
+    mixed, b = (t if t.stride(-1) == 1 else t.contiguous() for t in (mixed, b))
     _kda_decode_step_kernel[(n * heads,)](
-        mixed.contiguous(), conv_pool, wq, wk, wv, f.contiguous(), dt_bias.contiguous(), a_log.contiguous(),
-        b.contiguous(), gate.contiguous(), norm_weight.contiguous(), state_pool, state_indices.contiguous(), y, eps,
+        mixed, mixed.stride(0), conv_pool, wq, wk, wv, f.contiguous(), dt_bias.contiguous(), a_log.contiguous(),
+        b, b.stride(0), gate.contiguous(), norm_weight.contiguous(), state_pool, state_indices.contiguous(), y, eps,
         d ** -0.5, H=heads, D=d, W=width, BD=_block(d), BW=triton.next_power_of_2(width), num_warps=8)
     return y
+
+
+@triton.jit
+def _short_conv_kernel(mixed, stride_n, stride_t, conv_pool, taps, slots, out, N, T, P,
+                       W: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """silu of the causal depthwise convolution for BT positions of one sequence and BC channels of one of q, k, v
+    (program axis 1: part * channel blocks + block); positions before the first read the sequence's cached window.
+    Writes out [3, N, T, P]."""
+    i_nt = tl.program_id(0)
+    blocks = tl.cdiv(P, BC)
+    part = tl.program_id(1) // blocks
+    local = (tl.program_id(1) % blocks) * BC + tl.arange(0, BC)
+    c_ok = local < P
+    chan = part * P + local
+    i_n = i_nt // tl.cdiv(T, BT)
+    t = (i_nt % tl.cdiv(T, BT)) * BT + tl.arange(0, BT)
+    slot = tl.load(slots + i_n).to(tl.int64)
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    for j in tl.static_range(W):
+        pos = t - (W - 1) + j
+        in_x = (pos >= 0) & (pos < T)
+        x = tl.load(mixed + i_n * stride_n + pos[:, None].to(tl.int64) * stride_t + chan[None, :],
+                    mask=in_x[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+        in_window = (pos < 0) & (pos >= -(W - 1))
+        old = tl.load(conv_pool + (slot * 3 * P + chan[None, :]) * (W - 1) + (pos[:, None] + W - 1),
+                      mask=in_window[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+        tap = tl.load(taps + chan * W + j, mask=c_ok, other=0.0).to(tl.float32)
+        acc += (x + old) * tap[None, :]
+    y = acc * tl.sigmoid(acc)
+    dst = out + ((part * N + i_n) * T + t[:, None].to(tl.int64)) * P + local[None, :]
+    tl.store(dst, y.to(out.dtype.element_ty), mask=(t[:, None] < T) & c_ok[None, :])
+
+
+@triton.jit
+def _conv_window_kernel(mixed, stride_n, stride_t, conv_pool, slots, T, C, W: tl.constexpr, BW: tl.constexpr,
+                        BC: tl.constexpr):
+    """The last W-1 inputs of [cached window ; new inputs] into the sequence's window, for BC channels: read
+    everything first, then write (the window shifts within itself when T < W-1)."""
+    i_n = tl.program_id(0)
+    chan = tl.program_id(1) * BC + tl.arange(0, BC)
+    c_ok = chan < C
+    j = tl.arange(0, BW)
+    j_ok = j < W - 1
+    slot = tl.load(slots + i_n).to(tl.int64)
+    pos = T - (W - 1) + j
+    rows = (slot * C + chan[:, None]) * (W - 1)
+    x = tl.load(mixed + i_n * stride_n + pos[None, :].to(tl.int64) * stride_t + chan[:, None],
+                mask=c_ok[:, None] & (j_ok & (pos >= 0))[None, :], other=0.0)
+    old = tl.load(conv_pool + rows + (j + T)[None, :], mask=c_ok[:, None] & (j_ok & (pos < 0))[None, :], other=0.0)
+    window = tl.where((pos >= 0)[None, :], x.to(conv_pool.dtype.element_ty), old)
+    tl.debug_barrier()
+    tl.store(conv_pool + rows + j[None, :], window, mask=c_ok[:, None] & j_ok[None, :])
+
+
+def short_conv_triton(mixed: torch.Tensor, conv_pool: torch.Tensor, state_indices: torch.Tensor,
+                      taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same contract as kimi_swarm.kernels.kda_reference.short_conv_reference, in two launches that read mixed
+    where it lies (a slice of a wider projection): no concatenation, no transposes."""
+    n, t, c = mixed.shape
+    p, width = taps[0].shape[0], taps[0].shape[-1]
+    if c != 3 * p or conv_pool.shape[1:] != (c, width - 1) or mixed.stride(-1) != 1:
+        raise ValueError(f"short_conv: mixed {tuple(mixed.shape)} (unit-stride last dim) and conv_pool "
+                         f"{tuple(conv_pool.shape)} do not fit three {width}-tap convolutions of {p} channels")
+    if not conv_pool.is_contiguous():
+        raise ValueError("short_conv: conv_pool must be contiguous")
+    out = _empty(3, n, t, p, device=mixed.device, dtype=mixed.dtype)
+    slots = state_indices.contiguous()
+    if n and t:
+        block_t, block_c = 32, 64
+        _short_conv_kernel[(n * triton.cdiv(t, block_t), 3 * triton.cdiv(p, block_c))](
+            mixed, mixed.stride(0), mixed.stride(1), conv_pool, torch.cat(taps).view(c, width).contiguous(), slots,
+            out, n, t, p, W=width, BT=block_t, BC=block_c, num_warps=4)
+        _conv_window_kernel[(n, triton.cdiv(c, 128))](
+            mixed, mixed.stride(0), mixed.stride(1), conv_pool, slots, t, c, W=width,
+            BW=triton.next_power_of_2(width - 1), BC=128, num_warps=4)
+    return out[0], out[1], out[2]

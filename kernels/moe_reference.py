@@ -48,6 +48,21 @@ def fused_moe_reference(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, ex
     return out
 
 
+def silu_and_mul_reference(x: torch.Tensor) -> torch.Tensor:
+    """x [..., 2I], the gate then the up projection -> silu(gate) * up [..., I]."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def moe_combine_reference(y: torch.Tensor, order: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """y [M * k, H], row i the output of pair order[i] (pair = token * k + choice); weights [M, k] -> fp32 [M, H]
+    (fp64 for fp64 y): each token's rows times their weights, summed."""
+    m, k = weights.shape
+    acc = torch.promote_types(y.dtype, torch.float32)
+    out = torch.zeros(m, y.shape[-1], dtype=acc, device=y.device)
+    return out.index_add_(0, order // k, y.to(acc) * weights.reshape(-1)[order, None].to(acc))
+
+
 def route_reference(logits: torch.Tensor, bias: torch.Tensor, top_k: int, renormalize: bool,
                     scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Sigmoid routing with a selection bias (one expert group, as Kimi Linear's router): logits [M, E] ->

@@ -255,3 +255,60 @@ def route_triton(logits: torch.Tensor, bias: torch.Tensor, top_k: int, renormali
                             TOP_K=top_k, BK=triton.next_power_of_2(top_k), BE=triton.next_power_of_2(num_experts),
                             RENORMALIZE=renormalize)
     return ids, weights
+
+
+@triton.jit
+def _silu_and_mul_kernel(x, out, inter, BI: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BI + tl.arange(0, BI)
+    ok = cols < inter
+    gate = tl.load(x + row * 2 * inter + cols, mask=ok, other=0.0).to(tl.float32)
+    up = tl.load(x + row * 2 * inter + inter + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out + row * inter + cols, (gate * tl.sigmoid(gate) * up).to(out.dtype.element_ty), mask=ok)
+
+
+def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
+    """Same contract as kimi_swarm.kernels.moe_reference.silu_and_mul_reference, in one pass (computed in fp32,
+    rounded once) instead of three."""
+    two_i = x.shape[-1]
+    if two_i % 2:
+        raise ValueError(f"silu_and_mul: the last dim must be even (gate then up), got {two_i}")
+    flat = x.reshape(-1, two_i).contiguous()
+    out = _empty(*x.shape[:-1], two_i // 2, device=x.device, dtype=x.dtype)
+    block = min(1024, triton.next_power_of_2(max(two_i // 2, 1)))
+    if flat.shape[0] and two_i:
+        _silu_and_mul_kernel[(flat.shape[0], triton.cdiv(two_i // 2, block))](flat, out, two_i // 2, BI=block,
+                                                                              num_warps=4)
+    return out
+
+
+@triton.jit
+def _moe_combine_kernel(y, position, weights, out, H, K: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr):
+    """One token and BH columns: its K rows of y (found through position) times their weights, summed in fp32."""
+    token = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BH + tl.arange(0, BH)
+    choice = tl.arange(0, BK)
+    c_ok = choice < K
+    rows = tl.load(position + token * K + choice, mask=c_ok, other=0)
+    w = tl.load(weights + token * K + choice, mask=c_ok, other=0.0).to(tl.float32)
+    ok = c_ok[:, None] & (cols < H)[None, :]
+    vals = tl.load(y + rows[:, None].to(tl.int64) * H + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    tl.store(out + token * H + cols, tl.sum(vals * w[:, None], axis=0), mask=cols < H)
+
+
+def moe_combine_triton(y: torch.Tensor, order: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Same contract as kimi_swarm.kernels.moe_reference.moe_combine_reference: each token gathers its k rows
+    (no fp32 copy of y, no atomic scatter-add), one launch after the inverse permutation."""
+    m, k = weights.shape
+    pairs, hidden = y.shape
+    if pairs != m * k or order.shape != (pairs,):
+        raise ValueError(f"moe_combine: y {tuple(y.shape)} and order {tuple(order.shape)} must hold the {m * k} "
+                         f"pairs of weights {tuple(weights.shape)}")
+    position = torch.empty_like(order).scatter_(0, order, torch.arange(pairs, device=y.device, dtype=order.dtype))
+    out = _empty(m, hidden, device=y.device, dtype=torch.float32)
+    block = min(1024, triton.next_power_of_2(max(hidden, 1)))
+    if m and hidden:
+        _moe_combine_kernel[(m, triton.cdiv(hidden, block))](y.contiguous(), position, weights.contiguous(), out,
+                                                             hidden, K=k, BK=triton.next_power_of_2(k), BH=block,
+                                                             num_warps=4)
+    return out

@@ -17,7 +17,7 @@ from kimi_swarm.backend import Engine, SamplingParams
 from kimi_swarm.backend.model.fp8 import quantize_experts_
 from kimi_swarm.backend.model.moe import StackedExperts
 from kimi_swarm.backend.model.presets import preset_config, random_model
-from kimi_swarm.kernels import fp8_reference, fp8_triton, kda_triton, moe_reference, moe_triton
+from kimi_swarm.kernels import fp8_reference, fp8_triton, kda_reference, kda_triton, moe_reference, moe_triton
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is "
                                                                        "covered by test_engine.py)")
@@ -82,6 +82,24 @@ def test_kda_decode_step_on_the_48b_head_shapes():
     got = kda_triton.kda_decode_step_triton(mixed, conv_pool, taps, f, dt_bias, a_log, b, gate, norm_weight,
                                             state_pool, slots, 1e-5)
     for name, a, w in (("output", got, want), ("state", state_pool, want_state), ("window", conv_pool, want_conv)):
+        err = (a.double() - w).norm() / w.norm()
+        assert err < 1e-2, f"{name}: relative error {err:.2e}"
+
+
+def test_short_conv_on_the_48b_head_shapes():
+    """A 2,048-token prefill chunk of two sequences, 32 heads of 128, bf16, reading q, k, v from the fused in_proj's
+    output (6 more columns beside them): the prefill convolution against float64, windows moved on."""
+    torch.manual_seed(0)
+    n, t, p, width = 2, 2048, 4096, 4
+    wide = torch.randn(n, t, 3 * p + 288, device="cuda", dtype=torch.bfloat16)
+    taps = tuple((torch.randn(p, 1, width, device="cuda") * 0.5).bfloat16() for _ in range(3))
+    conv_pool = torch.randn(5, 3 * p, width - 1, device="cuda", dtype=torch.bfloat16)
+    slots = torch.tensor([4, 1], device="cuda")
+    want_pool = conv_pool.double()
+    want = kda_reference.short_conv_reference(wide[..., :3 * p].double(), want_pool, slots,
+                                              tuple(x.double() for x in taps))
+    got = kda_triton.short_conv_triton(wide[..., :3 * p], conv_pool, slots, taps)
+    for name, a, w in (*zip("qkv", got, want, strict=True), ("window", conv_pool, want_pool)):
         err = (a.double() - w).norm() / w.norm()
         assert err < 1e-2, f"{name}: relative error {err:.2e}"
 

@@ -415,3 +415,62 @@ def test_kda_decode_step_matches_float64():
     assert torch.allclose(conv_pool.double(), want_conv)  # a shift by one tap: exact
     untouched = [1, 3, 5]
     assert torch.equal(conv_pool[untouched].double(), want_conv[untouched])
+
+
+@pytest.mark.parametrize("t", [2, 45], ids=["shorter-than-the-window", "two-time-blocks"])
+def test_short_conv_matches_float64(t):
+    """Two sequences in scattered slots read q, k, v as a column slice of a wider projection (the fused in_proj);
+    P = 40 is not a multiple of the 64-channel tile. Outputs against float64, the windows moved on exactly, other
+    slots untouched."""
+    n, p, width, slots_total = 2, 40, 4, 5
+    wide = torch.randn(n, t, 3 * p + 7)
+    mixed = wide[..., :3 * p]
+    taps = tuple(torch.randn(p, 1, width) * 0.5 for _ in range(3))
+    conv_pool = torch.randn(slots_total, 3 * p, width - 1)
+    slots = torch.tensor([3, 1])
+    want_pool = conv_pool.double()
+    want = kda_reference.short_conv_reference(mixed.double(), want_pool, slots, tuple(x.double() for x in taps))
+    got = kda_triton.short_conv_triton(mixed, conv_pool, slots, taps)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == (n, t, p) and rel_err(g, w) <= FP32_TOL
+    assert torch.allclose(conv_pool.double(), want_pool)
+    assert torch.equal(conv_pool[[0, 2, 4]].double(), want_pool[[0, 2, 4]])
+
+
+def test_silu_and_mul_matches_float64():
+    x = torch.randn(3, 5, 2 * 1100)
+    got = moe_triton.silu_and_mul_triton(x)
+    assert got.shape == (3, 5, 1100)
+    assert rel_err(got, moe_reference.silu_and_mul_reference(x.double())) <= FP32_TOL
+    with pytest.raises(ValueError, match="even"):
+        moe_triton.silu_and_mul_triton(torch.randn(2, 7))
+
+
+@pytest.mark.parametrize("m,k,hidden", [(6, 3, 40), (4, 8, 1500)])
+def test_moe_combine_matches_float64(m, k, hidden):
+    """Pairs sorted by a random expert choice: each token gathers its k rows and weights them."""
+    order = torch.randint(0, 5, (m * k,)).argsort(stable=True)
+    y, weights = torch.randn(m * k, hidden), torch.rand(m, k)
+    got = moe_triton.moe_combine_triton(y, order, weights)
+    assert got.dtype == torch.float32 and got.shape == (m, hidden)
+    assert rel_err(got, moe_reference.moe_combine_reference(y.double(), order, weights.double())) <= FP32_TOL
+
+
+def test_kda_decode_step_reads_column_slices_of_the_fused_projection():
+    """mixed and b as slices of one wider projection output (row stride larger than their width), as the fused
+    in_proj gives them: same result as contiguous copies."""
+    n, heads, d, width = 2, 2, 16, 4
+    p = heads * d
+    fused = torch.randn(n, 3 * p + heads + 5)
+    mixed, b = fused[:, :3 * p], fused[:, 3 * p:3 * p + heads]
+    f, gate, dt_bias = torch.randn(n, p), torch.randn(n, p), torch.randn(p)
+    a_log, norm_weight = torch.rand(1, 1, heads, 1), torch.rand(d) + 0.5
+    taps = tuple(torch.randn(p, 1, width) * 0.5 for _ in range(3))
+    conv_pool, state_pool = torch.randn(3, 3 * p, width - 1), torch.randn(3, heads, d, d)
+    slots = torch.tensor([2, 0])
+    want, want_conv, want_state = kda_decode_step_float64(mixed.contiguous(), conv_pool, taps, f, dt_bias, a_log,
+                                                          b.contiguous(), gate, norm_weight, state_pool, slots)
+    got = kda_triton.kda_decode_step_triton(mixed, conv_pool, taps, f, dt_bias, a_log, b, gate, norm_weight,
+                                            state_pool, slots, 1e-5)
+    assert rel_err(got, want) <= FP32_TOL and rel_err(state_pool, want_state) <= FP32_TOL
+    assert torch.allclose(conv_pool.double(), want_conv)

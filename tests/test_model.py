@@ -137,3 +137,39 @@ OFFICIAL_CONFIG = {
     "moe_renormalize": True, "routed_scaling_factor": 2.446, "use_grouped_topk": True, "num_expert_group": 1,
     "topk_group": 1, "num_nextn_predict_layers": 0, "use_cache": True, "initializer_range": 0.02,
 }
+
+
+@pytest.mark.parametrize("q_lora,kda_heads,quantization,kda_fused,mla_fused", [
+    (16, 16, None, True, True), (None, 2, None, True, True), (None, 16, "fp8", True, False),
+    (16, 2, "fp8", False, False),
+], ids=["low-rank-query", "full-query", "fp8", "fp8-kda-unfusable"])
+def test_fused_projections_keep_the_logits(tmp_path, q_lora, kda_heads, quantization, kda_fused, mla_fused):
+    """KDA's six input projections, MLA's query and latent projections and SwiGLU's gate and up as one GEMM each
+    compute what the separate layers did, in a prefill and in step decode; no weight is held twice. FP8 layers
+    fuse with FP8 layers only: widths that are not multiples of 16 stay in full precision (b_proj of 2 heads, the
+    40-wide latent projection), and their layer keeps its separate projections."""
+    write_tiny_checkpoint(tmp_path, layers="KMKM", q_lora_rank=q_lora, kda_heads=kda_heads, seed=4)
+    model = load_model(tmp_path, quantization=quantization)
+    ids = torch.randint(0, 300, (2, 60), generator=torch.Generator().manual_seed(5))
+
+    def prefill_then_steps() -> torch.Tensor:
+        ctx = model.new_context(2)
+        logits = [model(ids[:, :50], ctx)]
+        logits += [model(ids[:, t:t + 1], ctx) for t in range(50, 60)]
+        return torch.cat(logits, dim=1)
+
+    def weight_bytes() -> int:
+        return sum(p.numel() * p.element_size() for p in model.parameters())
+
+    with torch.no_grad():
+        separate, separate_bytes = prefill_then_steps(), weight_bytes()
+        model.fuse_projections_()
+        fused = prefill_then_steps()
+    layers = model.model.layers
+    assert all(hasattr(layer.self_attn, "in_proj") == mla_fused for layer in layers[1::2])
+    assert all(hasattr(layer.self_attn, "in_proj") == kda_fused for layer in layers[0::2])
+    assert hasattr(layers[0].mlp, "gate_up_proj") and hasattr(layers[1].block_sparse_moe.shared_experts,
+                                                                "gate_up_proj")
+    assert not hasattr(layers[0].mlp, "gate_proj")
+    assert weight_bytes() == separate_bytes
+    assert rel_err(fused, separate) <= 1e-5

@@ -25,6 +25,7 @@ class ModelRunner:
         """expand_shared_prefix: decode steps of many forks attend their long shared prefix decompressed
         (engine/expanded_prefix.py); None turns it on where it was measured to pay, the GPU (benchmarks/RESULTS.md,
         End to end: 1.28x faster decode steps of 100 agents over 128K)."""
+        model.fuse_projections_()
         self.model = model
         self.cache = cache
         self.shared_prefix_attention = shared_prefix_attention

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kimi_swarm.kernels import chunk_kda, gated_rms_norm, kda_decode_step
-from kimi_swarm.kernels.kda_reference import kda_gates, shift_conv_window
+from kimi_swarm.kernels import chunk_kda, gated_rms_norm, kda_decode_step, short_conv
+from kimi_swarm.kernels.kda_reference import kda_gates
 
 from .config import KimiLinearConfig
 from .context import ForwardContext
+from .fusion import fuse_linears_
+
+IN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "f_a_proj", "b_proj", "g_a_proj")
+"""The projections of the layer's input, in the order of the fused in_proj's output."""
 
 
 class KimiDeltaAttention(nn.Module):
@@ -38,29 +41,34 @@ class KimiDeltaAttention(nn.Module):
         self.o_norm = nn.Module()
         self.o_norm.weight = nn.Parameter(torch.ones(d))
         self.o_proj = nn.Linear(p, hidden, bias=False)
+        self.in_widths: tuple[int, ...] | None = None
+        """The widths of IN_PROJECTIONS once fused into in_proj (fuse_projections_), else None."""
 
-    def _short_conv(self, x: torch.Tensor, conv_pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """Causal depthwise conv over [cached window ; new tokens]; stores the new pre-conv window."""
-        full = shift_conv_window(conv_pool, slots, self._qkv(x).transpose(1, 2))
-        weight = torch.cat(self._taps(), dim=0)
-        out = F.conv1d(full.to(weight.dtype), weight, groups=weight.shape[0])
-        return F.silu(out).to(x.dtype).transpose(1, 2)
+    def fuse_projections_(self) -> None:
+        """The six projections of the input as one GEMM (backend/model/fusion.py)."""
+        if self.in_widths is None:
+            self.in_widths = fuse_linears_(self, IN_PROJECTIONS, "in_proj")
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k and v side by side before the short convolution, f_a, b, g_a) of the layer's input; fused, the
+        four are column slices of one GEMM's output."""
+        if self.in_widths is not None:
+            q, k, v, *rest = self.in_widths
+            return tuple(self.in_proj(x).split([q + k + v, *rest], dim=-1))
+        return (torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1), self.f_a_proj(x),
+                self.b_proj(x), self.g_a_proj(x))
 
     def _taps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The q, k and v short convolutions' [P, 1, W] taps."""
         return self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight
 
-    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
-        """The q, k and v projections side by side, before the short convolution."""
-        return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
-
     def _decode(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """One token per sequence: the projections, then everything up to o_proj in one kernel."""
         n = x.shape[0]
         recurrent_pool, conv_pool, slots = ctx.kda_state(self.kda_index)
-        y = kda_decode_step(self._qkv(x).view(n, -1), conv_pool, self._taps(),
-                            self.f_b_proj(self.f_a_proj(x)).view(n, -1), self.dt_bias, self.A_log,
-                            self.b_proj(x).view(n, -1), self.g_b_proj(self.g_a_proj(x)).view(n, -1),
+        mixed, f_a, b, g_a = self._project(x)
+        y = kda_decode_step(mixed.view(n, -1), conv_pool, self._taps(), self.f_b_proj(f_a).view(n, -1),
+                            self.dt_bias, self.A_log, b.view(n, -1), self.g_b_proj(g_a).view(n, -1),
                             self.o_norm.weight, recurrent_pool, slots, self.eps)
         return self.o_proj(y.view(n, 1, -1))
 
@@ -70,11 +78,12 @@ class KimiDeltaAttention(nn.Module):
             return self._decode(x, ctx)
         shape = (n, t, self.num_heads, self.head_dim)
         recurrent_pool, conv_pool, slots = ctx.kda_state(self.kda_index)
-        q, k, v = (part.reshape(shape) for part in self._short_conv(x, conv_pool, slots).chunk(3, dim=-1))
-        g, beta = kda_gates(self.f_b_proj(self.f_a_proj(x)), self.b_proj(x), self.dt_bias, self.A_log, shape)
+        mixed, f_a, b, g_a = self._project(x)
+        q, k, v = (part.reshape(shape) for part in short_conv(mixed, conv_pool, slots, self._taps()))
+        g, beta = kda_gates(self.f_b_proj(f_a), b, self.dt_bias, self.A_log, shape)
         o, final = chunk_kda(q, k, v, g, beta, initial_state=recurrent_pool.index_select(0, slots),
                              output_final_state=True, use_qk_l2norm=True)
         recurrent_pool.index_copy_(0, slots, final.to(recurrent_pool.dtype))
-        gate = self.g_b_proj(self.g_a_proj(x)).view(shape)
+        gate = self.g_b_proj(g_a).view(shape)
         y = gated_rms_norm(o, gate, self.o_norm.weight, self.eps)
         return self.o_proj(y.reshape(n, t, -1))

@@ -24,6 +24,7 @@ from kimi_swarm.kernels.mla_reference import merge_attention
 from .attention import attention_with_lse, split_attention_with_lse
 from .config import KimiLinearConfig
 from .context import CachedLatents, ForwardContext
+from .fusion import fuse_linears_
 
 _FUSED_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 """Never the math fallback on the GPU: at long context it would materialise [H, T, L] scores."""
@@ -41,6 +42,9 @@ class KimiMLAAttention(nn.Module):
         self.v_dim, self.rank = config.v_head_dim, config.kv_lora_rank
         self.scale = config.qk_head_dim ** -0.5
         hidden = config.hidden_size
+        self.low_rank_query = config.q_lora_rank is not None
+        self.in_widths: tuple[int, ...] | None = None
+        """The widths of the query and latent projections once fused into in_proj (fuse_projections_), else None."""
         if config.q_lora_rank is None:
             self.q_proj = nn.Linear(hidden, h * config.qk_head_dim, bias=False)
         else:
@@ -54,16 +58,28 @@ class KimiMLAAttention(nn.Module):
         self.kv_b_proj = nn.Linear(self.rank, h * (self.nope_dim + self.v_dim), bias=False)
         self.o_proj = nn.Linear(h * self.v_dim, hidden, bias=False)
 
-    def _query(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "q_proj"):
-            return self.q_proj(x)
-        return self.q_b_proj(rms_norm(self.q_a_proj(x), self.q_a_layernorm.weight, LATENT_NORM_EPS))
+    def fuse_projections_(self) -> None:
+        """The query (or its low-rank first half) and the latent projections as one GEMM
+        (backend/model/fusion.py)."""
+        if self.in_widths is None:
+            query = "q_a_proj" if self.low_rank_query else "q_proj"
+            self.in_widths = fuse_linears_(self, (query, "kv_a_proj_with_mqa"), "in_proj")
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries [..., H * (nope + rope)], the latent projection [..., rank + rope]) of the layer's input."""
+        if self.in_widths is not None:
+            q, kv = self.in_proj(x).split(self.in_widths, dim=-1)
+        else:
+            q, kv = (self.q_a_proj if self.low_rank_query else self.q_proj)(x), self.kv_a_proj_with_mqa(x)
+        if self.low_rank_query:
+            q = self.q_b_proj(rms_norm(q, self.q_a_layernorm.weight, LATENT_NORM_EPS))
+        return q, kv
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         n, t, _ = x.shape
-        q = self._query(x).view(n, t, self.num_heads, self.nope_dim + self.rope_dim)
-        q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
-        kv = self.kv_a_proj_with_mqa(x)
+        q, kv = self._project(x)
+        q_nope, q_pe = q.reshape(n, t, self.num_heads, self.nope_dim + self.rope_dim).split(
+            [self.nope_dim, self.rope_dim], dim=-1)
         latent = torch.cat([rms_norm(kv[..., : self.rank], self.kv_a_layernorm.weight, LATENT_NORM_EPS),
                             kv[..., self.rank:]], dim=-1)
         cached_keys = getattr(ctx, "mla_cached_keys", None)

@@ -75,6 +75,14 @@ class KimiLinearForCausalLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
+    @torch.no_grad()
+    def fuse_projections_(self) -> None:
+        """Linear layers that read the same input become one GEMM each (backend/model/fusion.py): for inference
+        only, and once the weights are final (loaded, quantised); the engine does it when it takes the model."""
+        for module in list(self.modules()):
+            if module is not self and hasattr(module, "fuse_projections_"):
+                module.fuse_projections_()
+
     def new_context(self, batch: int) -> DenseContext:
         return DenseContext(self.config, batch, device=self.device, dtype=self.dtype)
 

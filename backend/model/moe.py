@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kimi_swarm.kernels import fused_moe, quantize_rows, route
+from kimi_swarm.kernels import fused_moe, moe_combine, quantize_rows, route, silu_and_mul
 
 from .config import KimiLinearConfig
+from .fusion import fuse_linears_
 
 
 class SwiGLU(nn.Module):
@@ -19,8 +20,17 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.fused = False
+        """Whether gate and up run as one GEMM, gate_up_proj (fuse_projections_)."""
+
+    def fuse_projections_(self) -> None:
+        """Gate and up as one GEMM (backend/model/fusion.py)."""
+        if not self.fused:
+            self.fused = fuse_linears_(self, ("gate_proj", "up_proj"), "gate_up_proj") is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -94,19 +104,18 @@ class StackedExperts(nn.Module):
 
     def _grouped(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Grouped GEMMs for all experts, gate and up in one: no host sync, two GEMM launches (FP8 experts: two
-        activation quantisations too)."""
-        m, k = expert_ids.shape
+        activation quantisations too), the activation in one pass, and each token's rows gathered and summed in
+        one launch."""
         flat_ids = expert_ids.reshape(-1)
         order = flat_ids.argsort(stable=True)
-        token_of = order // k
+        token_of = order // expert_ids.shape[1]
         counts = torch.zeros(self.w2.shape[0], dtype=torch.int32, device=x.device)
         counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=torch.int32))  # bincount syncs on CUDA
         offsets = counts.cumsum(0, dtype=torch.int32)
         h = x.index_select(0, token_of)
-        gate, up = expert_gemm(h, self.w13, self.w13_scale, offsets).chunk(2, dim=-1)
-        y = expert_gemm(F.silu(gate) * up, self.w2, self.w2_scale, offsets)
-        y = y.float() * weights.reshape(-1)[order, None]
-        return torch.zeros(m, x.shape[-1], dtype=torch.float32, device=x.device).index_add_(0, token_of, y)
+        y = expert_gemm(silu_and_mul(expert_gemm(h, self.w13, self.w13_scale, offsets)), self.w2, self.w2_scale,
+                        offsets)
+        return moe_combine(y, order, weights)
 
 
 class Router(nn.Module):
