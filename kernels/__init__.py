@@ -79,6 +79,15 @@ def kda_decode_step(mixed: torch.Tensor, conv_pool: torch.Tensor,
                 eps)
 
 
+def kda_gates(f: torch.Tensor, b: torch.Tensor, dt_bias: torch.Tensor, a_log: torch.Tensor,
+              shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A KDA prefill's decay g = -exp(A_log) * softplus(f + dt_bias), fp32 [N, T, H, D] (`shape`), and beta =
+    sigmoid(b), fp32 [N, T, H], from the f and b projections; one launch on the GPU."""
+    fast = _kda_path(f, shape[-1], weights=(dt_bias, a_log))
+    impl = fast.kda_gates_triton if fast else kda_reference.kda_gates
+    return impl(f, b, dt_bias, a_log, shape)
+
+
 def short_conv(mixed: torch.Tensor, conv_pool: torch.Tensor, state_indices: torch.Tensor,
                taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -188,6 +197,6 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     return impl(x, gate, weight, eps)
 
 
-__all__ = ["chunk_kda", "recurrent_kda", "kda_decode_step", "short_conv", "fused_moe", "route", "silu_and_mul",
-           "moe_combine", "fp8_linear", "quantize_rows", "mla_decode", "mla_decode_from", "mla_decode_shared",
-           "mla_prefill", "rms_norm", "gated_rms_norm"]
+__all__ = ["chunk_kda", "recurrent_kda", "kda_decode_step", "kda_gates", "short_conv", "fused_moe", "route",
+           "silu_and_mul", "moe_combine", "fp8_linear", "quantize_rows", "mla_decode", "mla_decode_from",
+           "mla_decode_shared", "mla_prefill", "rms_norm", "gated_rms_norm"]

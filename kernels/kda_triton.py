@@ -716,3 +716,42 @@ def short_conv_triton(mixed: torch.Tensor, conv_pool: torch.Tensor, state_indice
             mixed, mixed.stride(0), mixed.stride(1), conv_pool, slots, t, c, W=width,
             BW=triton.next_power_of_2(width - 1), BC=128, num_warps=4)
     return out[0], out[1], out[2]
+
+
+@triton.jit
+def _kda_gates_kernel(f, dt_bias, a_log, b, b_stride, g, beta, P, H, D: tl.constexpr, BP: tl.constexpr,
+                      BH: tl.constexpr):
+    """One token and BP channels of g = -exp(A_log) * softplus(f + dt_bias); the first column block also writes
+    the token's beta = sigmoid(b) for every head."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BP + tl.arange(0, BP)
+    ok = cols < P
+    raw = tl.load(f + row * P + cols, mask=ok, other=0.0).to(tl.float32) + tl.load(dt_bias + cols, mask=ok,
+                                                                                  other=0.0).to(tl.float32)
+    softplus = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
+    decay = tl.exp(tl.load(a_log + cols // D, mask=ok, other=0.0).to(tl.float32))
+    tl.store(g + row * P + cols, -decay * softplus, mask=ok)
+    if tl.program_id(1) == 0:
+        heads = tl.arange(0, BH)
+        b_row = tl.load(b + row * b_stride + heads, mask=heads < H, other=0.0).to(tl.float32)
+        tl.store(beta + row * H + heads, tl.sigmoid(b_row), mask=heads < H)
+
+
+def kda_gates_triton(f: torch.Tensor, b: torch.Tensor, dt_bias: torch.Tensor, a_log: torch.Tensor,
+                     shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as kimi_swarm.kernels.kda_reference.kda_gates, in one launch (b may be a column slice of a
+    wider projection)."""
+    n, t, heads, d = shape
+    p, rows = heads * d, n * t
+    flat_f = f.reshape(rows, p).contiguous()
+    flat_b = b.reshape(rows, heads)
+    if flat_b.stride(-1) != 1:
+        flat_b = flat_b.contiguous()
+    g = _empty(n, t, heads, d, device=f.device, dtype=torch.float32)
+    beta = _empty(n, t, heads, device=f.device, dtype=torch.float32)
+    block = min(1024, triton.next_power_of_2(p))
+    if rows:
+        _kda_gates_kernel[(rows, triton.cdiv(p, block))](
+            flat_f, dt_bias.contiguous(), a_log.reshape(-1).contiguous(), flat_b, flat_b.stride(0), g, beta, p,
+            heads, D=d, BP=block, BH=triton.next_power_of_2(heads), num_warps=4)
+    return g, beta

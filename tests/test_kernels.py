@@ -474,3 +474,17 @@ def test_kda_decode_step_reads_column_slices_of_the_fused_projection():
                                             state_pool, slots, 1e-5)
     assert rel_err(got, want) <= FP32_TOL and rel_err(state_pool, want_state) <= FP32_TOL
     assert torch.allclose(conv_pool.double(), want_conv)
+
+
+def test_kda_gates_match_float64():
+    """Two sequences of 5 tokens, 3 heads of 24, b a column slice of a wider projection; strong and weak decays
+    (f from -30 to 30 crosses softplus's linear threshold)."""
+    n, t, heads, d = 2, 5, 3, 24
+    shape = (n, t, heads, d)
+    f = torch.randn(n, t, heads * d) * 10
+    b = torch.randn(n, t, heads + 4)[..., :heads]
+    dt_bias, a_log = torch.randn(heads * d), torch.rand(1, 1, heads, 1) * 2
+    want_g, want_beta = kda_reference.kda_gates(*float64(f, b, dt_bias, a_log), shape)
+    g, beta = kda_triton.kda_gates_triton(f, b, dt_bias, a_log, shape)
+    assert g.shape == shape and beta.shape == shape[:-1] and g.dtype == beta.dtype == torch.float32
+    assert rel_err(g, want_g) <= FP32_TOL and rel_err(beta, want_beta) <= FP32_TOL

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kimi_swarm.kernels import chunk_kda, gated_rms_norm, kda_decode_step, short_conv
-from kimi_swarm.kernels.kda_reference import kda_gates
+from kimi_swarm.kernels import chunk_kda, gated_rms_norm, kda_decode_step, kda_gates, short_conv
 
 from .config import KimiLinearConfig
 from .context import ForwardContext
