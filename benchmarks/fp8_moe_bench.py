@@ -26,8 +26,10 @@ from kimi_swarm.backend.model.moe import FUSED_MOE_TOKENS, StackedExperts, fp8_g
 from kimi_swarm.kernels import fp8_reference, fp8_triton, moe_reference, moe_triton
 
 COPIES, RUNS = 8, 50
-DENSE = {"q/k/v_proj": (4096, 2304), "o_proj": (2304, 4096), "mla q_proj": (6144, 2304)}
-TILES = [(64, 64), (32, 128), (16, 128), (16, 256)]
+DENSE = {"kda in_proj (q, k, v, f_a, b, g_a fused)": (12576, 2304), "o_proj": (2304, 4096),
+         "mla in_proj (q and latent fused)": (6720, 2304), "shared expert gate_up": (2048, 2304)}
+"""The decode step's dense layers as the engine runs them, their projections of one input fused."""
+TILES = [(32, 128), (16, 256)]
 
 
 def copy_bandwidth() -> float:
