@@ -29,8 +29,7 @@ COPIES, RUNS = 8, 50
 DENSE = {"kda in_proj (q, k, v, f_a, b, g_a fused)": (12576, 2304), "o_proj": (2304, 4096),
          "mla in_proj (q and latent fused)": (6720, 2304), "shared expert gate_up": (2048, 2304)}
 """The decode step's dense layers as the engine runs them, their projections of one input fused."""
-SPLIT_K_TILES = [(16, 256, 4), (32, 256, 3), (64, 256, 4), (32, 512, 3)]
-"""(BN, BK, pipeline stages) of the split-K weight-only GEMM beside its defaults."""
+TILES = [(32, 128), (16, 256)]
 
 
 def copy_bandwidth() -> float:
@@ -69,16 +68,14 @@ def dense_rows(bandwidth: float) -> list[tuple[str, str, float, float, float]]:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             want = F.linear(x.double(), bf16[0].double())
             variants = {"bf16 cuBLAS": ([lambda w=w: F.linear(x, w) for w in bf16], 2 * n * k),
-                        "fp8, the engine's choice": (
-                            [lambda q=q, s=s: fp8_triton.fp8_linear_triton(x, q, s) for q, s in fp8], n * k),
-                        "fp8 weight-only, whole K a program": (
+                        "fp8 weight-only, default tiles": (
                             [lambda q=q, s=s: fp8_triton.weight_only_fp8_linear(x, q, s) for q, s in fp8], n * k),
                         "fp8 tensor cores, rows quantised": (
                             [lambda q=q, s=s: fp8_triton._fp8_tensor_cores(x, q, s) for q, s in fp8], n * k)}
-            for bn, bk, stages in SPLIT_K_TILES:
-                variants[f"fp8 split-K BN{bn} BK{bk} {stages} stages"] = (
-                    [lambda q=q, s=s, bn=bn, bk=bk, st=stages: fp8_triton.split_k_fp8_linear(
-                        x, q, s, block_n=bn, block_k=bk, num_stages=st) for q, s in fp8], n * k)
+            for bn, bk in TILES:
+                variants[f"fp8 weight-only BN{bn} BK{bk}"] = (
+                    [lambda q=q, s=s, bn=bn, bk=bk: fp8_triton.weight_only_fp8_linear(x, q, s, block_n=bn, block_k=bk)
+                     for q, s in fp8], n * k)
             for label, (calls, nbytes) in variants.items():
                 err = rel_err(calls[0](), want)
                 ms = timed(calls)

@@ -43,63 +43,6 @@ def weight_only_fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: 
 
 
 @triton.jit
-def _split_k_kernel(x, w, w_scale, partial, M, N, K, k_per_split, BM: tl.constexpr, BN: tl.constexpr,
-                    BK: tl.constexpr, DOT_PREC: tl.constexpr):
-    """One block of rows, BN output columns and one run of K (program axis 2): the FP8 weight tile converted in
-    registers, times the rows, times the columns' scales, into that run's fp32 partial sums."""
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    split = tl.program_id(2)
-    r_ok, c_ok = rows < M, cols < N
-    k_start = split * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BK):
-        ks = k0 + tl.arange(0, BK)
-        k_ok = ks < k_end
-        b_x = tl.load(x + rows[:, None].to(tl.int64) * K + ks[None, :], mask=r_ok[:, None] & k_ok[None, :],
-                      other=0.0)
-        b_w = tl.load(w + cols[None, :].to(tl.int64) * K + ks[:, None], mask=k_ok[:, None] & c_ok[None, :],
-                      other=0.0)
-        acc = tl.dot(b_x, b_w.to(b_x.dtype), acc, input_precision=DOT_PREC)
-    acc *= tl.load(w_scale + cols, mask=c_ok, other=0.0)[None, :]
-    dst = partial + (split * M + rows[:, None].to(tl.int64)) * N + cols[None, :]
-    tl.store(dst, acc, mask=r_ok[:, None] & c_ok[None, :])
-
-
-@triton.jit
-def _sum_splits_kernel(partial, out, splits, size, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < size
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for split in range(0, splits):
-        acc += tl.load(partial + split * size + offs, mask=ok, other=0.0)
-    tl.store(out + offs, acc.to(out.dtype.element_ty), mask=ok)
-
-
-def split_k_fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, *, block_n: int = 32,
-                       block_k: int = 256, splits: int | None = None, num_stages: int = 4) -> torch.Tensor:
-    """x [M, K] times the FP8 weight [N, K] for a few rows, K cut into `splits` runs read by separate programs
-    (default: enough runs that about two programs a SM stream the weight), their fp32 partial sums added in a
-    fixed order by a second launch (deterministic, unlike atomics). A few rows against a narrow weight are
-    otherwise a few dozen programs each walking all of K one small tile at a time: latency-bound."""
-    m, (n, k) = x.shape[0], weight.shape
-    bk = min(block_k, triton.next_power_of_2(k))
-    tiles = triton.cdiv(m, BLOCK_M) * triton.cdiv(n, block_n)
-    if splits is None:
-        splits = max(1, min(triton.cdiv(2 * _sm_count(x.device), tiles), triton.cdiv(k, bk)))
-    k_per_split = triton.cdiv(triton.cdiv(k, splits), bk) * bk
-    splits = triton.cdiv(k, k_per_split)
-    partial = _empty(splits, m, n, device=x.device, dtype=torch.float32)
-    _split_k_kernel[(triton.cdiv(m, BLOCK_M), triton.cdiv(n, block_n), splits)](
-        x, weight, weight_scale, partial, m, n, k, k_per_split, BM=BLOCK_M, BN=block_n, BK=bk,
-        DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4, num_stages=num_stages)
-    out = _empty(m, n, device=x.device, dtype=x.dtype)
-    _sum_splits_kernel[(triton.cdiv(m * n, 1024),)](partial, out, splits, m * n, BLOCK=1024, num_warps=4)
-    return out
-
-
-@triton.jit
 def _quantize_rows_kernel(x, xq, scale, cols, BK: tl.constexpr, FP8_LIMIT: tl.constexpr):
     """One program a row: its largest magnitude over FP8_LIMIT is its scale, then the row over that scale, in FP8."""
     row = tl.program_id(0).to(tl.int64)
@@ -142,5 +85,5 @@ def fp8_linear_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch
         raise ValueError(f"fp8_linear: weight must be {FP8}, got {weight.dtype}")
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     many = flat.shape[0] > WEIGHT_ONLY_ROWS and x.dtype in (torch.bfloat16, torch.float16)
-    out = (_fp8_tensor_cores if many else split_k_fp8_linear)(flat, weight, weight_scale)
+    out = (_fp8_tensor_cores if many else weight_only_fp8_linear)(flat, weight, weight_scale)
     return out.view(*x.shape[:-1], weight.shape[0])

@@ -363,17 +363,6 @@ def test_fp8_linear_weight_only_matches_float64(rows):
     assert got.dtype == torch.float32 and rel_err(got, want) <= FP32_TOL
 
 
-@pytest.mark.parametrize("rows,splits", [(1, None), (3, 3), (17, 2)])
-def test_fp8_linear_split_k_matches_float64(rows, splits):
-    """K = 200 in runs of whole 64-wide tiles (the last run short, the last tile masked), 40 columns in tiles of
-    32: every run's partial sums land once."""
-    weight, scale = fp8_reference.quantize_rows(torch.randn(40, 200))
-    x = torch.randn(rows, 200)
-    got = fp8_triton.split_k_fp8_linear(x, weight, scale, block_k=64, splits=splits)
-    want = fp8_reference.fp8_linear_reference(x.double(), weight, scale)
-    assert got.dtype == torch.float32 and got.shape == (rows, 40) and rel_err(got, want) <= FP32_TOL
-
-
 @pytest.mark.parametrize("cols", [48, 5000], ids=["one-block", "two-blocks"])
 def test_fp8_row_quantisation_equals_the_reference(cols):
     """Rows of FP8 values times powers of two, each row holding FP8's largest value once: the row's scale is its
