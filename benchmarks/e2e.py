@@ -170,13 +170,15 @@ def by_kind(spent: dict[str, float], launches: dict[str, float]) -> str:
 
 
 async def print_decode_profile(engine, agents, foot, label: str, steps: int = 4) -> list[tuple[str, str, str]]:
-    """GPU kernels of a few decode steps of every agent, and rows for the results table: GPU time a step spends
+    """GPU kernels of a few decode steps of every agent, after two unprofiled ones (so the one-time work of the
+    mode, decompressing the shared prefix, stays out), and rows for the results table: GPU time a step spends
     by kind of kernel (the expert GEMMs with their share of copy bandwidth: the experts' bytes over their time);
     kernels a step and how much of the step's wall time the GPU is busy (far below the step time: the step waits
     on the host, so fusing kernels would not help)."""
     from torch.profiler import ProfilerActivity, profile
 
     engine.runner.shared_prefix_attention = True
+    await asyncio.gather(*(a.generate(SamplingParams(max_tokens=2, stop_token_ids=[])) for a in agents))
     engine.decode_steps.clear()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         await asyncio.gather(*(a.generate(SamplingParams(max_tokens=steps, stop_token_ids=[])) for a in agents))
