@@ -85,6 +85,9 @@ def test_bf16_checkpoint_loads_in_both_dtypes(tmp_path):
     q = bf16.model.layers[0].self_attn.q_proj.weight
     assert q.dtype == torch.bfloat16 and torch.equal(q, stored["model.layers.0.self_attn.q_proj.weight"])
     assert bf16.model.layers[0].self_attn.A_log.dtype == torch.float32
+    router = bf16.model.layers[1].block_sparse_moe.gate.weight  # read in fp32: held in fp32, exactly the stored values
+    assert router.dtype == torch.float32
+    assert torch.equal(router, stored["model.layers.1.block_sparse_moe.gate.weight"].float())
     assert torch.equal(bf16.model.layers[1].block_sparse_moe.experts.w2[3],
                        stored["model.layers.1.block_sparse_moe.experts.3.w2.weight"])
     assert torch.isfinite(bf16(ids)).all()

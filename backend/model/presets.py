@@ -16,7 +16,7 @@ from kimi_swarm.kernels.fp8_reference import FP8, quantize_rows
 from .config import KimiLinearConfig
 from .fp8 import check_quantization, quantize_fp8_
 from .model import KimiLinearForCausalLM
-from .weights import KEEP_FP32
+from .weights import HELD_IN_FP32
 
 KIMI_LINEAR_48B = {
     "model_type": "kimi_linear", "hidden_size": 2304, "num_hidden_layers": 27, "vocab_size": 163840,
@@ -70,7 +70,7 @@ def random_model(config: KimiLinearConfig, device: torch.device, dtype: torch.dt
     with torch.device("meta"):
         model = KimiLinearForCausalLM(config)
     for name, p in model.named_parameters():
-        if not name.endswith(KEEP_FP32):
+        if not name.endswith(HELD_IN_FP32):
             p.data = p.data.to(dtype)
     if quantization is not None:
         quantize_fp8_(model)

@@ -28,6 +28,9 @@ SAFETENSORS_DTYPES = {
     "BOOL": torch.bool,
 }
 KEEP_FP32 = ("A_log", "dt_bias", "e_score_correction_bias")  # tiny, and read in fp32 by the math anyway
+HELD_IN_FP32 = (*KEEP_FP32, "block_sparse_moe.gate.weight")
+"""Tensors a loaded model holds in fp32 whatever its dtype: the router's weight too, which the router reads in
+fp32 (as transformers does), so it is not cast on every call. Checkpoints store it in the model's dtype."""
 EXPERT_NAME = re.compile(r"^(model\.layers\.\d+\.block_sparse_moe\.experts)\.(\d+)\.(w[123])\.weight$")
 EXPERT_PARTS = {"w1": ("w13", 0), "w3": ("w13", 1), "w2": ("w2", None)}
 """Where a per-expert tensor goes in StackedExperts: w1 (gate) and w3 (up) are the halves of w13."""
@@ -176,7 +179,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
             if not srcs:
                 continue
             fp8 = params[target].dtype == FP8
-            keep = FP8 if fp8 else torch.float32 if target.endswith(KEEP_FP32) else dtype
+            keep = FP8 if fp8 else torch.float32 if target.endswith(HELD_IN_FP32) else dtype
             tensor = torch.empty(params[target].shape, dtype=keep, device=device)
             scale = torch.empty(params[target].shape[:-1], dtype=torch.float32, device=device) if fp8 else None
             for part, name in srcs:
