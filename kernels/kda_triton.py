@@ -397,6 +397,12 @@ def _l2norm(x):
 
 
 @triton.jit
+def _decay(raw, a_log):
+    """The gate -exp(A_log) * softplus(raw), raw = f + dt_bias, softplus linear past 20 (kda_reference.kda_gates)."""
+    return -tl.exp(a_log) * tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
+
+
+@triton.jit
 def _delta_rule_step(pool, offs, smask, b_q, b_k, b_v, b_g, b_beta):
     """One token of the gated delta rule on a state tile in place: decay, correct towards v along k, read with
     q (already scaled); returns the output row."""
@@ -599,8 +605,7 @@ def _kda_decode_step_kernel(mixed, mixed_stride, conv_pool, wq, wk, wv, f, dt_bi
     head = i_n * P + i_h * D + cd
     raw = tl.load(f + head, mask=md, other=0.0).to(tl.float32) + tl.load(dt_bias + i_h * D + cd, mask=md,
                                                                             other=0.0).to(tl.float32)
-    softplus = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
-    b_g = -tl.exp(tl.load(a_log + i_h).to(tl.float32)) * softplus
+    b_g = _decay(raw, tl.load(a_log + i_h).to(tl.float32))
     b_beta = tl.sigmoid(tl.load(b + i_n * b_stride + i_h).to(tl.float32))
     b_q = _l2norm(b_q) * scale
     b_k = _l2norm(b_k)
@@ -728,9 +733,8 @@ def _kda_gates_kernel(f, dt_bias, a_log, b, b_stride, g, beta, P, H, D: tl.const
     ok = cols < P
     raw = tl.load(f + row * P + cols, mask=ok, other=0.0).to(tl.float32) + tl.load(dt_bias + cols, mask=ok,
                                                                                   other=0.0).to(tl.float32)
-    softplus = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
-    decay = tl.exp(tl.load(a_log + cols // D, mask=ok, other=0.0).to(tl.float32))
-    tl.store(g + row * P + cols, -decay * softplus, mask=ok)
+    tl.store(g + row * P + cols, _decay(raw, tl.load(a_log + cols // D, mask=ok, other=0.0).to(tl.float32)),
+             mask=ok)
     if tl.program_id(1) == 0:
         heads = tl.arange(0, BH)
         b_row = tl.load(b + row * b_stride + heads, mask=heads < H, other=0.0).to(tl.float32)

@@ -22,6 +22,12 @@ def expert_weight(w: torch.Tensor, scale: torch.Tensor | None, expert: int, dtyp
     return dequantize_rows(w[expert], scale[expert], dtype)
 
 
+def silu_and_mul_reference(x: torch.Tensor) -> torch.Tensor:
+    """x [..., 2I], the gate then the up projection -> silu(gate) * up [..., I]."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 def fused_moe_reference(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, expert_ids: torch.Tensor,
                         weights: torch.Tensor, w13_scale: torch.Tensor | None = None,
                         w2_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -42,16 +48,10 @@ def fused_moe_reference(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, ex
         rows = order[start:start + count]
         tokens = token_of[start:start + count]
         start += count
-        gate, up = (x.index_select(0, tokens) @ expert_weight(w13, w13_scale, expert, x.dtype).T).chunk(2, dim=-1)
-        y = (F.silu(gate) * up) @ expert_weight(w2, w2_scale, expert, x.dtype).T
+        h = silu_and_mul_reference(x.index_select(0, tokens) @ expert_weight(w13, w13_scale, expert, x.dtype).T)
+        y = h @ expert_weight(w2, w2_scale, expert, x.dtype).T
         out.index_add_(0, tokens, y.to(acc) * flat_weights[rows, None])
     return out
-
-
-def silu_and_mul_reference(x: torch.Tensor) -> torch.Tensor:
-    """x [..., 2I], the gate then the up projection -> silu(gate) * up [..., I]."""
-    gate, up = x.chunk(2, dim=-1)
-    return F.silu(gate) * up
 
 
 def moe_combine_reference(y: torch.Tensor, order: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -97,8 +97,7 @@ class StackedExperts(nn.Module):
         routing = torch.zeros(m, num_experts, dtype=torch.float32, device=x.device)
         routing.scatter_(1, expert_ids, weights.float())
         xe = x.unsqueeze(0).expand(num_experts, m, x.shape[-1])
-        gate, up = torch.bmm(xe, self.w13.transpose(1, 2)).chunk(2, dim=-1)
-        h = F.silu(gate) * up
+        h = silu_and_mul(torch.bmm(xe, self.w13.transpose(1, 2)))
         y = torch.bmm(h, self.w2.transpose(1, 2))  # [E, M, D]
         return torch.einsum("emd,me->md", y.float(), routing)
 
